@@ -1,0 +1,66 @@
+"""Model families behind one interface, and :func:`load_backbone` which picks the right one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .base import Backbone, BackboneError, Generation, Prepared
+from .llava import LlavaBackbone
+from .qwen2_5_vl import Qwen2_5_VLBackbone
+
+FAMILIES: dict[str, type[Backbone]] = {
+    "llava": LlavaBackbone,
+    "qwen2_5_vl": Qwen2_5_VLBackbone,
+}
+
+EMBEDDED = "embedded"
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "assets" / "embedded"
+
+
+def resolve(name_or_path: str) -> str:
+    """``"embedded"`` → the shipped model's directory; anything else is a local path or hub id."""
+    if name_or_path in (EMBEDDED, "", None):
+        if not (EMBEDDED_DIR / "config.json").exists():
+            raise BackboneError(f"the embedded model is missing from {EMBEDDED_DIR}")
+        return str(EMBEDDED_DIR)
+    return str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() else name_or_path
+
+
+def model_type_of(path: str, trust_remote_code: bool = False) -> str:
+    p = Path(path)
+    if p.is_dir():
+        cfg = p / "config.json"
+        if not cfg.exists():
+            raise BackboneError(f"{path} is a directory without a config.json: not a model checkpoint")
+        return json.loads(cfg.read_text()).get("model_type", "")
+    if p.exists():
+        raise BackboneError(f"{path} is a file; give a model directory or a hub id")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+    except Exception as exc:  # hub id unknown, offline, no such path
+        raise BackboneError(f"cannot find a model at '{path}' (no such directory, and the hub "
+                            f"could not resolve it: {type(exc).__name__})") from exc
+
+
+def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None = None, device_map=None,
+                  trust_remote_code: bool = False) -> Backbone:
+    """Load a supported multimodal model (local directory, hub id, or ``"embedded"``).
+
+    ``device_map`` (e.g. ``"auto"``, needs accelerate) is for GPU users; ``trust_remote_code``
+    stays off unless asked for.
+    """
+    path = resolve(name_or_path)
+    model_type = model_type_of(path, trust_remote_code)
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise BackboneError(f"unsupported model family '{model_type or '?'}' at {path}; "
+                            f"supported: {', '.join(sorted(FAMILIES))} (LLaVA-1.5, Qwen2.5-VL, and the embedded model)")
+    return family.load(path, dtype=dtype, device=device, device_map=device_map,
+                       trust_remote_code=trust_remote_code)
+
+
+__all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
+           "LlavaBackbone", "Qwen2_5_VLBackbone"]

@@ -1,0 +1,190 @@
+"""The one interface every model family implements: load, prepare, locate image tokens, generate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..attention import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
+
+
+class BackboneError(ValueError):
+    """A model that cannot be loaded or used (unsupported family, bad path, bad input)."""
+
+
+@dataclass
+class Prepared:
+    """Model inputs for one (image, question) and where its image tokens are."""
+
+    inputs: dict  # tensors for model(**inputs) / model.generate(**inputs)
+    span: ImageSpan
+    question: str
+    image_size: tuple[int, int]  # (width, height) of the image given
+
+    @property
+    def prompt_len(self) -> int:
+        return self.inputs["input_ids"].shape[1]
+
+
+@dataclass
+class Generation:
+    """One greedy answer: new token ids (batch row 0), their text, and what was captured."""
+
+    token_ids: list[int]
+    text: str
+    tokens: list[str] = field(default_factory=list)  # one decoded piece per token id
+    maps: torch.Tensor | None = None  # [steps, layers, n_img] (batch row 0) when captured
+    prefill_maps: torch.Tensor | None = None  # [layers, n_img] prompt-after-image attention
+    seconds: float = 0.0
+
+
+class Backbone:
+    """A loaded multimodal model of one supported family.
+
+    Subclasses set ``family`` and implement :meth:`_build_inputs` and :meth:`_image_span`.
+    """
+
+    family = ""
+
+    def __init__(self, model, processor, name: str):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        gc = self.model.generation_config
+        if gc.pad_token_id is None:
+            gc.pad_token_id = self.tokenizer.pad_token_id or gc.eos_token_id
+
+    # loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, dtype="auto", device: str | None = None, device_map=None,
+             trust_remote_code: bool = False, processor=None) -> "Backbone":
+        register()
+        kwargs = dict(
+            dtype=dtype,
+            attn_implementation={"text_config": ATTN_IMPL, "vision_config": "sdpa"},
+            trust_remote_code=trust_remote_code,
+        )
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model = cls.model_class().from_pretrained(path, **kwargs)
+        if device_map is None and device is not None:
+            model = model.to(device)
+        if processor is None:
+            processor = cls.load_processor(path, trust_remote_code=trust_remote_code)
+        return cls(model, processor, name=str(path))
+
+    @classmethod
+    def model_class(cls):
+        raise NotImplementedError
+
+    @classmethod
+    def load_processor(cls, path: str, trust_remote_code: bool = False):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+    # properties ---------------------------------------------------------------------------
+    @property
+    def text_config(self):
+        return self.model.config.get_text_config()
+
+    @property
+    def num_layers(self) -> int:
+        return self.text_config.num_hidden_layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    # inputs -------------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        """The model's own chat template around one image and the question."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def prepare(self, image: Image.Image, question: str) -> Prepared:
+        if not isinstance(image, Image.Image):
+            raise BackboneError("image must be a PIL image")
+        if not question or not question.strip():
+            raise BackboneError("the question is empty")
+        image = image.convert("RGB")
+        inputs = self._build_inputs(image, question.strip())
+        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        span = self._image_span(inputs)
+        return Prepared(inputs=inputs, span=span, question=question.strip(), image_size=image.size)
+
+    def _build_inputs(self, image: Image.Image, question: str) -> dict:
+        return dict(self.processor(images=image, text=self.prompt(question), return_tensors="pt"))
+
+    def _image_span(self, inputs: dict) -> ImageSpan:
+        raise NotImplementedError
+
+    def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` positions of the image tokens, per row (rows must hold the same count)."""
+        mask = input_ids == self.image_token_id
+        counts = mask.sum(1)
+        if counts.min() == 0 or bool((counts != counts[0]).any()):
+            raise BackboneError("every row needs the same number of image tokens")
+        return mask.nonzero()[:, 1].view(input_ids.shape[0], -1)
+
+    # generation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prepared: Prepared, max_new_tokens: int = 64, policy: SteeringPolicy | None = None,
+                 capture: bool = True, per_head: bool = False, capture_prefill: bool = False,
+                 **generate_kwargs) -> Generation:
+        """Greedy decoding with KV cache; captures (and steers via ``policy``) image attention."""
+        import time
+
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                  temperature=None, top_p=None, top_k=None)
+        kw.update(generate_kwargs)
+        t0 = time.perf_counter()
+        if capture or policy is not None:
+            rec = AttentionRecorder(prepared.span, self.num_layers, policy=policy, per_head=per_head,
+                                    capture_prefill=capture_prefill)
+            with rec:
+                out = self.model.generate(**prepared.inputs, **kw)
+        else:
+            rec = None
+            out = self.model.generate(**prepared.inputs, **kw)
+        seconds = time.perf_counter() - t0
+        new = out[0, prepared.prompt_len:].tolist()
+        new = self._strip_eos(new)
+        maps = prefill = None
+        if rec is not None and rec.num_steps:
+            maps = rec.maps()[: len(new) or 1, :, 0]
+            if capture_prefill and all(m is not None for m in rec.prefill_text_maps):
+                prefill = torch.stack(rec.prefill_text_maps)[:, 0].float()
+        return Generation(token_ids=new, text=self.decode(new), tokens=self.token_pieces(new),
+                          maps=maps, prefill_maps=prefill, seconds=seconds)
+
+    def _strip_eos(self, ids: list[int]) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        pad = self.model.generation_config.pad_token_id
+        for i, t in enumerate(ids):
+            if t in eos:
+                return ids[:i]
+        while ids and ids[-1] == pad:
+            ids = ids[:-1]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def token_pieces(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
+
+def is_local_dir(path: str) -> bool:
+    return Path(path).expanduser().is_dir()

@@ -1,0 +1,35 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): one contiguous run of h·w image tokens."""
+
+from __future__ import annotations
+
+import math
+
+from ..attention import ImageSpan
+from .base import Backbone, BackboneError
+
+
+class LlavaBackbone(Backbone):
+    family = "llava"
+
+    @classmethod
+    def model_class(cls):
+        from transformers import LlavaForConditionalGeneration
+
+        return LlavaForConditionalGeneration
+
+    def _image_span(self, inputs: dict) -> ImageSpan:
+        positions = self.image_positions(inputs["input_ids"])
+        n = positions.shape[1]
+        vc = self.model.config.vision_config
+        side = vc.image_size // vc.patch_size
+        if side * side == n:
+            grid = (side, side)
+        else:  # a processor resizing to a non-square input: fall back to the squarest factorisation
+            h = int(math.isqrt(n))
+            while n % h:
+                h -= 1
+            grid = (h, n // h)
+        p = positions[0]
+        if int(p[-1] - p[0]) + 1 != n:
+            raise BackboneError("LLaVA image tokens are expected as one contiguous run")
+        return ImageSpan(positions=positions, grid=grid)
