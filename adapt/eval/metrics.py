@@ -1,0 +1,100 @@
+"""Exact hallucination metrics: CHAIR over world objects, POPE, grounding IoU.  Pure functions."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+def chair(responses_objects: Sequence[Iterable[str]], truths: Sequence[Iterable[str]]) -> dict:
+    """CHAIR over object categories.
+
+    ``responses_objects[i]``: the categories mentioned in response i (e.g. ``read_objects(text)``;
+    repeats are collapsed: each category counts once per response); ``truths[i]``: the categories
+    present in image i.
+
+    chair_s = fraction of responses with at least one hallucinated category;
+    chair_i = hallucinated mentions / all mentions (summed over responses);
+    recall  = covered true categories / all true categories (summed over responses)."""
+    if len(responses_objects) != len(truths):
+        raise ValueError("responses_objects and truths differ in length")
+    n = len(truths)
+    hall_resp = hall = mentioned = covered = total = 0
+    for resp, truth in zip(responses_objects, truths):
+        r, t = set(resp), set(truth)
+        h = len(r - t)
+        hall += h
+        hall_resp += h > 0
+        mentioned += len(r)
+        covered += len(r & t)
+        total += len(t)
+    return {
+        "chair_s": hall_resp / n if n else 0.0,
+        "chair_i": hall / mentioned if mentioned else 0.0,
+        "recall": covered / total if total else 0.0,
+        "n": n,
+    }
+
+
+def parse_yes_no(text: str) -> str:
+    """Answer parsing of the original POPE evaluation: keep the text before the first '.',
+    drop commas, split into words; 'no' or 'not' among them -> 'no', else 'yes'."""
+    t = text.strip()
+    if "." in t:
+        t = t.split(".")[0]
+    t = t.replace(",", "")
+    ws = t.split(" ")
+    if "No" in ws or "not" in ws or "no" in ws:
+        return "no"
+    return "yes"
+
+
+def pope_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict:
+    """Accuracy, precision, recall, F1 and yes-ratio with 'yes' as the positive class.
+
+    ``preds`` are 'yes'/'no' (parse free text with ``parse_yes_no`` first)."""
+    if len(preds) != len(labels):
+        raise ValueError("preds and labels differ in length")
+    tp = fp = tn = fn = 0
+    for p, l in zip(preds, labels):
+        p, l = p.strip().lower(), l.strip().lower()
+        if p == "yes" and l == "yes":
+            tp += 1
+        elif p == "yes":
+            fp += 1
+        elif l == "no":
+            tn += 1
+        else:
+            fn += 1
+    n = tp + fp + tn + fn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "acc": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": (tp + fp) / n if n else 0.0,
+        "n": n,
+    }
+
+
+def iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ax0, ay0, ax1, ay1 = box_a
+    bx0, by0, bx1, by1 = box_b
+    iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
+    ih = max(0.0, min(ay1, by1) - max(ay0, by0))
+    inter = iw * ih
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def grounding_accuracy(pred_boxes: Sequence[Sequence[float]], true_boxes: Sequence[Sequence[float]], threshold: float = 0.5) -> dict:
+    """Share of predictions with IoU >= threshold, and the mean IoU."""
+    ious = [iou(p, t) for p, t in zip(pred_boxes, true_boxes)]
+    n = len(ious)
+    return {
+        "acc": sum(i >= threshold for i in ious) / n if n else 0.0,
+        "mean_iou": sum(ious) / n if n else 0.0,
+        "n": n,
+    }
