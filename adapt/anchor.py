@@ -1,0 +1,193 @@
+"""The debiased visual anchor (paper Sec. 4.1, Eq. 1–9): criteria, fusion, bias map, debiasing.
+
+Pure array math on small maps (layers × grid); running the model is :mod:`adapt.pipeline`'s job.
+Notation follows DESIGN.md: N(x) = x/Σx, MM(x) = (x − min)/(max − min).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .config import AnchorConfig
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """N(x): scale to sum one (uniform when the sum is zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    s = x.sum()
+    return x / s if s > 0 else np.full_like(x, 1.0 / x.size)
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """MM(x): scale to [0, 1] (zeros for a constant map)."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+# criteria --------------------------------------------------------------------------------------
+def high_freq_ratio(m: np.ndarray, r_c: float = 0.25) -> float:
+    """Eq. 1: share of spectral energy of MM(m) beyond radius r_c·r_max of the centred 2-D FFT."""
+    f = np.fft.fftshift(np.fft.fft2(minmax(m)))
+    power = np.abs(f) ** 2
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(yy - h // 2, xx - w // 2)
+    total = power.sum()
+    if total <= 0:
+        return 0.0
+    return float(power[r > r_c * r.max()].sum() / total)
+
+
+def reference_ratio(layer: int, num_layers: int, cfg: AnchorConfig) -> float:
+    """Eq. 2's layer-wise reference ρ̄_l, linear from ``rho_shallow`` to ``rho_deep``."""
+    f = layer / (num_layers - 1) if num_layers > 1 else 0.0
+    return cfg.rho_shallow * (1 - f) + cfg.rho_deep * f
+
+
+def spectral_score(m: np.ndarray, layer: int, num_layers: int, cfg: AnchorConfig) -> float:
+    """Eq. 2: S_spec = 1 − |ρ_l − ρ̄_l|."""
+    return 1.0 - abs(high_freq_ratio(m, cfg.r_c) - reference_ratio(layer, num_layers, cfg))
+
+
+def total_variation(m: np.ndarray) -> float:
+    """Mean absolute horizontal plus vertical difference."""
+    tv = 0.0
+    if m.shape[1] > 1:
+        tv += float(np.abs(np.diff(m, axis=1)).mean())
+    if m.shape[0] > 1:
+        tv += float(np.abs(np.diff(m, axis=0)).mean())
+    return tv
+
+
+def smoothness_score(m: np.ndarray) -> float:
+    """Eq. 3: S_smooth = 1 / (1 + TV(MM(A_l))) — normalised first, else every raw map scores ≈ 1."""
+    return 1.0 / (1.0 + total_variation(minmax(m)))
+
+
+def entropy(m: np.ndarray) -> float:
+    """Normalised Shannon entropy of N(m), in [0, 1]."""
+    p = normalize(m).ravel()
+    if p.size < 2:
+        return 0.0
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / np.log(p.size))
+
+
+def focus_score(m: np.ndarray, target: float) -> float:
+    """Eq. 5: S_focus = 1 − |H(A_l) − H*(q)|."""
+    return 1.0 - abs(entropy(m) - target)
+
+
+_BROAD = re.compile(r"\b(describe|description|caption|detail|details|everything|what (?:is|can you see|do you see) "
+                    r"in (?:the|this) (?:image|picture|scene)|tell me about|overview)\b", re.I)
+
+
+def query_target_entropy(question: str, cfg: AnchorConfig) -> float:
+    """Eq. 4, rule mode: open descriptions want a broad map, pointed questions a focused one.
+
+    The paper leaves H*(q) unspecified; the rule is transparent and both targets are config values.
+    """
+    return cfg.h_broad if _BROAD.search(question or "") else cfg.h_focused
+
+
+def model_target_entropy(prefill_maps: np.ndarray) -> float:
+    """Eq. 4, model mode: mean entropy of the question tokens' own prefill attention to the image."""
+    return float(np.mean([entropy(m) for m in prefill_maps]))
+
+
+def border_mass(m: np.ndarray) -> float:
+    p = normalize(m)
+    inner = p[1:-1, 1:-1].sum() if min(p.shape) > 2 else 0.0
+    return float(1.0 - inner)
+
+
+# fusion ----------------------------------------------------------------------------------------
+@dataclass
+class Fusion:
+    scores: dict[str, np.ndarray]  # spec, smooth, focus, fused (c_l), each [L]
+    lam: np.ndarray  # [L]
+    fused: np.ndarray  # [h, w], sums to one
+
+
+def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig) -> Fusion:
+    """Eq. 6: c_l = ω·S_l (+ optional border/depth priors); λ = softmax_l(MM(c)/T); Ā = Σ λ_l N(A_l)."""
+    L = layer_maps.shape[0]
+    spec = np.array([spectral_score(m, l, L, cfg) for l, m in enumerate(layer_maps)])
+    smooth = np.array([smoothness_score(m) for m in layer_maps])
+    focus = np.array([focus_score(m, target) for m in layer_maps])
+    c = cfg.w_spec * spec + cfg.w_smooth * smooth + cfg.w_focus * focus
+    if cfg.w_border:
+        c = c - cfg.w_border * np.array([border_mass(m) for m in layer_maps])
+    if cfg.w_depth:
+        c = c + cfg.w_depth * (np.arange(L) / max(L - 1, 1))
+    z = minmax(c) / cfg.temperature
+    lam = np.exp(z - z.max())
+    lam /= lam.sum()
+    fused = normalize(np.tensordot(lam, np.stack([normalize(m) for m in layer_maps]), axes=1))
+    return Fusion(scores={"spec": spec, "smooth": smooth, "focus": focus, "fused": c}, lam=lam, fused=fused)
+
+
+# bias correction -------------------------------------------------------------------------------
+def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = None):
+    """Eq. 8–9: D = N(1/(B + ε_s)), W = N(Ā ⊙ D). Returns ``(D, W)``; without B, ``(None, N(Ā))``."""
+    if bias is None:
+        return None, normalize(fused)
+    b = normalize(bias)
+    eps = float(b.mean()) if eps_s is None else eps_s
+    d = normalize(1.0 / (b + eps))
+    return d, normalize(fused * d)
+
+
+def noise_images(size: tuple[int, int], m: int, seed: int = 0) -> list[Image.Image]:
+    """Eq. 7's content-free inputs: Gaussian noise, then grey, black and white fields, more noise."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    fields = [(128, 128, 128), (0, 0, 0), (255, 255, 255)]
+    out = []
+    for i in range(m):
+        if i in (1, 2, 3) and i - 1 < len(fields):
+            out.append(Image.new("RGB", (w, h), fields[i - 1]))
+        else:
+            noise = np.clip(rng.normal(127.5, 64.0, (h, w, 3)), 0, 255).astype(np.uint8)
+            out.append(Image.fromarray(noise))
+    return out
+
+
+class BiasCache:
+    """Bias maps B on disk, one ``.npy`` per (backbone, question, grid, anchor settings)."""
+
+    def __init__(self, directory: str | Path | None = None):
+        self.dir = Path(directory or os.environ.get("ADAPT_CACHE", Path.home() / ".cache" / "adapt")) / "bias"
+
+    @staticmethod
+    def key(backbone_id: str, question: str, grid: tuple[int, int], cfg: AnchorConfig) -> str:
+        """B depends on the model, the question and the grid only: not on the image's content."""
+        relevant = {k: getattr(cfg, k) for k in ("k", "r_c", "rho_shallow", "rho_deep", "w_spec", "w_smooth",
+                                                 "w_focus", "w_border", "w_depth", "temperature",
+                                                 "target_entropy", "h_broad", "h_focused", "num_noise",
+                                                 "noise_seed")}
+        blob = json.dumps([backbone_id, question.strip().lower(), list(grid), relevant],
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self.dir / f"{key}.npy"
+        try:
+            return np.load(path, allow_pickle=False) if path.exists() else None
+        except (OSError, ValueError):  # a torn write: recompute
+            return None
+
+    def put(self, key: str, bias: np.ndarray) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{key}.{os.getpid()}.npy"
+        np.save(tmp, bias)
+        os.replace(tmp, self.dir / f"{key}.npy")

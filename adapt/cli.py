@@ -1,0 +1,244 @@
+"""Command line: ``python -m adapt {run, export-anchors, eval, sweep}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("method (paper defaults unless given)")
+    g.add_argument("--config", help="JSON file with AdaptConfig sections (anchor / asi / enhance)")
+    g.add_argument("--k", type=int, help="anchor tokens K")
+    g.add_argument("--tau", type=float, help="AMC trigger τ")
+    g.add_argument("--alpha", type=float, help="steering strength α")
+    g.add_argument("--layers", help="ASI layers: all | top:N | from:i | 0,3,5")
+    g.add_argument("--num-noise", type=int, help="noise images M for the bias map")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--no-enhance", action="store_true", help="steer on the original image")
+    g.add_argument("--no-asi", action="store_true", help="no steering (enhanced image only)")
+    g.add_argument("--cache-dir", help="bias-map cache (default $ADAPT_CACHE or ~/.cache/adapt)")
+
+
+def _backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="embedded", help="'embedded', a local model directory or a hub id")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 …")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device-map", default=None, help="e.g. auto (needs accelerate)")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def build_config(args):
+    from .config import AdaptConfig
+
+    cfg = AdaptConfig()
+    if getattr(args, "config", None):
+        cfg = AdaptConfig.from_dict(json.loads(Path(args.config).read_text()))
+    overrides = {"anchor.k": args.k, "asi.tau": args.tau, "asi.alpha": args.alpha, "asi.layers": args.layers,
+                 "anchor.num_noise": args.num_noise, "max_new_tokens": args.max_new_tokens}
+    if args.no_enhance:
+        overrides["enhance.enabled"] = False
+    if args.no_asi:
+        overrides["asi.enabled"] = False
+    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def load(args):
+    import torch
+
+    from .backbones import load_backbone
+
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    return load_backbone(args.backbone, dtype=dtype, device=args.device, device_map=args.device_map,
+                         trust_remote_code=args.trust_remote_code)
+
+
+def _cache(args):
+    from .anchor import BiasCache
+
+    return BiasCache(args.cache_dir) if args.cache_dir else BiasCache()
+
+
+def cmd_run(args) -> int:
+    from .enhance import overlay, side_by_side
+    from .images import load_image
+    from .pipeline import analyse
+
+    cfg = build_config(args)
+    image = load_image(args.image)
+    backbone = load(args)
+    trace = analyse(backbone, image, args.question, cfg, bias_cache=_cache(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trace.save(out / "trace.zip")
+    if trace.enhanced_image is not None:
+        trace.enhanced_image.save(out / "enhanced.png")
+    side_by_side(image, overlay(image, trace.anchor), *( [trace.enhanced_image] if trace.enhanced_image else [])
+                 ).save(out / "anchor_overlay.png")
+    u, s = trace.unsteered, trace.steered
+    print(f"backbone: {backbone.name} ({backbone.family}), grid {trace.grid[0]}x{trace.grid[1]}, "
+          f"{backbone.num_layers} layers; bias map {'cached' if trace.bias_cache_hit else 'computed'}")
+    print(f"unsteered: {u.text}")
+    if s is not None:
+        print(f"ADAPT-TF:  {s.text}")
+        thr = np.nan_to_num(trace.threshold)
+        print(f"AMC: mean unsteered {u.amc.mean():.4f}, steered {s.amc.mean():.4f}; threshold per layer "
+              f"{np.array2string(thr, precision=4)}; ASI layers {trace.asi_layers}; "
+              f"interventions {s.num_interventions} over {s.steered.shape[0]} steps × {len(trace.asi_layers)} layers")
+    print(f"λ per layer: {np.array2string(trace.lam, precision=3)}; H*(q) = {trace.target_entropy:.2f}")
+    print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in trace.timings.items()))
+    print(f"wrote {out / 'trace.zip'}, {out / 'enhanced.png'}, {out / 'anchor_overlay.png'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tqdm import tqdm
+
+    from .export import export_anchors, read_items
+
+    cfg = build_config(args)
+    items = read_items(args.input, args.question)
+    backbone = load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(items), desc="anchors", unit="img", file=sys.stderr)
+
+    def progress(done, total, name):
+        bar.update(done - bar.n)
+        (out / ".progress.json").write_text(json.dumps({"done": done, "total": total, "stage": name}))
+        (out / ".progress.json").replace(out / "progress.json")
+
+    counts = export_anchors(backbone, items, out, cfg, _cache(args), overlays=args.overlays, progress=progress)
+    bar.close()
+    print(f"exported {counts['ok']}, skipped (already done) {counts['skipped']}, errors {counts['error']}; "
+          f"manifest: {out / 'manifest.jsonl'}")
+    return 0 if counts["error"] == 0 else 3
+
+
+def cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from .eval.world_bench import Cancelled, WorldRun, make_methods, run_world
+
+    if args.benchmark != "world":
+        raise SystemExit(f"unknown benchmark '{args.benchmark}' (available: world)")
+    cfg = build_config(args)
+    backbone = load(args)
+    methods = make_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, _cache(args))
+    run = WorldRun(split=args.split, seed=args.seed, limit=args.limit, pope=not args.no_pope, out=Path(args.out))
+    bar = tqdm(desc="world", unit="scene", file=sys.stderr)
+
+    def progress(done, total, stage):
+        bar.total = total
+        bar.set_postfix_str(stage)
+        bar.update(done - bar.n)
+
+    try:
+        summary = run_world(backbone, methods, run, progress=progress)
+    except Cancelled as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    bar.close()
+    print(format_summary(summary))
+    print(f"wrote {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    keys = ["chair_s", "chair_i", "recall", "trap_chair_i", "nontrap_chair_i", "partner_rate", "pope_random_acc",
+            "pope_popular_acc", "pope_adversarial_acc", "pope_adversarial_precision", "pope_adversarial_f1",
+            "yes_ratio", "mean_words", "seconds_per_item", "n"]
+    methods = list(summary)
+    lines = [f"{'metric':28s}" + "".join(f"{m:>12s}" for m in methods)]
+    for k in keys:
+        vals = [summary[m].get(k) for m in methods]
+        if all(v is None for v in vals):
+            continue
+        lines.append(f"{k:28s}" + "".join(f"{v:12.4f}" if isinstance(v, float) else f"{str(v):>12s}"
+                                          for v in vals))
+    return "\n".join(lines)
+
+
+def cmd_sweep(args) -> int:
+    from .eval.sweep import run_sweep
+
+    backbone = load(args)
+    run_sweep(backbone, out=Path(args.out), limit=args.limit, taus=_floats(args.taus), alphas=_floats(args.alphas),
+              layer_specs=[s.strip() for s in args.layer_specs.split(";")], cache=_cache(args),
+              base=build_config(args))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m adapt", description="ADAPT: watch and steer an MLLM's "
+                                "text-to-image attention to reduce hallucination.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="analyse one image + question: both answers, AMC summary, trace")
+    r.add_argument("--image", required=True)
+    r.add_argument("--question", required=True)
+    r.add_argument("--out", required=True)
+    _backbone_args(r)
+    _config_args(r)
+    r.set_defaults(fn=cmd_run)
+
+    e = sub.add_parser("export-anchors", help="anchor-guided images for a folder or JSONL, with a manifest")
+    e.add_argument("--input", required=True, help="folder of images, or JSONL of {image, question, id}")
+    e.add_argument("--question", help="question for every image of a folder")
+    e.add_argument("--out", required=True)
+    e.add_argument("--overlays", action="store_true", help="also write original | heat map | enhanced strips")
+    _backbone_args(e)
+    _config_args(e)
+    e.set_defaults(fn=cmd_export)
+
+    v = sub.add_parser("eval", help="benchmarks (world: exact CHAIR and POPE on the synthetic world)")
+    v.add_argument("--benchmark", default="world")
+    v.add_argument("--split", default="test", choices=["validation", "test"])
+    v.add_argument("--seed", type=int, default=None, help="a fresh world (default: the standard split)")
+    v.add_argument("--limit", type=int, default=None, help="first N scenes")
+    v.add_argument("--method", default="greedy", help="comma-separated: greedy, adapt-tf")
+    v.add_argument("--no-pope", action="store_true", help="descriptions only")
+    v.add_argument("--out", required=True)
+    _backbone_args(v)
+    _config_args(v)
+    v.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("sweep", help="validation sweep of τ, α and ASI layers (CHAIR vs overhead)")
+    s.add_argument("--out", default="runs/sweep")
+    s.add_argument("--limit", type=int, default=60)
+    s.add_argument("--taus", default="0.4,0.6,0.8,1.0")
+    s.add_argument("--alphas", default="0.5,1.0,2.0")
+    s.add_argument("--layer-specs", default="all;top:2", help="';'-separated layer specs")
+    _backbone_args(s)
+    _config_args(s)
+    s.set_defaults(fn=cmd_sweep)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from .backbones import BackboneError
+    from .config import ConfigError
+    from .export import ExportError
+    from .images import ImageError
+
+    try:
+        return args.fn(args) or 0
+    except (BackboneError, ConfigError, ExportError, ImageError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished items are on disk and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

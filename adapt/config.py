@@ -1,0 +1,148 @@
+"""Every hyperparameter of the method, with the paper's defaults, in one place (DESIGN.md §3–5)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value."""
+
+
+@dataclass
+class AnchorConfig:
+    """Visual anchor (paper Sec. 4.1, Eq. 1–9)."""
+
+    k: int = 5  # early generated tokens whose attention forms A_l
+    r_c: float = 0.25  # high-frequency band: radius > r_c · r_max (Eq. 1)
+    rho_shallow: float = 0.8  # layer-wise reference ρ̄_l, linear from shallow to deep (Eq. 2)
+    rho_deep: float = 0.2
+    w_spec: float = 0.4  # ω in Eq. 6
+    w_smooth: float = 0.3
+    w_focus: float = 0.3
+    w_border: float = 0.0  # optional prior of the public code: penalise mass on the border
+    w_depth: float = 0.0  # optional prior of the public code: favour deeper layers
+    temperature: float = 0.1  # λ = softmax(MM(c) / T); T = 0.1 is the public code's exp(10·c)
+    target_entropy: str = "query"  # "query": rule on the question; "model": prefill attention entropy
+    h_broad: float = 0.85  # H*(q) for open descriptions
+    h_focused: float = 0.6  # H*(q) for pointed questions (one object, colour, count, position, yes/no)
+    num_noise: int = 4  # M noise images for the bias map (Eq. 7)
+    noise_seed: int = 0
+    eps_s: float | None = None  # smoothing in D = N(1/(B+ε_s)); None → mean of B (Eq. 8)
+    debias: bool = True
+
+
+@dataclass
+class ASIConfig:
+    """Attention-Supervised Inference (paper Sec. 4.2, Eq. 10–11)."""
+
+    enabled: bool = True
+    tau: float = 0.6  # trigger when AMC < τ · S_ref,l (relative) or AMC < τ (absolute)
+    alpha: float = 0.5  # steering strength in α·log(w + ε)
+    eps: float = 1e-3
+    mode: str = "relative"  # "relative" | "absolute"
+    layers: str = "all"  # "all" | "top:N" (N highest λ) | "from:i" | comma-separated indices
+
+
+@dataclass
+class EnhanceConfig:
+    """Anchor-guided visual enhancement (paper Sec. 4.1.4)."""
+
+    enabled: bool = True  # ADAPT-TF answers on the enhanced image
+    keep_percentile: float = 50.0  # binary mask: anchor above this percentile is kept as is
+    floor: float = 0.35  # weight of the original image where the anchor is lowest
+    mask_strength: float = 0.3  # how much the binary mask adds to the soft fade
+    blur: float = 0.6  # Gaussian blur of the upsampled anchor, in grid cells
+
+
+@dataclass
+class AdaptConfig:
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    asi: ASIConfig = field(default_factory=ASIConfig)
+    enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
+    max_new_tokens: int = 96
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "AdaptConfig":
+        a, s, e = self.anchor, self.asi, self.enhance
+        checks = [
+            (a.k >= 1, "anchor.k must be ≥ 1"),
+            (0 < a.r_c < 1, "anchor.r_c must be in (0, 1)"),
+            (min(a.w_spec, a.w_smooth, a.w_focus, a.w_border, a.w_depth) >= 0, "fusion weights must be ≥ 0"),
+            (a.temperature > 0, "anchor.temperature must be > 0"),
+            (a.target_entropy in ("query", "model"), "anchor.target_entropy must be 'query' or 'model'"),
+            (0 <= a.h_broad <= 1 and 0 <= a.h_focused <= 1, "target entropies must be in [0, 1]"),
+            (0 <= a.num_noise <= 16, "anchor.num_noise must be in 0..16"),
+            (s.tau >= 0, "asi.tau must be ≥ 0"),
+            (s.alpha >= 0, "asi.alpha must be ≥ 0"),
+            (s.eps > 0, "asi.eps must be > 0"),
+            (s.mode in ("relative", "absolute"), "asi.mode must be 'relative' or 'absolute'"),
+            (0 <= e.keep_percentile <= 100, "enhance.keep_percentile must be in [0, 100]"),
+            (0 <= e.floor <= 1 and 0 <= e.mask_strength <= 1, "enhance.floor/mask_strength must be in [0, 1]"),
+            (1 <= self.max_new_tokens <= 2048, "max_new_tokens must be in 1..2048"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        parse_layers(s.layers, 10**6)  # syntax only: the model's depth is checked at run time
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AdaptConfig":
+        d = dict(d or {})
+        parts = {}
+        for name, sub in (("anchor", AnchorConfig), ("asi", ASIConfig), ("enhance", EnhanceConfig)):
+            parts[name] = _build(sub, d.pop(name, {}) or {})
+        unknown = set(d) - {"max_new_tokens"}
+        if unknown:
+            raise ConfigError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**parts, **d)
+
+    def replace(self, **dotted: Any) -> "AdaptConfig":
+        """A copy with ``section.name=value`` overrides, e.g. ``replace(**{"asi.tau": 0.5})``."""
+        d = self.to_dict()
+        for key, value in dotted.items():
+            section, _, name = key.rpartition(".")
+            target = d[section] if section else d
+            if name not in target:
+                raise ConfigError(f"unknown config key '{key}'")
+            target[name] = value
+        return AdaptConfig.from_dict(d)
+
+
+def _build(cls, values: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**values)
+
+
+def parse_layers(spec: str, num_layers: int, lam=None) -> list[int]:
+    """Which decoder layers ASI monitors and steers: ``all``, ``top:N`` (highest λ), ``from:i``, ``0,3,5``."""
+    spec = (spec or "all").strip()
+    try:
+        if spec == "all":
+            return list(range(num_layers))
+        if spec.startswith("top:"):
+            n = int(spec[4:])
+            if n < 1:
+                raise ValueError
+            if lam is None:
+                return list(range(num_layers))
+            order = sorted(range(num_layers), key=lambda i: -float(lam[i]))
+            return sorted(order[:n])
+        if spec.startswith("from:"):
+            return list(range(int(spec[5:]), num_layers))
+        layers = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"asi.layers '{spec}' is not 'all', 'top:N', 'from:i' or a list of indices") from None
+    if any(not 0 <= i < num_layers for i in layers):
+        raise ConfigError(f"asi.layers {layers} outside 0..{num_layers - 1}")
+    return layers

@@ -1,0 +1,209 @@
+"""The world benchmark: exact CHAIR and POPE on the synthetic scene world, per method, resumable.
+
+Each method describes every scene and answers its POPE questions (random, popular,
+adversarial). One JSONL line per scene per method is written as soon as it is done
+(``items-<method>.jsonl``), so a run that stops can be resumed; ``summary.json`` is computed
+from those lines alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..anchor import BiasCache
+from ..backbones import Backbone
+from ..config import AdaptConfig
+from ..pipeline import adapt_tf_answer
+from .metrics import chair, parse_yes_no, pope_metrics
+
+POPE_KINDS = ("random", "popular", "adversarial")
+POPE_MAX_TOKENS = 8
+SPLIT_SIZES = {"validation": 100, "test": 200}
+
+
+class Cancelled(RuntimeError):
+    """The run was asked to stop; everything finished so far is on disk."""
+
+
+@dataclass
+class Method:
+    """A decoding method: ``answer(backbone, image, question, max_new_tokens) -> (text, info)``."""
+
+    name: str
+    answer: Callable
+    description: str = ""
+
+
+def greedy_method(cfg: AdaptConfig) -> Method:
+    def answer(backbone, image, question, max_new_tokens):
+        g = backbone.generate(backbone.prepare(image, question), max_new_tokens=max_new_tokens, capture=False)
+        return g.text, {"tokens": len(g.token_ids)}
+
+    return Method("greedy", answer, "plain greedy decoding")
+
+
+def adapt_tf_method(cfg: AdaptConfig, cache: BiasCache | None) -> Method:
+    def answer(backbone, image, question, max_new_tokens):
+        c = cfg if max_new_tokens == cfg.max_new_tokens else cfg.replace(max_new_tokens=max_new_tokens)
+        gen, policy = adapt_tf_answer(backbone, image, question, c, cache)
+        return gen.text, {"tokens": len(gen.token_ids), "interventions": int(policy.fired_matrix().sum())}
+
+    return Method("adapt-tf", answer, "anchor + visual enhancement + ASI")
+
+
+def make_methods(names: list[str], cfg: AdaptConfig, cache: BiasCache | None) -> list[Method]:
+    factories = {"greedy": lambda: greedy_method(cfg), "adapt-tf": lambda: adapt_tf_method(cfg, cache)}
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(factories)}")
+    return [factories[n]() for n in names]
+
+
+@dataclass
+class WorldRun:
+    split: str = "test"
+    seed: int | None = None
+    limit: int | None = None
+    pope: bool = True
+    describe_tokens: int = 128
+    out: Path = field(default_factory=lambda: Path("runs/world"))
+
+
+def _done_indices(path: Path) -> set[int]:
+    done = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                done.add(json.loads(line)["index"])
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line torn by an interrupted write is redone
+    return done
+
+
+def evaluate_scene(backbone: Backbone, method: Method, scene, index: int, describe_tokens: int,
+                   pope: bool) -> dict:
+    from ..world import DEFAULT_DESCRIBE_PROMPT, read_object_spans
+
+    image = scene.image()
+    truth = scene.categories
+    t0 = time.perf_counter()
+    text, info = method.answer(backbone, image, DEFAULT_DESCRIBE_PROMPT, describe_tokens)
+    spans = read_object_spans(text)
+    mentioned = [c for c, _ in spans]
+    hallucinated = [(c, pos) for c, pos in spans if c not in truth]
+    item = {
+        "index": index, "seed": scene.seed, "is_trap": scene.is_trap, "truth": truth,
+        "absent_partners": scene.absent_partners, "description": text, "mentioned": mentioned,
+        "hallucinated": [c for c, _ in hallucinated],
+        # where in the text each mention sits (0 = start, 1 = end): do hallucinations come late?
+        "mention_positions": [round(pos / max(len(text), 1), 4) for _, pos in spans],
+        "info": info, "pope": [],
+    }
+    if pope:
+        for kind in POPE_KINDS:
+            for q in scene.pope_questions(kind):
+                answer, _ = method.answer(backbone, image, q["question"], POPE_MAX_TOKENS)
+                item["pope"].append({"kind": kind, "category": q["category"], "label": q["label"],
+                                     "answer": answer, "pred": parse_yes_no(answer),
+                                     "is_partner": q.get("is_partner", False)})
+    item["seconds"] = round(time.perf_counter() - t0, 4)
+    return item
+
+
+def run_world(backbone: Backbone, methods: list[Method], run: WorldRun,
+              progress: Callable[[int, int, str], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> dict:
+    """Evaluate ``methods`` on the world split, writing JSONL as it goes; returns the summary."""
+    from ..world import make_split
+
+    n = run.limit if run.limit is not None else SPLIT_SIZES.get(run.split, 100)
+    scenes = make_split(run.split, n, seed=run.seed)
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps({"benchmark": "world", "split": run.split, "seed": run.seed,
+                                              "n": n, "methods": [m.name for m in methods],
+                                              "backbone": backbone.name}, indent=1))
+    total = n * len(methods)
+    done_count = 0
+    for method in methods:
+        path = out / f"items-{method.name}.jsonl"
+        done = _done_indices(path)
+        with path.open("a") as f:
+            for i, scene in enumerate(scenes):
+                if i in done:
+                    done_count += 1
+                    continue
+                if should_stop is not None and should_stop():
+                    _write_progress(out, done_count, total, "cancelled")
+                    raise Cancelled(f"stopped after {done_count}/{total} items; rerun to resume")
+                item = evaluate_scene(backbone, method, scene, i, run.describe_tokens, run.pope)
+                f.write(json.dumps(item) + "\n")
+                f.flush()
+                done_count += 1
+                _write_progress(out, done_count, total, method.name)
+                if progress is not None:
+                    progress(done_count, total, method.name)
+    summary = summarise(out, [m.name for m in methods], n)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_progress(out, total, total, "done")
+    return summary
+
+
+def _write_progress(out: Path, done: int, total: int, stage: str) -> None:
+    tmp = out / ".progress.json"
+    tmp.write_text(json.dumps({"done": done, "total": total, "stage": stage}))
+    tmp.replace(out / "progress.json")
+
+
+def load_items(path: Path, n: int | None = None) -> list[dict]:
+    items = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            it = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if n is None or it["index"] < n:
+            items[it["index"]] = it
+    return [items[k] for k in sorted(items)]
+
+
+def summarise_items(items: list[dict]) -> dict:
+    """The benchmark's figures for one method from its per-scene items."""
+    if not items:
+        return {"n": 0}
+    c = chair([it["mentioned"] for it in items], [it["truth"] for it in items])
+    trap = [it for it in items if it["is_trap"]]
+    clean = [it for it in items if not it["is_trap"]]
+    s = {"chair_s": c["chair_s"], "chair_i": c["chair_i"], "recall": c["recall"]}
+    pope = [p for it in items for p in it["pope"]]
+    for kind in POPE_KINDS:
+        ps = [p for p in pope if p["kind"] == kind]
+        if ps:
+            m = pope_metrics([p["pred"] for p in ps], [p["label"] for p in ps])
+            s[f"pope_{kind}_acc"] = m["acc"]
+            if kind == "adversarial":
+                s["pope_adversarial_precision"] = m["precision"]
+                s["pope_adversarial_f1"] = m["f1"]
+    if pope:
+        s["yes_ratio"] = pope_metrics([p["pred"] for p in pope], [p["label"] for p in pope])["yes_ratio"]
+    s["trap_chair_i"] = chair([it["mentioned"] for it in trap], [it["truth"] for it in trap])["chair_i"] if trap else None
+    s["nontrap_chair_i"] = (chair([it["mentioned"] for it in clean], [it["truth"] for it in clean])["chair_i"]
+                            if clean else None)
+    # the prior trap itself: how often the absent partner is named, vs any other absent category
+    if trap:
+        s["partner_rate"] = float(np.mean([any(c in it["mentioned"] for c in it["absent_partners"]) for it in trap]))
+    s["mean_words"] = float(np.mean([len(it["description"].split()) for it in items]))
+    s["seconds_per_item"] = float(np.mean([it["seconds"] for it in items]))
+    s["n"] = len(items)
+    return s
+
+
+def summarise(out: Path, methods: list[str], n: int | None = None) -> dict:
+    return {m: summarise_items(load_items(Path(out) / f"items-{m}.jsonl", n)) for m in methods
+            if (Path(out) / f"items-{m}.jsonl").exists()}

@@ -1,0 +1,231 @@
+"""One ADAPT-TF analysis: backbone → capture → anchor → steering → :class:`~adapt.trace.Trace`.
+
+Pipeline (DESIGN §4): (1) the anchor run — greedy decoding on the original image, whose first K
+steps give the per-layer maps A_l; (2) the bias map B from noise images (cached on disk) and the
+anchor W; (3) the anchor-guided image; (4) decoding again with ASI on, on the enhanced image.
+The unsteered answer is the comparison baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .anchor import BiasCache, Fusion, debias, fuse, model_target_entropy, noise_images, normalize, \
+    query_target_entropy
+from .asi import ASIPolicy, amc, steering_weights
+from .backbones import Backbone, Generation
+from .config import AdaptConfig, parse_layers
+from .enhance import enhance
+from .images import load_image
+from .trace import AnswerTrace, Trace
+
+Progress = Callable[[float, str], None]
+
+
+def _quiet(fraction: float, message: str) -> None:
+    pass
+
+
+def default_bias_cache() -> BiasCache:
+    """The on-disk cache (``$ADAPT_CACHE`` or ``~/.cache/adapt``)."""
+    return BiasCache()
+
+
+def backbone_id(backbone: Backbone) -> str:
+    """Identity for caching: name plus the weights' size and time when it is a local directory."""
+    stamp = []
+    path = Path(backbone.name)
+    if path.is_dir():
+        for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+            st = f.stat()
+            stamp.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+    return "|".join([backbone.family, backbone.name, *stamp])
+
+
+@dataclass
+class Anchor:
+    """Everything Sec. 4.1 produces for one (image, question)."""
+
+    layer_maps: np.ndarray  # [L, h, w]
+    fusion: Fusion
+    target_entropy: float
+    bias: np.ndarray | None
+    debias_mask: np.ndarray | None
+    anchor: np.ndarray  # W, [h, w]
+    cache_hit: bool
+    seconds_bias: float
+
+
+def layer_maps_from(maps: np.ndarray, k: int, grid: tuple[int, int]) -> np.ndarray:
+    """A_l: mean over the first K steps of ``maps[T, L, n]``, reshaped ``[L, h, w]``.
+
+    An answer shorter than K tokens contributes the steps it has.
+    """
+    return maps[: max(1, min(k, maps.shape[0]))].mean(0).reshape(maps.shape[1], *grid)
+
+
+def target_entropy(question: str, cfg: AdaptConfig, prefill_maps: np.ndarray | None) -> float:
+    if cfg.anchor.target_entropy == "model" and prefill_maps is not None:
+        return model_target_entropy(prefill_maps)
+    return query_target_entropy(question, cfg.anchor)
+
+
+def bias_map(backbone: Backbone, question: str, image_size: tuple[int, int], grid: tuple[int, int],
+             cfg: AdaptConfig, target: float, cache: BiasCache | None) -> tuple[np.ndarray | None, bool]:
+    """Eq. 7: B = mean_n N(Ā^(n)) over M noise images with the same question. Returns ``(B, hit)``."""
+    a = cfg.anchor
+    if not a.debias or a.num_noise == 0:
+        return None, False
+    key = BiasCache.key(backbone_id(backbone), question, grid, a)
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None and hit.shape == tuple(grid):
+            return hit, True
+    fused = []
+    for img in noise_images(image_size, a.num_noise, a.noise_seed):
+        prepared = backbone.prepare(img, question)
+        if prepared.span.grid != tuple(grid):
+            raise ValueError(f"noise image grid {prepared.span.grid} differs from the image's {grid}")
+        gen = backbone.generate(prepared, max_new_tokens=a.k)
+        maps = gen.maps.cpu().numpy()
+        fused.append(normalize(fuse(layer_maps_from(maps, a.k, grid), target, a).fused))
+    bias = np.mean(fused, axis=0)
+    if cache is not None:
+        cache.put(key, bias)
+    return bias, False
+
+
+def build_anchor(backbone: Backbone, question: str, image_size: tuple[int, int], grid: tuple[int, int],
+                 maps: np.ndarray, cfg: AdaptConfig, prefill_maps: np.ndarray | None = None,
+                 cache: BiasCache | None = None) -> Anchor:
+    """Eq. 1–9 from the anchor run's captured maps ``[T, L, n]``."""
+    a = cfg.anchor
+    A = layer_maps_from(maps, a.k, grid)
+    target = target_entropy(question, cfg, prefill_maps)
+    fusion = fuse(A, target, a)
+    t0 = time.perf_counter()
+    bias, hit = bias_map(backbone, question, image_size, grid, cfg, target, cache)
+    d, w = debias(fusion.fused, bias, a.eps_s)
+    return Anchor(layer_maps=A, fusion=fusion, target_entropy=target, bias=bias, debias_mask=d, anchor=w,
+                  cache_hit=hit, seconds_bias=time.perf_counter() - t0)
+
+
+def answer_trace(gen: Generation, weights: np.ndarray, policy: ASIPolicy | None, image_used: str) -> AnswerTrace:
+    """Per-step dynamics of one answer: AMC, interventions and the three Sec. 3 signals."""
+    maps = gen.maps.cpu().numpy().astype(np.float32)  # [T, L, n]
+    T = maps.shape[0]
+    if policy is not None:
+        amc_m = policy.amc_matrix()[:T]
+        fired = policy.fired_matrix()[:T]
+    else:
+        amc_m = amc(maps, weights)
+        fired = np.zeros(maps.shape[:2], dtype=bool)
+    unit = maps / np.maximum(np.linalg.norm(maps, axis=-1, keepdims=True), 1e-12)
+    w_unit = weights / max(np.linalg.norm(weights), 1e-12)
+    similarity = unit @ w_unit
+    change = np.zeros_like(similarity)
+    change[1:] = 1.0 - (unit[1:] * unit[:-1]).sum(-1)
+    return AnswerTrace(text=gen.text, token_ids=gen.token_ids, tokens=gen.tokens, maps=maps,
+                       amc=amc_m.astype(np.float32), steered=fired, similarity=similarity.astype(np.float32),
+                       change=change.astype(np.float32), mass=maps.sum(-1), seconds=gen.seconds,
+                       image_used=image_used)
+
+
+def steered_generation(backbone: Backbone, image: Image.Image, question: str, anchor: Anchor,
+                       cfg: AdaptConfig, grid: tuple[int, int]):
+    """Steps 3–4: enhanced image (optional) and decoding with ASI. Returns ``(gen, policy, image_used)``."""
+    used, image_used = image, "original"
+    enhanced = None
+    if cfg.enhance.enabled:
+        enhanced = enhance(image, anchor.anchor, cfg.enhance)
+        used, image_used = enhanced, "enhanced"
+    prepared = backbone.prepare(used, question)
+    if prepared.span.grid != tuple(grid):
+        raise ValueError("the enhanced image changed the image-token grid")
+    layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
+    policy = ASIPolicy(steering_weights(anchor.anchor), backbone.num_layers, layers, cfg.asi, cfg.anchor.k,
+                       device=backbone.device)
+    gen = backbone.generate(prepared, max_new_tokens=cfg.max_new_tokens, policy=policy)
+    return gen, policy, image_used, enhanced, layers
+
+
+def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None = None,
+            bias_cache: BiasCache | None = None, progress: Progress | None = None,
+            meta: dict | None = None) -> Trace:
+    """Run ADAPT-TF and the unsteered baseline on one (image, question); return the full Trace."""
+    cfg = (config or AdaptConfig()).validate()
+    progress = progress or _quiet
+    timings = {}
+    t_all = time.perf_counter()
+    image = load_image(image)
+    prepared = backbone.prepare(image, question)
+    grid = prepared.span.grid
+    progress(0.05, "unsteered answer (also the anchor run)")
+    t0 = time.perf_counter()
+    base = backbone.generate(prepared, max_new_tokens=cfg.max_new_tokens,
+                             capture_prefill=cfg.anchor.target_entropy == "model")
+    timings["unsteered"] = time.perf_counter() - t0
+    maps = base.maps.cpu().numpy()
+    prefill = base.prefill_maps.cpu().numpy() if base.prefill_maps is not None else None
+    progress(0.35, "visual anchor and bias map")
+    anchor = build_anchor(backbone, prepared.question, image.size, grid, maps, cfg, prefill, bias_cache)
+    timings["bias_map"] = anchor.seconds_bias
+    weights = steering_weights(anchor.anchor)
+    unsteered = answer_trace(base, weights, None, "original")
+    steered = None
+    enhanced = None
+    layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
+    threshold = np.full(backbone.num_layers, np.nan)
+    if cfg.asi.enabled or cfg.enhance.enabled:
+        progress(0.6, "answer with attention-supervised inference")
+        t0 = time.perf_counter()
+        gen, policy, used, enhanced, layers = steered_generation(backbone, image, prepared.question, anchor,
+                                                                 cfg, grid)
+        timings["steered"] = time.perf_counter() - t0
+        steered = answer_trace(gen, weights, policy, used)
+        threshold = policy.thresholds()
+    timings["total"] = time.perf_counter() - t_all
+    progress(1.0, "done")
+    return Trace(question=prepared.question, backbone=backbone.name, grid=tuple(grid), config=cfg.to_dict(),
+                 image=image, enhanced_image=enhanced, layer_maps=anchor.layer_maps.astype(np.float32),
+                 scores={k: v.astype(np.float32) for k, v in anchor.fusion.scores.items()},
+                 lam=anchor.fusion.lam.astype(np.float32), target_entropy=anchor.target_entropy,
+                 fused=anchor.fusion.fused.astype(np.float32),
+                 bias=None if anchor.bias is None else anchor.bias.astype(np.float32),
+                 debias_mask=None if anchor.debias_mask is None else anchor.debias_mask.astype(np.float32),
+                 anchor=anchor.anchor.astype(np.float32), threshold=threshold.astype(np.float32),
+                 asi_layers=list(layers), unsteered=unsteered, steered=steered,
+                 bias_cache_hit=anchor.cache_hit, timings=timings, meta=dict(meta or {}))
+
+
+def probe_anchor(backbone: Backbone, image: Image.Image, question: str, cfg: AdaptConfig,
+                 cache: BiasCache | None = None) -> tuple[Anchor, tuple[int, int]]:
+    """The anchor from a K-token anchor run alone (no full unsteered answer). Returns ``(anchor, grid)``."""
+    prepared = backbone.prepare(image, question)
+    probe = backbone.generate(prepared, max_new_tokens=cfg.anchor.k,
+                              capture_prefill=cfg.anchor.target_entropy == "model")
+    prefill = probe.prefill_maps.cpu().numpy() if probe.prefill_maps is not None else None
+    anchor = build_anchor(backbone, prepared.question, image.size, prepared.span.grid, probe.maps.cpu().numpy(),
+                          cfg, prefill, cache)
+    return anchor, prepared.span.grid
+
+
+def adapt_tf_answer(backbone: Backbone, image: Image.Image, question: str, cfg: AdaptConfig,
+                    cache: BiasCache | None = None) -> tuple[Generation, ASIPolicy]:
+    """ADAPT-TF alone (for benchmarks): a K-token anchor run, then the steered answer."""
+    anchor, grid = probe_anchor(backbone, image, question, cfg, cache)
+    gen, policy, *_ = steered_generation(backbone, image, question.strip(), anchor, cfg, grid)
+    return gen, policy
+
+
+def anchor_image(backbone: Backbone, image: Image.Image, question: str, cfg: AdaptConfig,
+                 cache: BiasCache | None = None) -> tuple[Image.Image, Anchor]:
+    """The anchor-guided image for export (Sec. 4.1.4)."""
+    anchor, _ = probe_anchor(backbone, image, question, cfg, cache)
+    return enhance(image, anchor.anchor, cfg.enhance), anchor

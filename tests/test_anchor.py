@@ -1,0 +1,122 @@
+"""The anchor's criteria, fusion and debiasing on hand-made maps with known answers (Eq. 1–9)."""
+
+import numpy as np
+import pytest
+
+from adapt.anchor import BiasCache, debias, entropy, focus_score, fuse, high_freq_ratio, minmax, noise_images, \
+    normalize, query_target_entropy, reference_ratio, smoothness_score, spectral_score, total_variation
+from adapt.config import AnchorConfig
+
+CFG = AnchorConfig()
+
+
+def peak(h=8, w=8, cy=3.0, cx=4.0, sigma=1.2):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+
+
+NOISE = np.random.default_rng(0).random((8, 8))
+
+
+def test_normalisers():
+    x = np.array([[1.0, 3.0], [2.0, 2.0]])
+    assert normalize(x).sum() == pytest.approx(1.0) and normalize(x)[0, 1] == pytest.approx(3 / 8)
+    assert minmax(x).min() == 0 and minmax(x).max() == 1 and minmax(x)[1, 0] == pytest.approx(0.5)
+    assert np.all(minmax(np.ones((3, 3))) == 0)
+
+
+def test_high_frequency_ratio_extremes():
+    assert high_freq_ratio(np.ones((8, 8))) == 0.0  # constant → MM is zero → no energy
+    checker = np.indices((8, 8)).sum(0) % 2  # half its energy at DC (mean 0.5), half at the Nyquist corner
+    assert high_freq_ratio(checker.astype(float)) == pytest.approx(0.5)
+    smooth, noisy = high_freq_ratio(peak()), high_freq_ratio(NOISE)
+    assert smooth < 0.1 < 0.2 < noisy
+
+
+def test_reference_profile_and_spectral_score():
+    assert reference_ratio(0, 5, CFG) == pytest.approx(0.8)
+    assert reference_ratio(4, 5, CFG) == pytest.approx(0.2)
+    assert reference_ratio(2, 5, CFG) == pytest.approx(0.5)
+    rho = high_freq_ratio(peak())
+    assert spectral_score(peak(), 4, 5, CFG) == pytest.approx(1 - abs(rho - 0.2))
+
+
+def test_total_variation_by_hand():
+    m = np.array([[0.0, 1.0], [1.0, 1.0]])
+    # horizontal |Δ| = [1, 0] → 0.5; vertical |Δ| = [1, 0] → 0.5
+    assert total_variation(m) == pytest.approx(1.0)
+    assert smoothness_score(m) == pytest.approx(0.5)
+
+
+def test_single_peak_beats_white_noise_on_smoothness_and_focus():
+    target = 0.6
+    assert smoothness_score(peak()) > smoothness_score(NOISE) + 0.2
+    assert focus_score(peak(), target) > focus_score(NOISE, target)
+    # and raw attention-scale values score the same as the normalised map
+    assert smoothness_score(peak() / 576) == pytest.approx(smoothness_score(peak()))
+
+
+def test_entropy_extremes():
+    assert entropy(np.ones((4, 4))) == pytest.approx(1.0)
+    one_hot = np.zeros((4, 4))
+    one_hot[1, 2] = 1
+    assert entropy(one_hot) == pytest.approx(0.0)
+
+
+def test_query_rule_for_target_entropy():
+    assert query_target_entropy("Describe the image in detail.", CFG) == CFG.h_broad
+    assert query_target_entropy("What do you see in this image?", CFG) == CFG.h_broad
+    assert query_target_entropy("Is there a star in the image?", CFG) == CFG.h_focused
+    assert query_target_entropy("What colour is the circle?", CFG) == CFG.h_focused
+
+
+def test_fusion_weights_sum_to_one_and_prefer_the_clean_layer():
+    maps = np.stack([NOISE, peak(), NOISE[::-1]])
+    # a flat spectral reference, so that only the maps (not the depth profile) decide
+    f = fuse(maps, 0.6, AnchorConfig(rho_shallow=0.1, rho_deep=0.1))
+    assert f.lam.sum() == pytest.approx(1.0)
+    assert int(np.argmax(f.lam)) == 1
+    assert f.fused.sum() == pytest.approx(1.0)
+    # Ā is the λ-weighted sum of the normalised maps
+    expected = sum(l * normalize(m) for l, m in zip(f.lam, maps))
+    np.testing.assert_allclose(f.fused, expected / expected.sum())
+    # c_l is ω · S_l
+    c = 0.4 * f.scores["spec"] + 0.3 * f.scores["smooth"] + 0.3 * f.scores["focus"]
+    np.testing.assert_allclose(f.scores["fused"], c)
+
+
+def test_equal_layers_get_equal_weights_and_optional_priors_change_them():
+    maps = np.stack([peak()] * 4)
+    f = fuse(maps, 0.6, AnchorConfig(rho_shallow=0.5, rho_deep=0.5))
+    np.testing.assert_allclose(f.lam, 0.25)
+    deep = fuse(maps, 0.6, AnchorConfig(rho_shallow=0.5, rho_deep=0.5, w_depth=1.0))
+    assert np.all(np.diff(deep.lam) > 0)
+
+
+def test_a_map_equal_to_the_bias_is_flattened():
+    bias = normalize(peak(cy=0, cx=0, sigma=1.0) + 0.01)
+    d, w = debias(bias, bias, eps_s=1e-9)
+    np.testing.assert_allclose(w, np.full_like(w, 1 / w.size), rtol=1e-5)
+    _, w_default = debias(bias, bias)  # ε_s = mean(B) flattens partly
+    assert entropy(w_default) > entropy(bias)
+    # the sink is suppressed, a real object elsewhere survives
+    obj = normalize(0.5 * bias + 0.5 * normalize(peak(cy=5, cx=5)))
+    _, w2 = debias(obj, bias)
+    assert w2[5, 5] > w2[0, 0]
+
+
+def test_noise_images_are_deterministic_and_content_free():
+    a, b = noise_images((40, 30), 4, seed=3), noise_images((40, 30), 4, seed=3)
+    assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
+    assert all(im.size == (40, 30) for im in a)
+    assert [np.asarray(x).std() == 0 for x in a] == [False, True, True, True]
+
+
+def test_bias_cache_round_trip(tmp_path):
+    cache = BiasCache(tmp_path)
+    key = BiasCache.key("m", "Is there a star?", (8, 8), CFG)
+    assert key == BiasCache.key("m", "is there a star? ", (8, 8), CFG)
+    assert key != BiasCache.key("m", "is there a star?", (8, 9), CFG)
+    assert cache.get(key) is None
+    cache.put(key, peak())
+    np.testing.assert_array_equal(cache.get(key), peak())

@@ -1,0 +1,120 @@
+"""One analysis → one Trace; the Trace round-trips; the CLI and the export work end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adapt.anchor import BiasCache
+from adapt.backbones import LlavaBackbone
+from adapt.cli import main
+from adapt.config import AdaptConfig
+from adapt.pipeline import analyse
+from adapt.testing import tiny_llava
+from adapt.trace import Trace
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return LlavaBackbone(*tiny_llava(layers=3), "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_model")
+    model, proc = tiny_llava(layers=3)
+    model.save_pretrained(d)
+    proc.save_pretrained(d)
+    return d
+
+
+def test_analyse_fills_every_part_of_the_trace(tiny, rand_image, tmp_path):
+    cfg = AdaptConfig().replace(max_new_tokens=12)
+    cache = BiasCache(tmp_path)
+    t = analyse(tiny, rand_image, "describe the image", cfg, bias_cache=cache)
+    L, (h, w) = 3, t.grid
+    assert t.layer_maps.shape == (L, h, w) and t.lam.shape == (L,) and t.lam.sum() == pytest.approx(1, abs=1e-5)
+    assert set(t.scores) == {"spec", "smooth", "focus", "fused"}
+    for m in (t.fused, t.bias, t.debias_mask, t.anchor):
+        assert m.shape == (h, w) and m.sum() == pytest.approx(1, abs=1e-5)
+    assert t.enhanced_image.size == rand_image.size
+    for a in (t.unsteered, t.steered):
+        T = len(a.token_ids)
+        assert a.maps.shape == (T, L, h * w) and a.amc.shape == (T, L) and a.steered.shape == (T, L)
+        assert a.similarity.shape == a.change.shape == a.mass.shape == (T, L)
+        assert np.all(a.change[0] == 0) and np.all((a.mass > 0) & (a.mass <= 1 + 1e-6))
+    assert not t.unsteered.steered.any() and t.steered.image_used == "enhanced"
+    # the K anchor steps of the unsteered run are A_l
+    np.testing.assert_allclose(t.layer_maps.reshape(L, -1), t.unsteered.maps[:5].mean(0), rtol=1e-5)
+    assert not t.bias_cache_hit
+    again = analyse(tiny, rand_image, "describe the image", cfg, bias_cache=cache)
+    assert again.bias_cache_hit and np.allclose(again.bias, t.bias)
+
+
+def test_steering_off_equals_plain_answer(tiny, rand_image):
+    cfg = AdaptConfig().replace(**{"enhance.enabled": False, "asi.tau": 0.0, "max_new_tokens": 10})
+    t = analyse(tiny, rand_image, "describe the image", cfg)
+    assert t.steered.token_ids == t.unsteered.token_ids and t.steered.num_interventions == 0
+    np.testing.assert_allclose(t.steered.maps, t.unsteered.maps, rtol=1e-5, atol=1e-7)
+
+
+def test_trace_round_trips(tiny, rand_image, tmp_path):
+    t = analyse(tiny, rand_image, "is there a star?", AdaptConfig().replace(max_new_tokens=8),
+                meta={"objects": ["star"]})
+    path = t.save(tmp_path / "t.zip")
+    back = Trace.load(path)
+    assert back.question == t.question and back.grid == t.grid and back.meta == {"objects": ["star"]}
+    assert back.config == t.config and back.asi_layers == t.asi_layers
+    for name in ("layer_maps", "lam", "fused", "bias", "debias_mask", "anchor", "threshold"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(t, name))
+    for k in t.scores:
+        np.testing.assert_array_equal(back.scores[k], t.scores[k])
+    for a, b in ((back.unsteered, t.unsteered), (back.steered, t.steered)):
+        assert a.text == b.text and a.tokens == b.tokens and a.token_ids == b.token_ids
+        np.testing.assert_array_equal(a.maps, b.maps)
+        np.testing.assert_array_equal(a.steered, b.steered)
+    assert np.asarray(back.image).tobytes() == np.asarray(t.image).tobytes()
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not an adapt trace"):
+        Trace.load(tmp_path / "bad.zip")
+
+
+def test_cli_run_writes_trace_and_images(tiny_dir, rand_image, tmp_path, capsys):
+    rand_image.save(tmp_path / "in.png")
+    code = main(["run", "--backbone", str(tiny_dir), "--image", str(tmp_path / "in.png"), "--question",
+                 "describe the image", "--out", str(tmp_path / "out"), "--max-new-tokens", "8",
+                 "--cache-dir", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert code == 0 and "unsteered:" in out and "ADAPT-TF:" in out and "interventions" in out
+    assert Trace.load(tmp_path / "out" / "trace.zip").grid == (4, 4)
+    assert Image.open(tmp_path / "out" / "enhanced.png").size == rand_image.size
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
+    code = main(["run", "--image", str(tmp_path / "broken.png"), "--question", "q", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "not a readable image" in err
+    code = main(["run", "--backbone", str(tmp_path / "missing"), "--image", str(tmp_path / "broken.png"),
+                 "--question", "q", "--out", str(tmp_path)])
+    assert code == 2
+
+
+def test_export_anchors_reports_bad_files_and_resumes(tiny_dir, rand_image, tmp_path, capsys):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rand_image.save(src / "a.png")
+    rand_image.rotate(90, expand=True).save(src / "b.jpg")
+    (src / "c.png").write_bytes(b"corrupt")
+    args = ["export-anchors", "--backbone", str(tiny_dir), "--input", str(src), "--question", "describe the image",
+            "--out", str(tmp_path / "exp"), "--overlays", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 3  # one bad file
+    lines = [json.loads(l) for l in (tmp_path / "exp" / "manifest.jsonl").read_text().splitlines()]
+    status = {l["id"]: l["status"] for l in lines}
+    assert status == {"a": "ok", "b": "ok", "c": "error"}
+    b = next(l for l in lines if l["id"] == "b")
+    assert Image.open(tmp_path / "exp" / b["output"]).size == Image.open(src / "b.jpg").size
+    assert (tmp_path / "exp" / b["overlay"]).exists()
+    main(args)
+    assert "skipped (already done) 2" in capsys.readouterr().out
