@@ -145,15 +145,18 @@ def test_left_padded_batch_rows_capture_their_own_image(rand_image):
         torch.testing.assert_close(maps[:, b], expected, atol=1e-6, rtol=1e-5)
 
 
-def test_load_backbone_from_local_directory(tmp_path, rand_image):
-    model, proc = tiny_llava(layers=2)
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_load_backbone_from_local_directory(family, tmp_path, rand_image):
+    build, cls = FAMILIES[family]
+    model, proc = build(layers=2)
     model.save_pretrained(tmp_path / "m")
     proc.save_pretrained(tmp_path / "m")
     bb = load_backbone(str(tmp_path / "m"), dtype=torch.float32)
-    assert isinstance(bb, LlavaBackbone) and bb.model.config.get_text_config()._attn_implementation == "adapt"
+    assert isinstance(bb, cls) and bb.model.config.get_text_config()._attn_implementation == "adapt"
     assert bb.model.config.vision_config._attn_implementation == "sdpa"
-    g = bb.generate(bb.prepare(rand_image, "describe the image"), max_new_tokens=3)
-    assert g.maps is not None and g.maps.shape[1:] == (2, 16)
+    p = bb.prepare(rand_image, "describe the image")
+    g = bb.generate(p, max_new_tokens=3)
+    assert g.maps is not None and g.maps.shape[1:] == (2, p.span.n)
 
 
 def test_load_backbone_errors_are_clear(tmp_path):

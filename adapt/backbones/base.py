@@ -85,7 +85,10 @@ class Backbone:
     def load_processor(cls, path: str, trust_remote_code: bool = False):
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if not hasattr(processor, "image_processor"):
+            raise BackboneError(f"{path} has no image processor (processor_config.json / preprocessor_config.json)")
+        return processor
 
     # properties ---------------------------------------------------------------------------
     @property

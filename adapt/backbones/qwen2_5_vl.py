@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import Qwen2_5_VLProcessor
 
 from ..attention import ImageSpan
-from .base import Backbone
+from .base import Backbone, BackboneError
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -32,12 +32,13 @@ class Qwen2_5_VLBackbone(Backbone):
     @classmethod
     def load_processor(cls, path: str, trust_remote_code: bool = False):
         try:
-            from transformers import AutoProcessor
-
-            return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (ImportError, ValueError, OSError, TypeError):
-            # without torchvision the stock processor cannot build its video processor
-            return ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
+            processor = super().load_processor(path, trust_remote_code=trust_remote_code)
+            if hasattr(processor, "image_processor"):
+                return processor
+        except (ImportError, ValueError, OSError, TypeError, BackboneError):
+            pass
+        # without torchvision the stock processor cannot build its video processor
+        return ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
 
     def _build_inputs(self, image, question: str) -> dict:
         return dict(self.processor(images=[image], text=[self.prompt(question)], return_tensors="pt"))
