@@ -1,0 +1,498 @@
+"""Background jobs for the admin tab: a job is one command line, one output folder, one kind.
+
+A :class:`JobKind` turns validated parameters into the argv of a command-line pipeline that
+writes its results under ``--out DIR`` (``progress.json``, ``*.jsonl`` rows as it goes,
+``summary.json`` at the end). The :class:`JobRunner` starts those commands as subprocesses in
+their own process group, keeps every job's record in ``<root>/<id>/job.json`` (plus ``log.txt``
+and ``out/``), runs at most ``max_running`` at a time (the rest wait, in order), and can cancel
+them. Because the state lives on disk, jobs survive a page reload and a server restart: on start
+the runner re-attaches to jobs whose process is still alive and marks the others ``interrupted``.
+
+New pipelines (VAG-DPO training, fuller evaluations) join by calling :func:`register_kind`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ACTIVE = ("queued", "running")
+FINAL = ("finished", "failed", "cancelled", "interrupted")
+
+
+class JobError(ValueError):
+    """A job that cannot be started or found, with a message for the operator."""
+
+
+# --------------------------------------------------------------------------------------------
+# kinds
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    help: str = ""
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    kind: type | None = None  # inferred from default when None
+
+    def clean(self, value):
+        typ = self.kind or type(self.default)
+        if value is None or value == "":
+            value = self.default
+        if value is None:
+            return None
+        try:
+            if typ is bool:
+                if isinstance(value, str):
+                    value = value.strip().lower() in ("1", "true", "yes", "on")
+                value = bool(value)
+            elif typ is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            elif typ is float:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError
+            else:
+                value = str(value).strip()
+        except (TypeError, ValueError):
+            raise JobError(f"parameter '{self.name}' must be a {typ.__name__}, got {value!r}") from None
+        if self.choices is not None:
+            items = value.split(",") if (isinstance(value, str) and self.kind is list) else [value]
+            bad = [v for v in items if v not in self.choices]
+            if bad:
+                raise JobError(f"parameter '{self.name}': {bad[0]!r} is not one of {', '.join(map(str, self.choices))}")
+        if self.minimum is not None and value < self.minimum:
+            raise JobError(f"parameter '{self.name}' must be ≥ {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise JobError(f"parameter '{self.name}' must be ≤ {self.maximum}")
+        return value
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    label: str
+    description: str
+    params: tuple[Param, ...]
+    build: Callable[[dict, Path], list[str]]  # (clean params, out dir) → argv
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+    def clean(self, params: dict | None) -> dict:
+        params = dict(params or {})
+        known = {p.name for p in self.params}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise JobError(f"unknown parameter(s) for {self.name}: {', '.join(unknown)}; "
+                           f"expected: {', '.join(sorted(known))}")
+        return {p.name: p.clean(params.get(p.name)) for p in self.params}
+
+    def help_markdown(self) -> str:
+        rows = [f"**{self.label}** — {self.description}", "", "| parameter | default | meaning |", "|---|---|---|"]
+        for p in self.params:
+            extra = f" (one of {', '.join(map(str, p.choices))})" if p.choices else ""
+            rows.append(f"| `{p.name}` | `{json.dumps(p.default)}` | {p.help}{extra} |")
+        return "\n".join(rows)
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register_kind(kind: JobKind) -> JobKind:
+    """Make a pipeline available to the runner (and the admin tab). Later pipelines call this."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+def python_module(*args: str) -> list[str]:
+    return [sys.executable, "-u", "-m", *args]
+
+
+def _eval_argv(p: dict, out: Path) -> list[str]:
+    argv = python_module("adapt", "eval", "--benchmark", "world", "--split", p["split"], "--seed", str(p["seed"]),
+                         "--method", p["methods"], "--out", str(out))
+    if p["limit"]:
+        argv += ["--limit", str(p["limit"])]
+    if p["model"]:
+        argv += ["--model", p["model"]]
+    return argv
+
+
+def _export_argv(p: dict, out: Path) -> list[str]:
+    if not p["input"]:
+        raise JobError("parameter 'input' is required: a folder of images or a JSONL manifest on the server")
+    argv = python_module("adapt", "export-anchors", "--input", p["input"], "--out", str(out))
+    if p["question"]:
+        argv += ["--question", p["question"]]
+    if p["model"]:
+        argv += ["--model", p["model"]]
+    return argv
+
+
+METHODS = ("greedy", "adapt-tf")
+
+register_kind(JobKind(
+    name="world-eval",
+    label="World benchmark",
+    description="CHAIR / POPE / recall on synthetic world scenes with exact ground truth; greedy vs ADAPT-TF.",
+    params=(
+        Param("split", "validation", "scene split", choices=("validation", "test")),
+        Param("seed", 0, "scene stream seed", minimum=0, maximum=999),
+        Param("limit", 50, "number of scenes (0 = the CLI default)", minimum=0, maximum=100_000),
+        Param("methods", "greedy,adapt-tf", "comma-separated methods", choices=METHODS, kind=list),
+        Param("model", "", "backbone (empty = embedded model)", kind=str),
+    ),
+    build=_eval_argv,
+))
+
+register_kind(JobKind(
+    name="export-anchors",
+    label="Batch anchor export",
+    description="Anchor-guided images + manifest.jsonl for a folder of images (or a JSONL of image/question).",
+    params=(
+        Param("input", "", "folder of images or JSONL manifest (server path)", kind=str),
+        Param("question", "", "question for every image (empty = the CLI default / the manifest's)", kind=str),
+        Param("model", "", "backbone (empty = embedded model)", kind=str),
+    ),
+    build=_export_argv,
+))
+
+
+def _selftest_argv(p: dict, out: Path) -> list[str]:
+    code = ("import json,sys,time,pathlib;o=pathlib.Path(sys.argv[1]);n=int(sys.argv[2]);d=float(sys.argv[3])\n"
+            "for i in range(n):\n"
+            " time.sleep(d);print('item',i,flush=True)\n"
+            " open(o/'items-demo.jsonl','a').write(json.dumps({'i':i,'score':i/max(1,n-1),'ok':i%2==0})+'\\n')\n"
+            " (o/'progress.json').write_text(json.dumps({'done':i+1,'total':n,'stage':'demo'}))\n"
+            "(o/'summary.json').write_text(json.dumps({'demo':{'score':1.0,'n':n}}))\n")
+    return [sys.executable, "-u", "-c", code, str(out), str(p["items"]), str(p["delay"])]
+
+
+SELFTEST = JobKind(
+    name="selftest",
+    label="Runner self-test",
+    description="Writes a few fake rows (checks the runner, plots and cancel without a model).",
+    params=(Param("items", 5, "rows", minimum=1, maximum=1000), Param("delay", 0.2, "seconds per row",
+                                                                       minimum=0.0, maximum=60.0)),
+    build=_selftest_argv,
+)
+if os.environ.get("ADAPT_APP_SELFTEST_JOBS") == "1":
+    register_kind(SELFTEST)
+
+
+# --------------------------------------------------------------------------------------------
+# records
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    id: str
+    kind: str
+    params: dict
+    argv: list[str]
+    status: str = "queued"
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None
+    pid_start: str | None = None  # /proc start time: guards against pid reuse after a restart
+    returncode: int | None = None
+    message: str = ""
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.ended or time.time()) - self.started
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, start: str | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _proc_start(pid)
+    if now is None:
+        return True  # no /proc: trust kill(0)
+    if start is not None and now != start:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class JobRunner:
+    """Starts, tracks and cancels jobs; all state on disk under ``root``."""
+
+    def __init__(self, root: str | Path, max_running: int = 1, env: dict | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_running = max(1, int(max_running))
+        self.env = env
+        self._lock = threading.RLock()
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._recover()
+        self._watcher = threading.Thread(target=self._watch, name="adapt-jobs", daemon=True)
+        self._watcher.start()
+
+    # paths ---------------------------------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            raise JobError(f"no job {job_id!r}")
+        return self.root / job_id
+
+    def out_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "out"
+
+    def log_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "log.txt"
+
+    # records -------------------------------------------------------------------------------
+    def _write(self, job: Job) -> None:
+        d = self.job_dir(job.id)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "job.json.tmp"
+        tmp.write_text(json.dumps(job.to_dict(), indent=1))
+        tmp.replace(d / "job.json")
+
+    def get(self, job_id: str) -> Job:
+        path = self.job_dir(job_id) / "job.json"
+        try:
+            return Job(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise JobError(f"no job {job_id!r}") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise JobError(f"job {job_id!r} has an unreadable record: {exc}") from None
+
+    def list(self) -> list[Job]:
+        jobs = []
+        for p in self.root.glob("*/job.json"):
+            try:
+                jobs.append(self.get(p.parent.name))
+            except JobError:
+                continue
+        return sorted(jobs, key=lambda j: j.created, reverse=True)
+
+    # lifecycle -----------------------------------------------------------------------------
+    def submit(self, kind: str, params: dict | None = None) -> Job:
+        k = KINDS.get(kind)
+        if k is None:
+            raise JobError(f"unknown job kind {kind!r}; available: {', '.join(sorted(KINDS))}")
+        clean = k.clean(params)
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + kind + "-" + uuid.uuid4().hex[:6]
+        out = self.out_dir(job_id)
+        argv = k.build(clean, out)
+        job = Job(id=job_id, kind=kind, params=clean, argv=argv)
+        with self._lock:
+            out.mkdir(parents=True, exist_ok=True)
+            self._write(job)
+            self._schedule()
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        with self._lock:
+            job = self.get(job_id)
+            if job.status == "queued":
+                job.status, job.ended, job.message = "cancelled", time.time(), "cancelled before it started"
+                self._write(job)
+            elif job.status == "running":
+                self._kill(job)
+                job.status, job.ended, job.message = "cancelled", time.time(), "cancelled by the operator"
+                proc = self._procs.pop(job.id, None)
+                if proc is not None:
+                    job.returncode = proc.poll()
+                self._write(job)
+                self._schedule()
+            return job
+
+    def _kill(self, job: Job) -> None:
+        proc = self._procs.get(job.id)
+        if proc is None and not _alive(job.pid, job.pid_start):
+            return
+        try:
+            os.killpg(job.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError, TypeError):
+            return
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return
+            if proc is None and not _alive(job.pid, job.pid_start):
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(job.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _schedule(self) -> None:
+        with self._lock:
+            jobs = self.list()
+            running = sum(j.status == "running" for j in jobs)
+            for job in sorted((j for j in jobs if j.status == "queued"), key=lambda j: j.created):
+                if running >= self.max_running:
+                    break
+                self._start(job)
+                running += 1
+
+    def _start(self, job: Job) -> None:
+        log = open(self.log_path(job.id), "ab")
+        log.write(f"$ {shlex.join(job.argv)}\n".encode())
+        log.flush()
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        try:
+            proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=str(Path(__file__).resolve().parents[1]), env=env,
+                                    start_new_session=True)
+        except OSError as exc:
+            job.status, job.ended, job.message = "failed", time.time(), f"could not start: {exc}"
+            self._write(job)
+            return
+        finally:
+            log.close()
+        self._procs[job.id] = proc
+        job.status, job.started, job.pid, job.pid_start = "running", time.time(), proc.pid, _proc_start(proc.pid)
+        self._write(job)
+
+    def _finish(self, job: Job, returncode: int | None) -> None:
+        job.returncode = returncode
+        job.ended = time.time()
+        if returncode == 0:
+            job.status = "finished"
+        elif returncode is None:
+            summary = (self.out_dir(job.id) / "summary.json").exists()
+            job.status = "finished" if summary else "interrupted"
+            job.message = "the server restarted while it ran" + ("" if summary else "; it did not finish")
+        else:
+            job.status = "failed"
+            job.message = f"exit code {returncode}: " + (self.log_tail(job.id, 400).strip().splitlines() or [""])[-1]
+        self._write(job)
+
+    def poll(self) -> None:
+        """Update records of processes that ended, then start waiting jobs."""
+        with self._lock:
+            for job_id, proc in list(self._procs.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                self._procs.pop(job_id, None)
+                job = self.get(job_id)
+                if job.status == "running":
+                    self._finish(job, rc)
+            for job in self.list():
+                if job.status == "running" and job.id not in self._procs and not _alive(job.pid, job.pid_start):
+                    self._finish(job, None)
+            self._schedule()
+
+    def _recover(self) -> None:
+        """After a restart: jobs still running are watched by pid; dead ones are closed."""
+        for job in self.list():
+            if job.status == "running" and not _alive(job.pid, job.pid_start):
+                self._finish(job, None)
+        self._schedule()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                self.poll()
+            except Exception:  # never let the watcher die: the next tick retries
+                pass
+
+    def shutdown(self, cancel_running: bool = False) -> None:
+        if cancel_running:
+            for job in self.list():
+                if job.status in ACTIVE:
+                    self.cancel(job.id)
+
+    # outputs -------------------------------------------------------------------------------
+    def log_tail(self, job_id: str, chars: int = 20_000) -> str:
+        path = self.log_path(job_id)
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - chars))
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def progress(self, job_id: str) -> dict:
+        return _read_json(self.out_dir(job_id) / "progress.json") or {}
+
+    def summary(self, job_id: str) -> dict | None:
+        return _read_json(self.out_dir(job_id) / "summary.json")
+
+    def rows(self, job_id: str, max_rows: int = 100_000) -> dict[str, list[dict]]:
+        """Every ``*.jsonl`` under the output folder, as rows (a half-written last line is skipped)."""
+        out: dict[str, list[dict]] = {}
+        for path in sorted(self.out_dir(job_id).glob("*.jsonl")):
+            rows = []
+            try:
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        if len(rows) >= max_rows:
+                            break
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError:
+                            continue
+                        if isinstance(row, dict):
+                            rows.append(row)
+            except OSError:
+                continue
+            out[path.stem] = rows
+        return out
+
+    def files(self, job_id: str) -> list[Path]:
+        out = self.out_dir(job_id)
+        return sorted(p for p in out.rglob("*") if p.is_file()) if out.exists() else []
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("ADAPT_JOBS_DIR") or Path(__file__).resolve().parents[1] / "runs" / "jobs")
