@@ -168,3 +168,15 @@ def test_load_backbone_errors_are_clear(tmp_path):
         load_backbone(str(tmp_path))
     with pytest.raises(BackboneError, match="cannot find a model"):
         load_backbone(str(tmp_path / "nope" / "missing"))
+
+
+def test_prefill_capture_is_question_rows_attention_to_the_image(rand_image):
+    ours, ref = backbone("llava"), backbone("llava", attn="eager")
+    p = ours.prepare(rand_image, "what colour is the star on the left ?")
+    g = ours.generate(p, max_new_tokens=1, capture_prefill=True)
+    with torch.no_grad():
+        out = ref.model(**p.inputs, output_attentions=True)
+    pos = p.span.positions[0]
+    end = int(pos[-1]) + 1
+    expected = torch.stack([att[0, :, end:, :][..., pos].mean(dim=(0, 1)) for att in out.attentions])
+    torch.testing.assert_close(g.prefill_maps, expected, atol=1e-6, rtol=1e-5)

@@ -118,3 +118,15 @@ def test_export_anchors_reports_bad_files_and_resumes(tiny_dir, rand_image, tmp_
     assert (tmp_path / "exp" / b["overlay"]).exists()
     main(args)
     assert "skipped (already done) 2" in capsys.readouterr().out
+
+
+def test_model_intrinsic_target_entropy_comes_from_the_question_tokens(tiny, rand_image):
+    from adapt.anchor import entropy
+
+    cfg = AdaptConfig().replace(**{"anchor.target_entropy": "model", "max_new_tokens": 6})
+    t = analyse(tiny, rand_image, "what colour is the star ?", cfg)
+    p = tiny.prepare(rand_image, "what colour is the star ?")
+    g = tiny.generate(p, max_new_tokens=1, capture_prefill=True)
+    expected = np.mean([entropy(m) for m in g.prefill_maps.numpy()])
+    assert t.target_entropy == pytest.approx(expected, rel=1e-5)
+    assert t.target_entropy != AdaptConfig().anchor.h_focused
