@@ -130,3 +130,15 @@ def test_model_intrinsic_target_entropy_comes_from_the_question_tokens(tiny, ran
     expected = np.mean([entropy(m) for m in g.prefill_maps.numpy()])
     assert t.target_entropy == pytest.approx(expected, rel=1e-5)
     assert t.target_entropy != AdaptConfig().anchor.h_focused
+
+
+def test_analyse_on_a_rectangular_qwen_grid(rand_image):
+    from adapt.backbones import Qwen2_5_VLBackbone
+    from adapt.testing import tiny_qwen2_5_vl
+
+    bb = Qwen2_5_VLBackbone(*tiny_qwen2_5_vl(layers=2), "tiny-qwen")
+    wide = rand_image.resize((150, 50))
+    t = analyse(bb, wide, "describe the image", AdaptConfig().replace(max_new_tokens=6))
+    h, w = t.grid
+    assert h != w and t.anchor.shape == (h, w) and t.bias.shape == (h, w)
+    assert t.steered.maps.shape[-1] == h * w and t.enhanced_image.size == wide.size
