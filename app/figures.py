@@ -236,10 +236,10 @@ def signals_figure(trace, layer: int | None = None, step: int | None = None) -> 
         for col in (1, 2, 3):
             fig.add_vline(x=step, line=dict(color="#444", width=1, dash="dot"), row=1, col=col)
     where = "mean of layers" if layer is None else f"layer {layer}"
-    layout = dict(PLOT_LAYOUT, height=300)
+    layout = dict(PLOT_LAYOUT, height=320, margin=dict(l=40, r=20, t=60, b=40),
+                  legend=dict(orientation="h", yanchor="top", y=-0.22, x=0, font=dict(size=11)))
     fig.update_layout(title=dict(text=f"Degradation signals per decoding step ({where})", font=dict(size=14)),
                       **layout)
-    fig.update_layout(margin=dict(l=40, r=20, t=80, b=40))
     fig.update_xaxes(title_text="step")
     return fig
 
@@ -305,20 +305,21 @@ def _token_categories(pieces: list[str]) -> list[str | None]:
 
 
 def highlighted(trace, run: str) -> list[tuple[str, str | None]]:
-    """(token, label) pairs for ``gr.HighlightedText``: hallucinated / grounded objects."""
+    """(token, label) pairs for ``gr.HighlightedText``: 'hallucinated' (an object absent from the
+    ground truth) or 'object' (any other object noun)."""
     out = []
-    truth_known = isinstance(trace.meta, dict) and trace.meta.get("objects") is not None
     for info in token_infos(trace, run):
         label = None
         if info.category is not None:
-            label = ("hallucinated" if info.hallucinated else "grounded object") if truth_known else "object"
+            label = "hallucinated" if info.hallucinated else "object"
         piece = info.text
         joined = piece[:1].isspace() or not out or piece[:1] in ".,;:!?)'" or piece.startswith("##")
         out.append((piece.removeprefix("##") if joined else " " + piece, label))
     return out
 
 
-HIGHLIGHT_COLOURS = {"hallucinated": "#ff4d4f", "grounded object": "#52c41a", "object": "#1890ff"}
+# "object": an object noun of the world (green: in the image when ground truth is known)
+HIGHLIGHT_COLOURS = {"hallucinated": "#ff4d4f", "object": "#52c41a"}
 
 
 def hallucinated_objects(trace, run: str) -> list[str]:
@@ -379,7 +380,8 @@ def alignment_html(trace, step: int | None = None, per_row: int = 16) -> str:
 
 
 ALIGN_CSS = """
-.adapt-align {font-family: ui-monospace, monospace; font-size: 13px; overflow-x: auto;}
+.adapt-align {font-family: ui-monospace, monospace; font-size: 13px; overflow-x: auto; max-height: 320px;
+              overflow-y: auto;}
 .adapt-align table {border-collapse: collapse; margin: 4px 0 8px 0;}
 .adapt-align th, .adapt-align td {border: 1px solid #ddd; padding: 2px 5px; text-align: center; white-space: nowrap;}
 .adapt-align th {color: #888; font-weight: normal; font-size: 11px;}

@@ -82,6 +82,47 @@ class Models:
         return self.key(name) in self._loaded
 
 
+SMALL_MODEL_PARAMS = 50_000_000
+
+
+def use_threads(backbone) -> int:
+    """Set torch's intra-op threads for a call on ``backbone`` and return the number.
+
+    ``$ADAPT_TORCH_THREADS`` wins. Otherwise small models (the embedded one: a few million
+    parameters) run on one thread: their ops are too small to split, and on a busy 2-core machine
+    two spinning OpenMP threads made decoding 50x slower than one. Large checkpoints keep
+    torch's default (all cores)."""
+    import torch
+
+    env = os.environ.get("ADAPT_TORCH_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        n = int(env)
+    else:
+        n = getattr(backbone, "_adapt_threads", None)
+        if n is None:
+            try:
+                params = sum(p.numel() for p in backbone.model.parameters())
+            except Exception:
+                params = SMALL_MODEL_PARAMS + 1
+            n = 1 if params < SMALL_MODEL_PARAMS else _DEFAULT_THREADS
+            try:
+                backbone._adapt_threads = n
+            except Exception:
+                pass
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+_DEFAULT_THREADS = _default_threads()
+
+
 def embedded_available() -> bool:
     from adapt.backbones import EMBEDDED_DIR
 
@@ -255,6 +296,7 @@ def analyse(backbone, image: Image.Image, question: str, knobs: Knobs, meta: dic
     from adapt.pipeline import analyse as run
 
     config = knobs.config()
+    use_threads(backbone)
     trace = run(backbone, image, question, config=config, bias_cache=bias_cache(), progress=progress,
                 meta=dict(meta) if meta else None)
     if meta and not trace.meta:
@@ -422,6 +464,7 @@ def export_batch(backbone, paths: list[str], question: str, per_image: str, knob
             progress(done / max(1, total), f"{done}/{total}: {originals.get(item_id, item_id)}")
 
     if todo:
+        use_threads(backbone)
         export_anchors(backbone, todo, out, cfg, cache=bias_cache(), overlays=overlays, progress=report_progress)
     manifest = out / "manifest.jsonl"
     with manifest.open("a") as f:

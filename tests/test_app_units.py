@@ -1,0 +1,149 @@
+"""App pieces without a server: figures from a Trace, token alignment, the job runner."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("plotly")
+
+from app import figures as F  # noqa: E402
+from app import jobs as J  # noqa: E402
+from app.testing import synthetic_trace  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return synthetic_trace()
+
+
+def test_overlays_and_galleries(trace):
+    layers = F.layer_gallery(trace)
+    assert len(layers) == trace.num_layers and all(img.dtype == np.uint8 and img.ndim == 3 for img, _ in layers)
+    assert sum("★" in cap for _, cap in layers) == 1
+    maps = [cap for _, cap in F.anchor_gallery(trace)]
+    assert maps[0].startswith("bias map") and maps[-1].startswith("debiased anchor")
+    trace_nb = synthetic_trace()
+    trace_nb.bias = trace_nb.debias_mask = None
+    assert len(F.anchor_gallery(trace_nb)) == 2
+    tile, caption = F.step_map(trace, "steered", 999, layer=1)
+    assert tile is not None and "past its end" in caption and "layer 1" in caption
+    assert F.overlay(np.zeros((10, 12, 3), np.uint8), np.full((4, 4), np.nan)).shape == (10, 12, 3)
+
+
+def test_charts_mark_threshold_and_interventions(trace):
+    fig = F.amc_figure(trace)
+    names = [t.name for t in fig.data]
+    assert any(n.startswith("ASI intervention") for n in names)
+    assert any("mean over monitored" in n for n in names)
+    assert fig.layout.shapes  # the τ·S_ref line
+    one = F.amc_figure(trace, layer=2, step=3)
+    assert any("layer 2" in (t.name or "") for t in one.data)
+    sig = F.signals_figure(trace)
+    assert len([t for t in sig.data if t.name in ("unsteered", "steered")]) == 6
+    crit = F.criteria_figure(trace)
+    assert {t.name for t in crit.data} >= {"λ_l (right axis)", "fused c_l"}
+
+
+def test_answers_are_token_aligned_with_hallucinations(trace):
+    assert F.hallucinated_objects(trace, "unsteered") == ["moon"]
+    assert F.hallucinated_objects(trace, "steered") == []
+    pairs = F.highlighted(trace, "unsteered")
+    assert ("".join(p for p, _ in pairs)).strip() == trace.unsteered.text.replace(" ,", ",").replace(" .", ".")
+    assert [p.strip() for p, lab in pairs if lab == "hallucinated"] == ["moon"]
+    html = F.alignment_html(trace, step=3)
+    assert html.count("<table>") == 2 and "class='hal" in html and "steer" in html and "sel" in html
+    trace.meta = {}
+    assert "needs ground truth" in F.alignment_html(trace)
+    assert all(lab in (None, "object") for _, lab in F.highlighted(trace, "unsteered"))
+
+
+def test_subword_object_tokens():
+    cats = F._token_categories(["the", " cres", "cent", " and", " two", " star", "s", "."])
+    assert cats[1] == cats[2] == "moon" and cats[5] == "star"
+
+
+def test_running_metric_figure():
+    rows = {"items-greedy": [{"i": 0, "chair_s": 1, "recall": 0.5}, {"i": 1, "chair_s": 0, "recall": 1.0}],
+            "items-adapt-tf": [{"i": 0, "chair_s": 0, "recall": 0.5}]}
+    keys = F.numeric_keys(rows)
+    assert keys == ["chair_s", "recall"] and F.default_metric(keys) == "chair_s"
+    fig = F.running_metric_figure(rows, "chair_s")
+    assert [t.name for t in fig.data] == ["greedy", "adapt-tf"] and list(fig.data[0].y) == [1.0, 0.5]
+
+
+def test_trace_roundtrip_renders_the_same(trace, tmp_path):
+    from adapt.trace import Trace
+
+    back = Trace.load(trace.save(tmp_path / "t.zip"))
+    assert F.summary_markdown(back) == F.summary_markdown(trace)
+    F.figures_zip(back, tmp_path / "figs.zip")
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "figs.zip").namelist()
+    assert "figures.html" in names and sum(n.startswith("layer_") for n in names) == trace.num_layers
+
+
+# ----------------------------------------------------------------------------------------- jobs
+@pytest.fixture
+def runner(tmp_path):
+    J.register_kind(J.SELFTEST)
+    r = J.JobRunner(tmp_path / "jobs")
+    yield r
+    r.shutdown(cancel_running=True)
+
+
+def _wait(runner, job_id, statuses, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = runner.get(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(runner.get(job_id))
+
+
+def test_params_are_validated():
+    kind = J.KINDS["world-eval"]
+    assert kind.clean({})["split"] == "validation"
+    assert kind.clean({"seed": "3", "limit": 2.0})["seed"] == 3
+    for bad in ({"split": "train"}, {"seed": -1}, {"limit": 1.5}, {"methods": "greedy,beam"}, {"nope": 1}):
+        with pytest.raises(J.JobError):
+            kind.clean(bad)
+    argv = kind.build(kind.clean({"limit": 4, "methods": "greedy"}), J.Path("/tmp/x"))
+    assert argv[-6:] == ["--method", "greedy", "--out", "/tmp/x", "--limit", "4"]
+    with pytest.raises(J.JobError):
+        J.KINDS["export-anchors"].build(J.KINDS["export-anchors"].clean({}), J.Path("/tmp/x"))
+
+
+def test_jobs_queue_finish_and_survive_a_restart(runner, tmp_path):
+    a = runner.submit("selftest", {"items": 3, "delay": 0.05})
+    b = runner.submit("selftest", {"items": 2, "delay": 0.05})
+    assert runner.get(b.id).status in ("queued", "running", "finished")  # one at a time
+    assert _wait(runner, a.id, ("finished",)).returncode == 0
+    assert _wait(runner, b.id, ("finished",)).status == "finished"
+    assert runner.summary(a.id) == {"demo": {"score": 1.0, "n": 3}}
+    assert len(runner.rows(a.id)["items-demo"]) == 3 and "item 2" in runner.log_tail(a.id)
+    # a "running" record whose process is gone (server restarted) is closed on the next start
+    rec = runner.job_dir(a.id) / "job.json"
+    doc = json.loads(rec.read_text())
+    doc.update(status="running", pid=2 ** 22 + 12345, ended=None)
+    rec.write_text(json.dumps(doc))
+    again = J.JobRunner(runner.root)
+    job = again.get(a.id)
+    assert job.status == "finished" and "restarted" in job.message  # its summary.json exists
+    assert {j.id for j in again.list()} == {a.id, b.id}
+
+
+def test_cancel_running_and_queued(runner):
+    long = runner.submit("selftest", {"items": 500, "delay": 0.2})
+    waiting = runner.submit("selftest", {"items": 1, "delay": 0})
+    _wait(runner, long.id, ("running",))
+    assert runner.cancel(waiting.id).status == "cancelled"
+    t0 = time.time()
+    job = runner.cancel(long.id)
+    assert job.status == "cancelled" and time.time() - t0 < 6
+    assert not J._alive(job.pid, job.pid_start)
+    with pytest.raises(J.JobError):
+        runner.get("../etc")
