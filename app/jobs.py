@@ -50,7 +50,7 @@ class Param:
 
     def clean(self, value):
         typ = self.kind or type(self.default)
-        if value is None or value == "":
+        if value is None or (value == "" and typ is not str):
             value = self.default
         if value is None:
             return None
@@ -124,28 +124,56 @@ def python_module(*args: str) -> list[str]:
     return [sys.executable, "-u", "-m", *args]
 
 
+def _method_args(p: dict) -> list[str]:
+    """The shared method flags of ``python -m adapt`` (empty values: the paper defaults)."""
+    argv = []
+    if p.get("model"):
+        argv += ["--backbone", p["model"]]
+    for key, flag in (("tau", "--tau"), ("alpha", "--alpha"), ("k", "--k"), ("layers", "--layers"),
+                      ("max_new_tokens", "--max-new-tokens")):
+        if p.get(key) not in (None, ""):
+            argv += [flag, str(p[key])]
+    return argv
+
+
 def _eval_argv(p: dict, out: Path) -> list[str]:
-    argv = python_module("adapt", "eval", "--benchmark", "world", "--split", p["split"], "--seed", str(p["seed"]),
-                         "--method", p["methods"], "--out", str(out))
+    argv = python_module("adapt", "eval", "--benchmark", "world", "--split", p["split"], "--method", p["methods"],
+                         "--out", str(out))
+    if p["seed"] is not None:
+        argv += ["--seed", str(p["seed"])]
     if p["limit"]:
         argv += ["--limit", str(p["limit"])]
-    if p["model"]:
-        argv += ["--model", p["model"]]
-    return argv
+    if not p["pope"]:
+        argv += ["--no-pope"]
+    return argv + _method_args(p)
 
 
 def _export_argv(p: dict, out: Path) -> list[str]:
     if not p["input"]:
         raise JobError("parameter 'input' is required: a folder of images or a JSONL manifest on the server")
+    if not Path(p["input"]).expanduser().exists():
+        raise JobError(f"input {p['input']!r} does not exist on the server")
     argv = python_module("adapt", "export-anchors", "--input", p["input"], "--out", str(out))
     if p["question"]:
         argv += ["--question", p["question"]]
-    if p["model"]:
-        argv += ["--model", p["model"]]
-    return argv
+    if p["overlays"]:
+        argv += ["--overlays"]
+    return argv + _method_args(p)
+
+
+def _sweep_argv(p: dict, out: Path) -> list[str]:
+    return python_module("adapt", "sweep", "--out", str(out), "--limit", str(p["limit"]), "--taus", p["taus"],
+                         "--alphas", p["alphas"], "--layer-specs", p["layer_specs"]) + _method_args(p)
 
 
 METHODS = ("greedy", "adapt-tf")
+MODEL = Param("model", "", "backbone (empty = the embedded model; a local folder or hub id)", kind=str)
+KNOB_PARAMS = (
+    Param("tau", None, "AMC trigger τ (empty = paper default)", minimum=0.0, kind=float),
+    Param("alpha", None, "steering strength α (empty = paper default)", minimum=0.0, kind=float),
+    Param("layers", "", "ASI layers: all | top:N | from:i | 0,3,5 (empty = default)", kind=str),
+    Param("max_new_tokens", None, "answer length (empty = default)", minimum=1, maximum=2048, kind=int),
+)
 
 register_kind(JobKind(
     name="world-eval",
@@ -153,10 +181,11 @@ register_kind(JobKind(
     description="CHAIR / POPE / recall on synthetic world scenes with exact ground truth; greedy vs ADAPT-TF.",
     params=(
         Param("split", "validation", "scene split", choices=("validation", "test")),
-        Param("seed", 0, "scene stream seed", minimum=0, maximum=999),
-        Param("limit", 50, "number of scenes (0 = the CLI default)", minimum=0, maximum=100_000),
+        Param("seed", None, "a fresh world (empty = the standard split)", minimum=0, maximum=999, kind=int),
+        Param("limit", 50, "number of scenes (0 = all of the split)", minimum=0, maximum=100_000),
         Param("methods", "greedy,adapt-tf", "comma-separated methods", choices=METHODS, kind=list),
-        Param("model", "", "backbone (empty = embedded model)", kind=str),
+        Param("pope", True, "also ask the POPE questions"),
+        MODEL, *KNOB_PARAMS,
     ),
     build=_eval_argv,
 ))
@@ -167,10 +196,25 @@ register_kind(JobKind(
     description="Anchor-guided images + manifest.jsonl for a folder of images (or a JSONL of image/question).",
     params=(
         Param("input", "", "folder of images or JSONL manifest (server path)", kind=str),
-        Param("question", "", "question for every image (empty = the CLI default / the manifest's)", kind=str),
-        Param("model", "", "backbone (empty = embedded model)", kind=str),
+        Param("question", "", "question for every image of a folder (a JSONL has its own)", kind=str),
+        Param("overlays", False, "also write original | heat map | enhanced strips"),
+        MODEL,
     ),
     build=_export_argv,
+))
+
+register_kind(JobKind(
+    name="sweep",
+    label="Validation sweep (τ, α, ASI layers)",
+    description="CHAIR vs overhead over a grid of ASI settings on the validation split; Pareto front in sweep.json.",
+    params=(
+        Param("limit", 60, "scenes per setting", minimum=1, maximum=100_000),
+        Param("taus", "0.4,0.6,0.8,1.0", "comma-separated τ values", kind=str),
+        Param("alphas", "0.5,1.0,2.0", "comma-separated α values", kind=str),
+        Param("layer_specs", "all;top:2", "';'-separated layer specs", kind=str),
+        MODEL,
+    ),
+    build=_sweep_argv,
 ))
 
 
@@ -456,7 +500,17 @@ class JobRunner:
             return ""
 
     def progress(self, job_id: str) -> dict:
-        return _read_json(self.out_dir(job_id) / "progress.json") or {}
+        """``out/progress.json``; for pipelines made of sub-runs, the newest nested one."""
+        out = self.out_dir(job_id)
+        top = _read_json(out / "progress.json")
+        if isinstance(top, dict):
+            return top
+        nested = sorted(out.glob("*/progress.json"), key=lambda p: p.stat().st_mtime)
+        if nested:
+            p = _read_json(nested[-1])
+            if isinstance(p, dict):
+                return p | {"stage": f"{nested[-1].parent.name}: {p.get('stage', '')}".strip(": ")}
+        return {}
 
     def summary(self, job_id: str) -> dict | None:
         return _read_json(self.out_dir(job_id) / "summary.json")
@@ -464,7 +518,8 @@ class JobRunner:
     def rows(self, job_id: str, max_rows: int = 100_000) -> dict[str, list[dict]]:
         """Every ``*.jsonl`` under the output folder, as rows (a half-written last line is skipped)."""
         out: dict[str, list[dict]] = {}
-        for path in sorted(self.out_dir(job_id).glob("*.jsonl")):
+        out_dir = self.out_dir(job_id)
+        for path in sorted(out_dir.glob("*.jsonl")) + sorted(out_dir.glob("*/*.jsonl")):
             rows = []
             try:
                 with open(path, encoding="utf-8") as f:
@@ -479,7 +534,8 @@ class JobRunner:
                             rows.append(row)
             except OSError:
                 continue
-            out[path.stem] = rows
+            name = path.stem if path.parent == out_dir else f"{path.parent.name}/{path.stem}"
+            out[name] = rows
         return out
 
     def files(self, job_id: str) -> list[Path]:

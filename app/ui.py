@@ -149,8 +149,8 @@ def step_views(trace, step, layer):
     u_img, u_cap = F.step_map(trace, "unsteered", step, li)
     s_img, s_cap = F.step_map(trace, "steered", step, li)
     return (F.alignment_html(trace, step),
-            gr.Image(value=u_img, label=u_cap),
-            gr.Image(value=s_img, label=s_cap),
+            gr.Image(value=u_img, label=u_cap, format="jpeg"),
+            gr.Image(value=s_img, label=s_cap, format="jpeg"),
             F.amc_figure(trace, li, step),
             F.signals_figure(trace, li, step))
 
@@ -234,7 +234,7 @@ def build(app: App | None = None) -> gr.Blocks:
     app = app or App()
     d = Knobs.defaults()
 
-    with gr.Blocks(title="ADAPT", fill_width=True, delete_cache=(3600, 6 * 3600)) as demo:
+    with gr.Blocks(title="ADAPT", fill_width=True, delete_cache=(3600, 6 * 3600), analytics_enabled=False) as demo:
         gr.Markdown(f"## {TITLE}\n"
                     "Upload an image (or pick a trap scene), ask a question, and compare the plain greedy answer "
                     "with ADAPT-TF: the visual anchor built from the first decoding steps, the AMC drift "
@@ -255,6 +255,8 @@ def build(app: App | None = None) -> gr.Blocks:
                         with gr.Row():
                             run_btn = gr.Button("Analyse", variant="primary", elem_id="adapt-run")
                             trap_btn = gr.Button("Random trap scene", elem_id="adapt-trap")
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="adapt-stop", min_width=60,
+                                                 scale=0)
                         examples_box = gr.Column()
                         with gr.Accordion("Method settings", open=False):
                             backbone = gr.Dropdown(app.backbone_choices(), value=app.default_model,
@@ -295,21 +297,21 @@ def build(app: App | None = None) -> gr.Blocks:
                                              interactive=False, elem_id="adapt-step", scale=3)
                             layer = gr.Dropdown(["mean"], value="mean", label="Layer", scale=1)
                         with gr.Row():
-                            step_u = gr.Image(label="greedy · step 0", height=240, interactive=False,
+                            step_u = gr.Image(label="greedy · step 0", height=240, interactive=False, format="jpeg",
                                               buttons=["fullscreen"])
-                            step_s = gr.Image(label="ADAPT-TF · step 0", height=240, interactive=False,
+                            step_s = gr.Image(label="ADAPT-TF · step 0", height=240, interactive=False, format="jpeg",
                                               buttons=["fullscreen"])
                         amc_plot = gr.Plot(label="AMC index", elem_id="adapt-amc")
                         signals_plot = gr.Plot(label="Degradation signals", elem_id="adapt-signals")
                         with gr.Row():
                             maps = gr.Gallery(label="Bias map · debiasing mask · fused map · anchor", columns=4,
                                               height=260, allow_preview=True, scale=3, elem_id="adapt-maps",
-                                              format="png", interactive=False)
+                                              format="jpeg", interactive=False)
                             enhanced = gr.Image(label="Anchor-guided image", height=260, scale=1, format="png",
                                                 interactive=False, buttons=["download", "fullscreen"])
                         criteria_plot = gr.Plot(label="Criteria and λ per layer", elem_id="adapt-criteria")
                         layers_gal = gr.Gallery(label="Early-step attention per layer (A_l) with λ", columns=6,
-                                                height=300, allow_preview=True, format="png",
+                                                height=300, allow_preview=True, format="jpeg",
                                                 elem_id="adapt-layers", interactive=False)
                         with gr.Row():
                             trace_dl = gr.DownloadButton("Download trace (.zip)", value=None,
@@ -330,7 +332,9 @@ def build(app: App | None = None) -> gr.Blocks:
                         ex_question = gr.Textbox(label="Question for every image", value=_default_question(app))
                         ex_per = gr.Textbox(label="Per-image questions (optional)", lines=3,
                                             placeholder="cat.png: what is the cat doing?")
-                        ex_btn = gr.Button("Export", variant="primary", elem_id="adapt-ex-run")
+                        with gr.Row():
+                            ex_btn = gr.Button("Export", variant="primary", elem_id="adapt-ex-run")
+                            ex_stop = gr.Button("Stop", variant="stop", scale=0, min_width=60)
                     with gr.Column():
                         ex_status = gr.Markdown()
                         ex_zip = gr.File(label="Anchor-guided images + manifest.jsonl", elem_id="adapt-ex-zip")
@@ -414,8 +418,9 @@ def build(app: App | None = None) -> gr.Blocks:
         model_kw = dict(concurrency_id="model", concurrency_limit=1)
         ev = run_btn.click(inspect, [image, question, backbone, *knobs], outs, api_name="inspect", **model_kw)
         ev.then(figures_download, [trace_state], [figs_dl], api_visibility="private")
-        question.submit(inspect, [image, question, backbone, *knobs], outs, api_visibility="private",
-                        **model_kw).then(figures_download, [trace_state], [figs_dl], api_visibility="private")
+        ev_q = question.submit(inspect, [image, question, backbone, *knobs], outs, api_visibility="private",
+                               **model_kw)
+        ev_q.then(figures_download, [trace_state], [figs_dl], api_visibility="private")
         op = open_btn.click(open_trace, [trace_in], outs, api_name="open_trace")
         op.then(figures_download, [trace_state], [figs_dl], api_visibility="private")
         view_outs = [align, step_u, step_s, amc_plot, signals_plot]
@@ -423,9 +428,10 @@ def build(app: App | None = None) -> gr.Blocks:
                     trigger_mode="always_last", show_progress="hidden")
         layer.change(on_step, [trace_state, step, layer], view_outs, api_visibility="private",
                      trigger_mode="always_last", show_progress="hidden")
-        trap_btn.click(trap_scene, None, [image, question], api_visibility="private").then(
-            inspect, [image, question, backbone, *knobs], outs, api_visibility="private", **model_kw).then(
-            figures_download, [trace_state], [figs_dl], api_visibility="private")
+        ev_t = trap_btn.click(trap_scene, None, [image, question], api_visibility="private").then(
+            inspect, [image, question, backbone, *knobs], outs, api_visibility="private", **model_kw)
+        ev_t.then(figures_download, [trace_state], [figs_dl], api_visibility="private")
+        cancellable = [ev, ev_q, ev_t]
         reset_btn.click(lambda: [d.k, d.tau, d.alpha, d.w_spec, d.w_smooth, d.w_focus, d.num_noise, d.enhance,
                                  d.max_new_tokens, d.asi_layers], None, knobs, api_visibility="private",
                         queue=False)
@@ -435,9 +441,10 @@ def build(app: App | None = None) -> gr.Blocks:
                 ex = gr.Examples([[e["path"], e["question"]] for e in app.presets], [image, question],
                                  label="Trap scenes: the embedded model hallucinates here without ADAPT "
                                        "(click one to analyse it)", examples_per_page=8, preload=False)
-                ex.load_input_event.then(inspect, [image, question, backbone, *knobs], outs,
-                                         api_visibility="private", **model_kw).then(
-                    figures_download, [trace_state], [figs_dl], api_visibility="private")
+                ev_x = ex.load_input_event.then(inspect, [image, question, backbone, *knobs], outs,
+                                                api_visibility="private", **model_kw)
+                ev_x.then(figures_download, [trace_state], [figs_dl], api_visibility="private")
+                cancellable.append(ev_x)
             else:
                 gr.Markdown("*No example scenes are shipped yet; **Random trap scene** draws one from the "
                             "synthetic world.*")
@@ -458,8 +465,16 @@ def build(app: App | None = None) -> gr.Blocks:
                 f" {len(report) - ok} skipped (see the report)." if ok < len(report) else "")
             return msg, str(zpath), report, previews
 
-        ex_btn.click(export, [ex_files, ex_question, ex_per, backbone, *knobs],
-                     [ex_status, ex_zip, ex_report, ex_preview], api_name="export", **model_kw)
+        ev_e = ex_btn.click(export, [ex_files, ex_question, ex_per, backbone, *knobs],
+                            [ex_status, ex_zip, ex_report, ex_preview], api_name="export", **model_kw)
+        ex_stop.click(lambda: "**Export stopped** (no zip was made); run it again to export.", None, [ex_status], cancels=[ev_e], api_visibility="private",
+                      queue=False)
+
+        def stopped():
+            gr.Info("Analysis stopped.")
+            return "*Stopped. Run the analysis again when ready.*"
+
+        stop_btn.click(stopped, None, [summary], cancels=cancellable, api_visibility="private", queue=False)
 
         def refresh_notice(backbone_name=None):
             text = model_notice(app.default_model)

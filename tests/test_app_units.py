@@ -69,6 +69,13 @@ def test_running_metric_figure():
             "items-adapt-tf": [{"i": 0, "chair_s": 0, "recall": 0.5}]}
     keys = F.numeric_keys(rows)
     assert keys == ["chair_s", "recall"] and F.default_metric(keys) == "chair_s"
+    items = {"items-greedy": [{"index": 0, "truth": ["star", "circle"], "mentioned": ["star", "moon"],
+                               "hallucinated": ["moon"], "pope": [{"label": "yes", "pred": "yes"}, {"label": "no", "pred": "yes"}],
+                               "info": {"interventions": 3}, "seconds": 0.5},
+                              {"index": 1, "truth": ["ring"], "mentioned": ["ring"], "hallucinated": [], "pope": []}]}
+    assert F.numeric_keys(items)[:4] == ["chair_s", "chair_i", "recall", "pope_acc"]
+    assert list(F.running_metric_figure(items, "chair_i").data[0].y) == [0.5, 1 / 3]
+    assert list(F.running_metric_figure(items, "recall").data[0].y) == [0.5, 0.75]
     fig = F.running_metric_figure(rows, "chair_s")
     assert [t.name for t in fig.data] == ["greedy", "adapt-tf"] and list(fig.data[0].y) == [1.0, 0.5]
 
