@@ -466,7 +466,7 @@ def _png(arr: np.ndarray) -> bytes:
 # live job metrics (admin tab)
 # --------------------------------------------------------------------------------------------
 PREFERRED_METRICS = ("chair_s", "chair_i", "recall", "pope_acc", "interventions", "seconds", "score")
-_SKIP_KEYS = {"i", "index", "idx", "seed", "scene_seed", "id"}
+_SKIP_KEYS = {"i", "index", "idx", "seed", "scene_seed", "id", "is_trap"}
 RATIO_METRICS = {"chair_i": ("_hal", "_men")}  # running value = Σ numerator / Σ denominator
 
 

@@ -495,9 +495,11 @@ class JobRunner:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
                 f.seek(max(0, size - chars))
-                return f.read().decode("utf-8", "replace")
+                text = f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+        # progress bars redraw with carriage returns: keep what the terminal would show
+        return "\n".join(line.rstrip("\r").split("\r")[-1] for line in text.split("\n"))
 
     def progress(self, job_id: str) -> dict:
         """``out/progress.json``; for pipelines made of sub-runs, the newest nested one."""

@@ -87,3 +87,11 @@ def test_corrupt_upload_gives_a_readable_message(page, tmp_path):
     toast.wait_for()
     page.screenshot(path=str(ARTIFACTS / "app-error.png"))
     assert "Traceback" not in page.content()
+
+
+def test_random_trap_scene_knows_its_ground_truth(page):
+    page.click("#adapt-trap")
+    page.get_by_text("In the image (ground truth):").first.wait_for()
+    summary = page.inner_text("#adapt-summary")
+    assert "Greedy hallucinates" in summary and "ADAPT-TF hallucinates" in summary
+    page.screenshot(path=str(ARTIFACTS / "app-trap-scene.png"), full_page=True)
