@@ -253,10 +253,10 @@ def build(app: App | None = None) -> gr.Blocks:
                         question = gr.Textbox(label="Question", value=_default_question(app),
                                               lines=2, elem_id="adapt-question")
                         with gr.Row():
-                            run_btn = gr.Button("Analyse", variant="primary", elem_id="adapt-run")
-                            trap_btn = gr.Button("Random trap scene", elem_id="adapt-trap")
+                            run_btn = gr.Button("Analyse", variant="primary", elem_id="adapt-run", scale=3)
                             stop_btn = gr.Button("Stop", variant="stop", elem_id="adapt-stop", min_width=60,
-                                                 scale=0)
+                                                 scale=1)
+                        trap_btn = gr.Button("Random trap scene (ground truth known)", elem_id="adapt-trap")
                         examples_box = gr.Column()
                         with gr.Accordion("Method settings", open=False):
                             backbone = gr.Dropdown(app.backbone_choices(), value=app.default_model,
@@ -305,13 +305,13 @@ def build(app: App | None = None) -> gr.Blocks:
                         signals_plot = gr.Plot(label="Degradation signals", elem_id="adapt-signals")
                         with gr.Row():
                             maps = gr.Gallery(label="Bias map · debiasing mask · fused map · anchor", columns=4,
-                                              height=260, allow_preview=True, scale=3, elem_id="adapt-maps",
+                                              height="auto", allow_preview=True, scale=3, elem_id="adapt-maps",
                                               format="jpeg", interactive=False)
                             enhanced = gr.Image(label="Anchor-guided image", height=260, scale=1, format="png",
                                                 interactive=False, buttons=["download", "fullscreen"])
                         criteria_plot = gr.Plot(label="Criteria and λ per layer", elem_id="adapt-criteria")
                         layers_gal = gr.Gallery(label="Early-step attention per layer (A_l) with λ", columns=6,
-                                                height=300, allow_preview=True, format="jpeg",
+                                                height="auto", allow_preview=True, format="jpeg",
                                                 elem_id="adapt-layers", interactive=False)
                         with gr.Row():
                             trace_dl = gr.DownloadButton("Download trace (.zip)", value=None,

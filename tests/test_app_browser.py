@@ -74,6 +74,7 @@ def test_upload_analyse_and_see_answers_and_plots(page, tmp_path):
     box.fill("2")
     box.press("Enter")
     page.wait_for_function("() => [...document.querySelectorAll('label, span')].some(e => /step 2 ·/.test(e.textContent))")
+    _load_lazy_images(page)
     page.screenshot(path=str(ARTIFACTS / "app-inspect.png"), full_page=True)
 
 
@@ -94,4 +95,13 @@ def test_random_trap_scene_knows_its_ground_truth(page):
     page.get_by_text("In the image (ground truth):").first.wait_for()
     summary = page.inner_text("#adapt-summary")
     assert "Greedy hallucinates" in summary and "ADAPT-TF hallucinates" in summary
+    _load_lazy_images(page)
     page.screenshot(path=str(ARTIFACTS / "app-trap-scene.png"), full_page=True)
+
+
+def _load_lazy_images(page):
+    """Galleries load their images lazily: scroll them into view before a full-page screenshot."""
+    for sel in ("#adapt-maps", "#adapt-layers"):
+        page.locator(sel).scroll_into_view_if_needed()
+    page.wait_for_function("() => [...document.querySelectorAll('#adapt-layers img')].every(i => i.complete)")
+    page.wait_for_timeout(300)
