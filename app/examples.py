@@ -105,8 +105,10 @@ def main(argv=None) -> int:
     ap.add_argument("--scan", type=int, default=200, help="scenes to scan (half are traps)")
     ap.add_argument("--question", default=None)
     ap.add_argument("--model", default="embedded")
+    ap.add_argument("--out", default=str(EXAMPLES_DIR))
     args = ap.parse_args(argv)
-    generate(args.count, args.split, args.seed, args.scan, question=args.question, model=args.model)
+    generate(args.count, args.split, args.seed, args.scan, out=Path(args.out), question=args.question,
+             model=args.model)
     return 0
 
 

@@ -68,13 +68,24 @@ class Models:
                 self._loaded.popitem(last=False)
             return bb
 
-    def warm(self) -> None:
-        """Load the default backbone in the background (the first visitor does not wait)."""
+    def warm(self, examples: list[tuple[str, str]] = ()) -> None:
+        """Load the default backbone in the background (the first visitor does not wait) and fill
+        the bias-map cache for the example questions (a short run: the cache key ignores length)."""
         def run():
             try:
-                self.get(self.default)
+                bb = self.get(self.default)
             except Exception as exc:
                 log.warning("default model %s not loaded: %s", self.default, exc)
+                return
+            knobs = Knobs.defaults()
+            knobs.max_new_tokens = knobs.k + 1
+            for path, question in list(dict.fromkeys(examples))[:4]:
+                try:
+                    from adapt.images import load_image
+
+                    analyse(bb, load_image(path), question, knobs)
+                except Exception as exc:  # a warm-up failure is only a slower first click
+                    log.warning("warm-up on %s failed: %s", path, exc)
 
         threading.Thread(target=run, name="adapt-warm", daemon=True).start()
 

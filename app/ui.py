@@ -113,7 +113,12 @@ class App:
 
             self.runner = JobRunner(jobs_root or default_root(), max_running=max_jobs)
         if warm:
-            self.models.warm()
+            seen, examples = set(), []
+            for e in self.presets:  # one image per distinct question fills its bias map
+                if e["question"] not in seen:
+                    seen.add(e["question"])
+                    examples.append((e["path"], e["question"]))
+            self.models.warm(examples)
 
     def backbone_choices(self) -> list[str]:
         extra = [x.strip() for x in os.environ.get(BACKBONES_ENV, "").split(",") if x.strip()]
