@@ -68,12 +68,21 @@ def generate(count: int = 6, split: str = "test", seed: int = 7, scan: int = 200
         absent = set(s.absent_partners)
         if not (set(g) & absent):
             continue
-        fixed = not a
-        picked.append((0 if fixed else 1, len(a), s, img, trace, g, a))
+        # best first: ADAPT-TF removes every hallucination, then removes the trap's absent partner,
+        # then hallucinates less; ties: fewer hallucinations left
+        if not a:
+            rank = 0
+        elif not (set(a) & absent):
+            rank = 1
+        elif len(a) < len(g):
+            rank = 2
+        else:
+            rank = 3
+        picked.append((rank, len(a), s, img, trace, g, a))
         print(f"scene {s.seed}: greedy hallucinates {g}, ADAPT-TF {a or 'nothing'}", file=sys.stderr)
         if sum(p[0] == 0 for p in picked) >= count:
             break
-    picked.sort(key=lambda p: (p[0], p[1]))
+    picked.sort(key=lambda p: (p[0], p[1], p[2].seed))
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("trap_*.png"):
         old.unlink()
