@@ -218,6 +218,36 @@ def _summary_table(summary) -> tuple[list[str], list[list]]:
     return ["key", "value"], [[k, _fmt(v)] for k, v in summary.items()]
 
 
+ITEM_COLUMNS = ("index", "id", "is_trap", "truth", "description", "mentioned", "hallucinated", "status", "error",
+                "output", "seconds")
+
+
+def _items_table(rows_by_file: dict, n: int = 15) -> tuple[list[str], list[list]]:
+    """The newest ``n`` rows of every JSONL file, a few readable columns each."""
+    tagged = [(name, i, r) for name, rows in rows_by_file.items() for i, r in enumerate(rows[-n:])]
+    if not tagged:
+        return ["item"], []
+    present = [c for c in ITEM_COLUMNS if any(c in r for _, _, r in tagged)]
+    if not present:
+        present = list(dict.fromkeys(k for _, _, r in tagged for k in r))[:8]
+    tagged.sort(key=lambda t: -t[1])
+    out = []
+    for name, _, r in tagged[: 3 * n]:
+        cells = []
+        for c in present:
+            v = r.get(c, "")
+            if isinstance(v, list):
+                v = ", ".join(map(str, v))
+            elif isinstance(v, float):
+                v = round(v, 3)
+            elif isinstance(v, dict):
+                v = json.dumps(v)
+            v = str(v) if not isinstance(v, (int, float)) else v
+            cells.append(v[:160] if isinstance(v, str) else v)
+        out.append([name.replace("items-", "")] + cells)
+    return ["file"] + present, out
+
+
 def _fmt(v):
     if isinstance(v, float):
         return round(v, 4)
@@ -541,6 +571,8 @@ def admin_ui(app: App) -> None:
                     metric_plot = gr.Plot(label="Live metrics")
                 with gr.Column(scale=1):
                     results_df = gr.Dataframe(label="Results (summary.json)", interactive=False, wrap=True)
+            items_df = gr.Dataframe(label="Latest items (JSONL rows, newest first)", interactive=False, wrap=True,
+                                    max_height=320)
             job_log = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, autoscroll=True, interactive=False)
         timer = gr.Timer(2.0, active=False)
 
@@ -550,7 +582,7 @@ def admin_ui(app: App) -> None:
     def detail(job_id, metric_name):
         if not job_id:
             return ("*No job selected.*", "", None, gr.Dataframe(value=[], headers=["result"]),
-                    gr.Dropdown(choices=[], value=None))
+                    gr.Dropdown(choices=[], value=None), gr.Dataframe(value=[], headers=["item"]))
         job = runner.get(job_id)
         p = runner.progress(job_id)
         done, total = p.get("done"), p.get("total")
@@ -568,10 +600,11 @@ def admin_ui(app: App) -> None:
             metric_name = F.default_metric(keys)
         fig = F.running_metric_figure(rows, metric_name) if rows else None
         headers, table = _summary_table(runner.summary(job_id))
+        item_headers, item_rows = _items_table(rows)
         return (info, runner.log_tail(job_id, 12_000), fig, gr.Dataframe(value=table, headers=headers),
-                gr.Dropdown(choices=keys, value=metric_name))
+                gr.Dropdown(choices=keys, value=metric_name), gr.Dataframe(value=item_rows, headers=item_headers))
 
-    detail_outs = [job_info, job_log, metric_plot, results_df, metric]
+    detail_outs = [job_info, job_log, metric_plot, results_df, metric, items_df]
 
     @friendly
     def do_unlock(tok):
