@@ -475,7 +475,8 @@ def build(app: App | None = None) -> gr.Blocks:
             if app.presets:
                 ex = gr.Examples([[e["path"], e["question"]] for e in app.presets], [image, question],
                                  label="Trap scenes: the embedded model hallucinates here without ADAPT "
-                                       "(click one to analyse it)", examples_per_page=8, preload=False)
+                                       "(click one to analyse it)", examples_per_page=8, preload=False,
+                                 elem_id="adapt-examples")
                 ev_x = ex.load_input_event.then(inspect, [image, question, backbone, *knobs], outs,
                                                 api_visibility="private", **model_kw)
                 ev_x.then(figures_download, [trace_state], [figs_dl], api_visibility="private")

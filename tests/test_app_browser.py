@@ -105,3 +105,15 @@ def _load_lazy_images(page):
         page.locator(sel).scroll_into_view_if_needed()
     page.wait_for_function("() => [...document.querySelectorAll('#adapt-layers img')].every(i => i.complete)")
     page.wait_for_timeout(300)
+
+
+def test_one_click_example(page):
+    from app.examples import load_presets
+
+    presets = load_presets()
+    if not presets:
+        pytest.skip("no example scenes shipped yet")
+    page.locator("#adapt-examples tbody tr td").first.click()
+    truth = ", ".join(dict.fromkeys(presets[0]["objects"]))
+    page.wait_for_function("t => document.querySelector('#adapt-summary').innerText.includes(t)", arg=truth)
+    assert "Greedy hallucinates" in page.inner_text("#adapt-summary")
