@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 from PIL import Image
 
@@ -22,7 +23,10 @@ COLORMAP = cv2.COLORMAP_TURBO
 RUN_COLOURS = {"unsteered": "#7f7f7f", "steered": "#d62728"}
 CRITERIA = (("spec", "spectral S_spec", "#1f77b4"), ("smooth", "smoothness S_smooth", "#2ca02c"),
             ("focus", "focus S_focus", "#9467bd"))
-PLOT_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=48, b=40), height=330,
+# The template is set as plotly's default once (setting it per figure deep-copies it: +30 ms per
+# analysis); the app owns its process, so the global default is fine.
+pio.templates.default = "plotly_white"
+PLOT_LAYOUT = dict(margin=dict(l=50, r=20, t=48, b=40), height=330,
                    legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, font=dict(size=11)),
                    font=dict(size=12))
 
@@ -439,15 +443,17 @@ def figures_zip(trace, path) -> None:
     """One zip: ``figures.html`` (every chart, interactive, plotly.js embedded once: works offline)
     and PNGs of every overlay."""
     figs = [criteria_figure(trace), amc_figure(trace), signals_figure(trace)]
-    parts = []
-    for i, fig in enumerate(figs):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    page = ("<html><head><meta charset='utf-8'><title>ADAPT figures</title></head><body>"
+    parts = [fig.to_html(full_html=False, include_plotlyjs=False) for fig in figs]
+    page = ("<html><head><meta charset='utf-8'><title>ADAPT figures</title>"
+            "<script src='plotly.min.js'></script></head><body>"
             f"<h2>{html.escape(trace.question)}</h2>" + "".join(parts)
             + f"<style>{ALIGN_CSS}</style>" + alignment_html(trace) + "</body></html>")
     base = display_image(trace.image, side=448)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("figures.html", page)
+        # plotly.js beside the page (works offline); stored, not deflated: compressing 4.6 MB on
+        # every analysis would cost more than the analysis
+        z.writestr("plotly.min.js", _plotly_js(), compress_type=zipfile.ZIP_STORED)
         for i, (img, caption) in enumerate(layer_gallery(trace, base)):
             z.writestr(f"layer_{i:02d}.png", _png(img))
         for img, caption in anchor_gallery(trace, base):
@@ -456,9 +462,21 @@ def figures_zip(trace, path) -> None:
             z.writestr("enhanced_image.png", _png(np.asarray(trace.enhanced_image)))
 
 
+_PLOTLY_JS: bytes | None = None
+
+
+def _plotly_js() -> bytes:
+    global _PLOTLY_JS
+    if _PLOTLY_JS is None:
+        from plotly.offline import get_plotlyjs
+
+        _PLOTLY_JS = get_plotlyjs().encode()
+    return _PLOTLY_JS
+
+
 def _png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
