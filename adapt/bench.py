@@ -2,7 +2,12 @@
 
 ``python -m adapt.bench overhead``: time to generate N tokens with stock SDPA, with capture on,
 and with capture + a bias on every step at every layer, as ratios over stock, on the tiny
-configs and on a mid-size random LLaVA (576 image tokens, hidden 1024, 12 layers).
+configs and on a mid-size random LLaVA (576 image tokens, hidden 1024, 12 layers). On a GPU,
+``--device cuda --dtype bfloat16 --configs mid,llava7b`` adds a random model of LLaVA-1.5-7B's
+shape (CLIP-L/336 tower, 32 layers of hidden 4096, 576 image tokens).
+
+The three modes run on one model (same weights): stock switches the decoder to transformers'
+own SDPA, the other two use the registered function with a recorder active.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attention import AttentionRecorder
+from .attention import ATTN_IMPL, AttentionRecorder
 from .backbones import LlavaBackbone
 from .testing import tiny_llava
 
@@ -23,49 +28,61 @@ CONFIGS = {
     "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, image_size=32, patch=8),
     "mid": dict(hidden=1024, layers=12, heads=16, kv_heads=4, image_size=336, patch=14, vision_hidden=64,
                 intermediate=2816),
+    "llava7b": dict(hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008, image_size=336, patch=14,
+                    vision_hidden=1024, vision_layers=24, vision_heads=16, vision_intermediate=4096,
+                    vocab_words=32064),
 }
 
 
 class EveryStepBias:
     """Steers every (step, layer): the worst case for the hot path."""
 
-    def __init__(self, n: int):
-        self.bias = 0.5 * torch.log(torch.linspace(1e-3, 1.0, n))[None]
+    def __init__(self, n: int, device="cpu"):
+        self.bias = 0.5 * torch.log(torch.linspace(1e-3, 1.0, n, device=device))[None]
 
     def __call__(self, layer, step, attn):
         return self.bias
 
 
+MODES = ("stock", "capture", "capture+steer")
+
+
 def _time_generate(bb, prepared, tokens, mode):
     kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    bb.model.set_attn_implementation({"text_config": "sdpa" if mode == "stock" else ATTN_IMPL})
+    sync = torch.cuda.synchronize if bb.device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     with torch.inference_mode():
         if mode == "stock":
             bb.model.generate(**prepared.inputs, **kw)
         else:
-            policy = EveryStepBias(prepared.span.n) if mode == "capture+steer" else None
+            policy = EveryStepBias(prepared.span.n, bb.device) if mode == "capture+steer" else None
             with AttentionRecorder(prepared.span, bb.num_layers, policy=policy):
                 bb.model.generate(**prepared.inputs, **kw)
+    sync()
     return time.perf_counter() - t0
 
 
-def overhead(name: str, tokens: int, repeats: int) -> dict[str, float]:
+def overhead(name: str, tokens: int, repeats: int, device: str = "cpu", dtype=torch.float32) -> dict[str, float]:
     cfg = CONFIGS[name]
-    ours = LlavaBackbone(*tiny_llava(**cfg, attn="adapt"), name)
-    stock = LlavaBackbone(*tiny_llava(**cfg, attn="sdpa"), name)
+    bb = LlavaBackbone(*tiny_llava(**cfg, dtype=dtype, device=device), name)
     img = Image.fromarray((np.random.default_rng(0).random((cfg["image_size"],) * 2 + (3,)) * 255).astype("uint8"))
-    prepared = ours.prepare(img, "describe the image in detail")
-    runs = {"stock": (stock, []), "capture": (ours, []), "capture+steer": (ours, [])}
-    for mode, (bb, _) in runs.items():  # warm-up
+    prepared = bb.prepare(img, "describe the image in detail")
+    times = {mode: [] for mode in MODES}
+    for mode in MODES:  # warm-up
         _time_generate(bb, prepared, min(tokens, 4), mode)
     for _ in range(repeats):  # interleaved, so drift of the machine hits every mode alike
-        for mode, (bb, times) in runs.items():
-            times.append(_time_generate(bb, prepared, tokens, mode))
-    med = {mode: statistics.median(times) for mode, (_, times) in runs.items()}
-    print(f"{name}: {prepared.span.n} image tokens, {ours.num_layers} layers, hidden "
-          f"{ours.text_config.hidden_size}, {tokens} new tokens, median of {repeats}: "
-          + ", ".join(f"{m} {t:.3f}s ({tokens / t:.0f} tok/s)" for m, t in med.items()))
-    return {m: med[m] / med["stock"] for m in ("capture", "capture+steer")}
+        for mode in MODES:
+            times[mode].append(_time_generate(bb, prepared, tokens, mode))
+    med = {mode: statistics.median(t) for mode, t in times.items()}
+    print(f"{name} on {device} ({str(dtype).removeprefix('torch.')}): {prepared.span.n} image tokens, "
+          f"{bb.num_layers} layers, hidden {bb.text_config.hidden_size}, {tokens} new tokens, median of {repeats}: "
+          + ", ".join(f"{m} {t:.3f}s ({tokens / t:.0f} tok/s)" for m, t in med.items()), flush=True)
+    del bb
+    if device != "cpu":
+        torch.cuda.empty_cache()
+    return {m: med[m] / med["stock"] for m in MODES[1:]}
 
 
 def main(argv=None) -> None:
@@ -77,9 +94,15 @@ def main(argv=None) -> None:
     o.add_argument("--repeats", type=int, default=5)
     o.add_argument("--configs", default="tiny,mid")
     o.add_argument("--threads", type=int, default=2)
+    o.add_argument("--device", default="cpu", help="cpu or cuda")
+    o.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ratios = {name: overhead(name, args.tokens, args.repeats) for name in args.configs.split(",")}
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        p.error(f"unknown config(s) {unknown}; available: {', '.join(CONFIGS)}")
+    dtype = getattr(torch, args.dtype)
+    ratios = {name: overhead(name, args.tokens, args.repeats, args.device, dtype) for name in args.configs.split(",")}
     for name, r in ratios.items():
         for mode, value in r.items():
             print(f"overhead {name} {mode}: {value:.2f}x")

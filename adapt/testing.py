@@ -43,16 +43,19 @@ def word_tokenizer(specials: list[str], extra_words: int = 0) -> PreTrainedToken
 
 def tiny_llava(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, image_size: int = 32,
                patch: int = 8, vision_hidden: int = 32, vision_layers: int = 1, intermediate: int | None = None,
-               attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32):
-    """A random LLaVA (CLIP vision tower + Llama decoder, GQA) and its offline processor."""
+               vision_intermediate: int | None = None, vision_heads: int = 2, vocab_words: int = 200,
+               attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32, device: str | torch.device = "cpu"):
+    """A random LLaVA (CLIP vision tower + Llama decoder, GQA) and its offline processor.
+
+    ``device`` is where the weights are initialised (a 7B-shaped model is built directly on a GPU)."""
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, \
         LlavaForConditionalGeneration, LlavaProcessor
 
     register()
-    tokenizer = word_tokenizer(["<image>"], extra_words=max(0, 200 - len(_WORDS)))
+    tokenizer = word_tokenizer(["<image>"], extra_words=max(0, vocab_words - len(_WORDS)))
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-                              num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=vision_intermediate or vision_hidden * 2,
+                              num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
                               patch_size=patch, projection_dim=vision_hidden)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden,
                        intermediate_size=intermediate or hidden * 2, num_hidden_layers=layers,
@@ -63,8 +66,9 @@ def tiny_llava(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int 
                          vision_feature_select_strategy="default", vision_feature_layer=-1,
                          projector_hidden_act="gelu")
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration._from_config(
-        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    with torch.device(device):
+        model = LlavaForConditionalGeneration._from_config(
+            config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
@@ -77,7 +81,7 @@ def tiny_llava(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int 
 
 def tiny_qwen2_5_vl(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, patch: int = 14,
                     merge: int = 2, pixels: int = 56 * 84, attn: str = ATTN_IMPL, seed: int = 0,
-                    dtype=torch.float32):
+                    dtype=torch.float32, device: str | torch.device = "cpu"):
     """A random Qwen2.5-VL with a rectangular dynamic grid, and its offline image-only processor."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
@@ -103,8 +107,9 @@ def tiny_qwen2_5_vl(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads:
                               video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                               vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(
-        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     image_processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=merge, temporal_patch_size=2,
