@@ -169,12 +169,18 @@ class BiasCache:
         self.dir = Path(directory or os.environ.get("ADAPT_CACHE", Path.home() / ".cache" / "adapt")) / "bias"
 
     @staticmethod
-    def key(backbone_id: str, question: str, grid: tuple[int, int], cfg: AnchorConfig) -> str:
-        """B depends on the model, the question and the grid only: not on the image's content."""
+    def key(backbone_id: str, question: str, grid: tuple[int, int], cfg: AnchorConfig,
+            target: float | None = None) -> str:
+        """B depends on the model, the question and the grid only: not on the image's content.
+
+        ``target`` is the H*(q) the noise images' maps are fused with: with
+        ``target_entropy="model"`` it comes from the image's own prefill, so it is part of the key."""
         relevant = {k: getattr(cfg, k) for k in ("k", "r_c", "rho_shallow", "rho_deep", "w_spec", "w_smooth",
                                                  "w_focus", "w_border", "w_depth", "temperature",
                                                  "target_entropy", "h_broad", "h_focused", "num_noise",
                                                  "noise_seed")}
+        if target is not None and cfg.target_entropy == "model":
+            relevant["target"] = round(float(target), 3)
         blob = json.dumps([backbone_id, question.strip().lower(), list(grid), relevant],
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]

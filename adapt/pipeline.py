@@ -82,7 +82,7 @@ def bias_map(backbone: Backbone, question: str, image_size: tuple[int, int], gri
     a = cfg.anchor
     if not a.debias or a.num_noise == 0:
         return None, False
-    key = BiasCache.key(backbone_id(backbone), question, grid, a)
+    key = BiasCache.key(backbone_id(backbone), question, grid, a, target)
     if cache is not None:
         hit = cache.get(key)
         if hit is not None and hit.shape == tuple(grid):

@@ -117,6 +117,11 @@ def test_bias_cache_round_trip(tmp_path):
     key = BiasCache.key("m", "Is there a star?", (8, 8), CFG)
     assert key == BiasCache.key("m", "is there a star? ", (8, 8), CFG)
     assert key != BiasCache.key("m", "is there a star?", (8, 9), CFG)
+    # the rule's H*(q) follows from the question; the model's comes from the image: keyed by value
+    assert key == BiasCache.key("m", "is there a star?", (8, 8), CFG, target=0.6)
+    model_cfg = AnchorConfig(target_entropy="model")
+    assert (BiasCache.key("m", "q", (8, 8), model_cfg, target=0.61)
+            != BiasCache.key("m", "q", (8, 8), model_cfg, target=0.72))
     assert cache.get(key) is None
     cache.put(key, peak())
     np.testing.assert_array_equal(cache.get(key), peak())
