@@ -218,6 +218,33 @@ register_kind(JobKind(
 ))
 
 
+def _train_argv(p: dict, out: Path) -> list[str]:
+    argv = python_module("adapt.world.train", "--out", str(out), "--seed", str(p["seed"]),
+                         "--threads", str(p["threads"]), "--eval-n", str(p["eval_n"]))
+    for key in ("steps", "vision_steps", "pool"):
+        if p[key] not in (None, ""):
+            argv += ["--" + key.replace("_", "-"), str(p[key])]
+    return argv
+
+
+register_kind(JobKind(
+    name="world-train",
+    label="Train the embedded model",
+    description="The two-stage training of the world model (vision tower on dense labels, then projector + "
+                "decoder), then its quality on the test split. Writes a loadable model folder; the shipped "
+                "assets/embedded is never overwritten (use the folder as the backbone, or copy it there).",
+    params=(
+        Param("seed", 0, "training seed", minimum=0, maximum=999),
+        Param("steps", None, "language steps (empty = the script's default)", minimum=1, maximum=1_000_000, kind=int),
+        Param("vision_steps", None, "vision-tower steps (empty = default)", minimum=1, maximum=1_000_000, kind=int),
+        Param("pool", None, "training scenes (empty = default)", minimum=16, maximum=1_000_000, kind=int),
+        Param("threads", 2, "CPU threads", minimum=1, maximum=256),
+        Param("eval_n", 200, "test scenes for the quality report (0 = skip)", minimum=0, maximum=100_000),
+    ),
+    build=_train_argv,
+))
+
+
 def _selftest_argv(p: dict, out: Path) -> list[str]:
     code = ("import json,sys,time,pathlib;o=pathlib.Path(sys.argv[1]);n=int(sys.argv[2]);d=float(sys.argv[3])\n"
             "for i in range(n):\n"

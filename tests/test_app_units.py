@@ -156,6 +156,23 @@ def test_cancel_running_and_queued(runner):
         runner.get("../etc")
 
 
+def test_world_training_runs_as_a_job_with_live_loss_rows(runner):
+    """The training pipeline through the admin runner, a few steps: progress, loss rows as it
+    goes, a summary row, and a model folder the backbone interface loads."""
+    job = runner.submit("world-train", {"steps": 3, "vision_steps": 2, "pool": 16, "eval_n": 2, "threads": 1})
+    done = _wait(runner, job.id, ("finished", "failed"), timeout=240)
+    assert done.status == "finished", runner.log_tail(job.id)
+    rows = runner.rows(job.id)["train_log"]
+    assert [r["stage"] for r in rows] == ["vision", "vision", "language", "language"]
+    assert runner.progress(job.id)["stage"] == "done"
+    summary = runner.summary(job.id)["embedded-model"]
+    assert summary["n"] == 2 and 0 <= summary["recall"] <= 1 and summary["params"] > 1e6
+    from adapt.backbones import load_backbone
+
+    bb = load_backbone(str(runner.out_dir(job.id)))
+    assert bb.family == "llava" and bb.num_layers == 6
+
+
 # ------------------------------------------------------------------------------------ examples
 def test_shipped_examples_are_trap_scenes_with_ground_truth():
     from adapt.world.datasets import make_split  # noqa: F401  (the world package is importable)

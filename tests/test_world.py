@@ -127,6 +127,32 @@ def test_training_examples_tokenize_without_unknowns():
     assert set(kinds) == {"describe", "exist", "attribute"}
 
 
+def test_training_conversations_match_the_chat_template_and_label_only_answers():
+    from adapt.world import read_objects, training_conversation
+    from adapt.world.model import build_tokenizer
+    from adapt.world.train import encode_conversation
+
+    tok = build_tokenizer()
+    image_id = tok.convert_tokens_to_ids("<image>")
+    rng = random.Random(3)
+    for s in make_split("train", 30):
+        turns = training_conversation(s, rng, turns=5)
+        assert 1 <= len(turns) <= 5
+        exist = [read_objects(q)[0] for q, _ in turns if q.startswith(("is there", "does the", "can you"))]
+        assert len(exist) == len(set(exist))  # no category is asked about twice
+        ids, labels = encode_conversation(tok, image_id, 64, turns)
+        msgs = []
+        for k, (q, a) in enumerate(turns):
+            msgs.append({"role": "user", "content": ([{"type": "image"}] if k == 0 else []) + [{"type": "text", "text": q}]})
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+        full = tok(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
+        i = full.index(image_id)
+        assert ids == full[:i] + [image_id] * 64 + full[i + 1:]
+        answers = tok.decode([t for t in labels if t != -100], skip_special_tokens=True)
+        assert answers.split() == " ".join(a for _, a in turns).split()
+        assert labels.count(tok.eos_token_id) == len(turns)
+
+
 # -------------------------------------------------------------------------------- metrics
 def test_chair_hand_made():
     m = chair([["star", "moon"], ["circle"], []], [["star"], ["circle", "square"], ["ring"]])

@@ -9,7 +9,7 @@ Public API::
     read_objects(text) -> list[str]                     # category mentions, in order
     sample_scene(seed, trap=False, cfg=WorldConfig())  # one scene
 """
-from .datasets import grounding_items, make_split, pope_questions, training_example, training_statistics
+from .datasets import grounding_items, make_split, pope_questions, training_conversation, training_example, training_statistics
 from .language import DEFAULT_DESCRIBE_PROMPT, describe, pope_question, read_object_spans, read_objects, vocabulary
 from .scenes import (
     CATEGORIES,
@@ -47,6 +47,7 @@ __all__ = [
     "read_objects",
     "render",
     "sample_scene",
+    "training_conversation",
     "training_example",
     "training_statistics",
     "vocabulary",

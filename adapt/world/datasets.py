@@ -10,6 +10,7 @@ from .language import (
     pope_question,
     attribute_qa,
     existence_qa,
+    read_objects,
 )
 from .scenes import CATEGORIES, DEFAULT_CONFIG, PARTNER, Scene, WorldConfig, sample_scene
 
@@ -143,7 +144,37 @@ def training_example(scene: Scene, rng: random.Random, mix: tuple[float, float] 
     return q, a, "attribute"
 
 
+def training_conversation(scene: Scene, rng: random.Random, turns: int = 5,
+                          exist_share: float = 0.6) -> list[tuple[str, str]]:
+    """A multi-turn conversation of short questions about one scene: existence questions
+    (balanced yes/no) with share ``exist_share``, attribute questions otherwise.
+
+    One image then serves several answers (as in LLaVA's multi-turn instruction data), so the
+    64 image tokens are paid once per conversation instead of once per question. Each category
+    is asked about at most once, so no answer can be read off an earlier one."""
+    present = scene.categories
+    absent = [c for c in CATEGORIES if c not in present]
+    asked: set[str] = set()
+    out = []
+    for _ in range(turns):
+        if rng.random() < exist_share:
+            pool_yes = [c for c in present if c not in asked]
+            pool_no = [c for c in absent if c not in asked]
+            pool = pool_yes if (rng.random() < 0.5 and pool_yes) or not pool_no else pool_no
+            if not pool:
+                break
+            c = rng.choice(pool)
+            asked.add(c)
+            out.append(existence_qa(scene, c, rng, pope=rng.random() < 0.5))
+        else:
+            q, a = attribute_qa(scene, rng)
+            asked.update(read_objects(q))  # its answer tells whether they exist
+            out.append((q, a))
+    return out
+
+
 __all__ = [
+    "training_conversation",
     "make_split",
     "pope_questions",
     "grounding_items",

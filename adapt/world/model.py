@@ -10,28 +10,35 @@ from .scenes import IMAGE_SIZE
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{{ 'user: ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}{{ '<image> ' }}"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ ' ' }}"
-    "{% else %}"
-    "{{ 'assistant: ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
-)
+def chat_template(question_first: bool = False) -> str:
+    """``<s>user: <image> question assistant: answer</s>`` (LLaVA's order), or with the question
+    before the image, so that image tokens can already read the question in the decoder."""
+    image = ("{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image> ' }}{% endif %}"
+             "{% endfor %}")
+    text = ("{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] ~ ' ' }}"
+            "{% endif %}{% endfor %}")
+    user = (text + image) if question_first else (image + text)
+    return (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}"
+        "{{ 'user: ' }}"
+        "{% if message['content'] is string %}{{ message['content'] ~ ' ' }}"
+        "{% else %}" + user + "{% endif %}"
+        "{% else %}"
+        "{{ 'assistant: ' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}"
+        "{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ eos_token }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 
 @dataclass
@@ -48,12 +55,13 @@ class ModelSpec:
     text_kv_heads: int = 2
     text_mlp: int = 384
     max_positions: int = 320
+    question_first: bool = False  # chat template order (see chat_template)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def build_tokenizer():
+def build_tokenizer(spec: ModelSpec = ModelSpec()):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -74,7 +82,7 @@ def build_tokenizer():
         model_max_length=320,
         padding_side="left",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template(spec.question_first)
     return fast
 
 
@@ -93,7 +101,7 @@ def build_processor(tokenizer, spec: ModelSpec = ModelSpec()):
         patch_size=spec.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template(spec.question_first),
     )
 
 

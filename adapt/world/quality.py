@@ -25,6 +25,7 @@ def generate(model, processor, images, questions, max_new_tokens: int = 128, bat
     for i in range(0, len(images), batch_size):
         prompts = [chat_prompt(processor, q) for q in questions[i : i + batch_size]]
         inputs = processor(images=images[i : i + batch_size], text=prompts, return_tensors="pt", padding=True)
+        inputs = inputs.to(model.device)
         ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = ids[:, inputs["input_ids"].shape[1] :]
         out += processor.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -114,7 +115,8 @@ def speed_figures(model, processor, scenes: list[Scene], max_new_tokens: int = 1
     toks, secs = 0, 0.0
     lat = []
     for s in scenes:
-        inputs = processor(images=s.image(), text=chat_prompt(processor, DEFAULT_DESCRIBE_PROMPT), return_tensors="pt")
+        inputs = processor(images=s.image(), text=chat_prompt(processor, DEFAULT_DESCRIBE_PROMPT),
+                           return_tensors="pt").to(model.device)
         t0 = time.perf_counter()
         ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
         dt = time.perf_counter() - t0
@@ -142,9 +144,9 @@ def attention_mass_profile(model, processor, scenes: list[Scene], texts: list[st
     try:
         for s, t in zip(scenes, texts):
             prompt = chat_prompt(processor, DEFAULT_DESCRIBE_PROMPT)
-            inputs = processor(images=s.image(), text=prompt, return_tensors="pt")
+            inputs = processor(images=s.image(), text=prompt, return_tensors="pt").to(model.device)
             n_prompt = inputs["input_ids"].shape[1]
-            ans = processor.tokenizer(" " + t, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ans = processor.tokenizer(" " + t, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
             if ans.shape[1] < 2:
                 continue
             ids = torch.cat([inputs["input_ids"], ans], 1)
@@ -152,7 +154,7 @@ def attention_mass_profile(model, processor, scenes: list[Scene], texts: list[st
             img = ids[0] == model.config.image_token_id
             att = torch.stack([a[0] for a in out.attentions]).mean(dim=(0, 1))  # [q, k]
             # the query predicting answer token j sits at position n_prompt - 1 + j
-            qpos = torch.arange(n_prompt - 1, ids.shape[1] - 1)
+            qpos = torch.arange(n_prompt - 1, ids.shape[1] - 1, device=ids.device)
             mass = att[qpos][:, img].sum(-1)
             m = len(mass)
             for j, v in enumerate(mass.tolist()):

@@ -292,15 +292,17 @@ def render(scene: Scene) -> tuple[Image.Image, list[np.ndarray]]:
     return Image.fromarray(img, "RGB"), masks
 
 
-def patch_labels(scene: Scene, patch: int = 12, min_cover: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+def patch_labels(scene: Scene, patch: int = 12, min_cover: float = 0.10,
+                 masks: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Dense per-patch ground truth: (category index + 1 or 0, colour index + 1 or 0) per patch.
 
-    A patch is labelled with the object covering most of it, if it covers >= ``min_cover``."""
+    A patch is labelled with the object covering most of it, if it covers >= ``min_cover``.
+    ``masks`` (from :func:`render`) saves rendering the scene again."""
     g = IMAGE_SIZE // patch
     cat = np.zeros((g, g), np.int64)
     col = np.zeros((g, g), np.int64)
     best = np.zeros((g, g), np.float32)
-    for obj, m in zip(scene.objects, render(scene)[1]):
+    for obj, m in zip(scene.objects, masks if masks is not None else render(scene)[1]):
         cov = m.reshape(g, patch, g, patch).mean(axis=(1, 3))
         upd = (cov >= min_cover) & (cov > best)
         best[upd] = cov[upd]

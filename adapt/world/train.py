@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict
 
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .datasets import make_split, training_example
+from .datasets import make_split, training_conversation, training_example
 from .model import ModelSpec, build_model, build_processor, build_tokenizer
-from .scenes import CATEGORIES, COLOUR_NAMES, WorldConfig, render
+from .scenes import CATEGORIES, COLOUR_NAMES, WorldConfig, patch_labels, render
 
 
 def render_pool(scenes, patch: int):
@@ -33,16 +34,7 @@ def render_pool(scenes, patch: int):
     for s in scenes:
         im, masks = render(s)
         imgs.append(np.asarray(im))
-        g = im.size[0] // patch
-        cat = np.zeros((g, g), np.int64)
-        col = np.zeros((g, g), np.int64)
-        best = np.zeros((g, g), np.float32)
-        for obj, m in zip(s.objects, masks):
-            cov = m.reshape(g, patch, g, patch).mean(axis=(1, 3))
-            upd = (cov >= 0.10) & (cov > best)
-            best[upd] = cov[upd]
-            cat[upd] = CATEGORIES.index(obj.category) + 1
-            col[upd] = COLOUR_NAMES.index(obj.colour) + 1
+        cat, col = patch_labels(s, patch, masks=masks)
         cats.append(cat.reshape(-1))
         cols.append(col.reshape(-1))
     return np.stack(imgs), torch.from_numpy(np.stack(cats)), torch.from_numpy(np.stack(cols))
@@ -63,12 +55,13 @@ def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def train_vision(model, px, cats, cols, steps: int, batch: int, lr: float, seed: int, log=print):
+def train_vision(model, px, cats, cols, steps: int, batch: int, lr: float, seed: int, log=print, on_step=None):
     vt = model.model.vision_tower
     h = vt.config.hidden_size
     g = torch.Generator().manual_seed(seed)
-    cat_head = torch.nn.Linear(h, len(CATEGORIES) + 1)
-    col_head = torch.nn.Linear(h, len(COLOUR_NAMES) + 1)
+    dev = px.device
+    cat_head = torch.nn.Linear(h, len(CATEGORIES) + 1).to(dev)
+    col_head = torch.nn.Linear(h, len(COLOUR_NAMES) + 1).to(dev)
     params = list(vt.parameters()) + list(cat_head.parameters()) + list(col_head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     vt.train()
@@ -76,7 +69,7 @@ def train_vision(model, px, cats, cols, steps: int, batch: int, lr: float, seed:
     for step in range(steps):
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, steps, lr)
-        idx = torch.randint(0, n, (batch,), generator=g)
+        idx = torch.randint(0, n, (batch,), generator=g).to(dev)
         hs = vt(pixel_values=px[idx]).last_hidden_state[:, 1:]
         c, k = cats[idx], cols[idx]
         lc = F.cross_entropy(cat_head(hs).flatten(0, 1), c.flatten())
@@ -88,6 +81,8 @@ def train_vision(model, px, cats, cols, steps: int, batch: int, lr: float, seed:
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"[vision] step {step} loss {loss.item():.4f}")
+            if on_step is not None:
+                on_step("vision", step, loss.item())
     vt.eval()
     return cat_head, col_head
 
@@ -101,7 +96,8 @@ def vision_accuracy(model, heads, px, cats, cols, scenes_hard_mask=None) -> dict
         hs = vt(pixel_values=px[i : i + 256]).last_hidden_state[:, 1:]
         pc.append(cat_head(hs).argmax(-1))
         pk.append(col_head(hs).argmax(-1))
-    pc, pk = torch.cat(pc), torch.cat(pk)
+    pc, pk = torch.cat(pc).cpu(), torch.cat(pk).cpu()
+    cats, cols = cats.cpu(), cols.cpu()
     obj = cats > 0
     res = {
         "object_patch_category_acc": (pc[obj] == cats[obj]).float().mean().item(),
@@ -136,16 +132,41 @@ def standardise_projector(model, feats: torch.Tensor, out_norm: float = 1.0) -> 
     proj.linear_2.bias.zero_()
 
 
-def encode_example(tok, image_id: int, n_img: int, question: str, answer: str):
-    prompt = f"<s>user: <image> {question} assistant:"
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
-    k = p.index(image_id)
-    p = p[:k] + [image_id] * n_img + p[k + 1 :]
-    a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return p + a, [-100] * len(p) + a
+def encode_conversation(tok, image_id: int, n_img: int, turns: list[tuple[str, str]]):
+    """(input ids, labels) of a conversation about one image, rendered by the model's own chat
+    template; the image comes with the first question and only the answers carry labels."""
+    msgs: list[dict] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    for k, (question, answer) in enumerate(turns):
+        content = ([{"type": "image"}] if k == 0 else []) + [{"type": "text", "text": question}]
+        msgs.append({"role": "user", "content": content})
+        prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        p = tok(prompt, add_special_tokens=False)["input_ids"][len(ids):]
+        if k == 0:
+            i = p.index(image_id)
+            p = p[:i] + [image_id] * n_img + p[i + 1:]
+        a = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids += p + a
+        labels += [-100] * len(p) + a
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        if k == 0:
+            # later prefixes are rendered with one <image> token: keep the offsets in that space
+            ids = ids[:i] + [image_id] + ids[i + n_img:]
+            labels = labels[:i] + [-100] + labels[i + n_img:]
+    i = ids.index(image_id)
+    return ids[:i] + [image_id] * n_img + ids[i + 1:], labels[:i] + [-100] * n_img + labels[i + 1:]
 
 
-def train_language(model, tok, scenes, feats, steps: int, batch: int, lr: float, seed: int, log=print, mix=(0.4, 0.35)):
+def train_language(model, tok, scenes, feats, steps: int, batch: int, lr: float, seed: int, log=print,
+                   qa_fraction: float = 0.5, qa_turns: int = 5, exist_share: float = 0.6, on_step=None):
+    """Projector + decoder training on the frozen tower's features.
+
+    Each step is a batch of ``batch`` descriptions or (with probability ``qa_fraction``) of
+    ``batch`` conversations of ``qa_turns`` short questions each (existence, balanced yes/no,
+    with share ``exist_share``; attribute otherwise). Homogeneous batches avoid padding short
+    answers to description length; conversations pay for the image tokens once per several
+    answers (one-token yes/no answers are otherwise a tiny share of the loss)."""
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     image_id = model.config.image_token_id
@@ -160,16 +181,23 @@ def train_language(model, tok, scenes, feats, steps: int, batch: int, lr: float,
     for step in range(steps):
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, steps, lr, warmup=80)
-        idx = [rng.randrange(len(scenes)) for _ in range(batch)]
-        seqs = [encode_example(tok, image_id, n_img, *training_example(scenes[i], rng, mix)[:2]) for i in idx]
+        bs = batch
+        idx = [rng.randrange(len(scenes)) for _ in range(bs)]
+        if rng.random() < qa_fraction:
+            convs = [training_conversation(scenes[i], rng, qa_turns, exist_share) for i in idx]
+        else:
+            convs = [[training_example(scenes[i], rng, (1.0, 0.0))[:2]] for i in idx]
+        seqs = [encode_conversation(tok, image_id, n_img, c) for c in convs]
         L = max(len(s) for s, _ in seqs)
-        ids = torch.full((batch, L), tok.pad_token_id)
-        labels = torch.full((batch, L), -100)
-        am = torch.zeros((batch, L), dtype=torch.long)
+        ids = torch.full((bs, L), tok.pad_token_id)
+        labels = torch.full((bs, L), -100)
+        am = torch.zeros((bs, L), dtype=torch.long)
         for b, (s, l) in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s)
             labels[b, : len(l)] = torch.tensor(l)
             am[b, : len(s)] = 1
+        dev = feats.device
+        ids, labels, am = ids.to(dev), labels.to(dev), am.to(dev)
         x = emb(ids)
         img = proj(feats[idx])
         x = x.masked_scatter((ids == image_id).unsqueeze(-1), img.to(x.dtype))
@@ -181,6 +209,8 @@ def train_language(model, tok, scenes, feats, steps: int, batch: int, lr: float,
         hist.append(out.loss.item())
         if step % 50 == 0 or step == steps - 1:
             log(f"[language] step {step} loss {mean_last(hist):.4f}")
+            if on_step is not None:
+                on_step("language", step, mean_last(hist))
     model.eval()
     return hist
 
@@ -190,11 +220,43 @@ def mean_last(h, k=50):
     return sum(h) / len(h)
 
 
+class RunLog:
+    """Timestamped log lines, plus what the app's job runner reads while a training runs:
+    ``progress.json`` (steps done of all) and ``train_log.jsonl`` (one row per logged step)."""
+
+    def __init__(self, out: str, vision_steps: int, steps: int):
+        self.out, self.offset = out, {"vision": 0, "language": vision_steps}
+        self.total = vision_steps + steps
+        self.start = time.perf_counter()
+        self.lines: list[str] = []
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, "train_log.jsonl"), "w").close()
+
+    def __call__(self, msg: str) -> None:
+        line = f"{time.perf_counter() - self.start:7.1f}s {msg}"
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def step(self, stage: str, step: int, loss: float) -> None:
+        done = self.offset[stage] + step + 1
+        row = {"stage": stage, "step": step, "loss": round(loss, 5), "seconds": round(time.perf_counter() - self.start, 1)}
+        with open(os.path.join(self.out, "train_log.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.progress(done, stage)
+
+    def progress(self, done: int, stage: str) -> None:
+        tmp = os.path.join(self.out, ".progress.json")
+        with open(tmp, "w") as f:
+            json.dump({"done": done, "total": self.total, "stage": stage}, f)
+        os.replace(tmp, os.path.join(self.out, "progress.json"))
+
+
 def save(model, processor, out: str, dtype=torch.float16):
     os.makedirs(out, exist_ok=True)
-    half = model.to(dtype)
+    device = model.device
+    half = model.to("cpu", dtype)
     half.save_pretrained(out)
-    model.to(torch.float32)
+    model.to(device, torch.float32)
     # weights are stored in half precision; load in float32 by default (fast on CPU)
     cfg_path = os.path.join(out, "config.json")
     with open(cfg_path) as f:
@@ -212,11 +274,12 @@ def main(argv=None):
     ap.add_argument("--out", default="assets/embedded")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (the reference recipe) or cuda (fast; not bit-identical)")
     ap.add_argument("--pool", type=int, default=8000, help="training scenes")
     ap.add_argument("--vision-steps", type=int, default=800)
     ap.add_argument("--vision-batch", type=int, default=64)
     ap.add_argument("--vision-lr", type=float, default=2e-3)
-    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--prior-strength", type=float, default=WorldConfig.prior_strength)
@@ -225,37 +288,41 @@ def main(argv=None):
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--text-layers", type=int, default=ModelSpec.text_layers)
     ap.add_argument("--text-hidden", type=int, default=ModelSpec.text_hidden)
+    ap.add_argument("--vision-hidden", type=int, default=ModelSpec.vision_hidden)
+    ap.add_argument("--vision-layers", type=int, default=ModelSpec.vision_layers)
+    ap.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are question batches")
+    ap.add_argument("--qa-turns", type=int, default=5, help="questions per training conversation")
+    ap.add_argument("--question-first", action="store_true", help="chat template with the question before the image")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    t_start = time.perf_counter()
-    log_lines = []
-
-    def log(msg):
-        line = f"{time.perf_counter() - t_start:7.1f}s {msg}"
-        print(line, flush=True)
-        log_lines.append(line)
+    log = RunLog(args.out, args.vision_steps, args.steps)
+    t_start = log.start
 
     cfg = WorldConfig(prior_strength=args.prior_strength, companion_hard=args.companion_hard)
-    spec = ModelSpec(text_layers=args.text_layers, text_hidden=args.text_hidden)
-    tok = build_tokenizer()
+    spec = ModelSpec(text_layers=args.text_layers, text_hidden=args.text_hidden, vision_hidden=args.vision_hidden,
+                     vision_layers=args.vision_layers, vision_mlp=4 * args.vision_hidden, text_mlp=3 * args.text_hidden,
+                     question_first=args.question_first)
+    tok = build_tokenizer(spec)
     processor = build_processor(tok, spec)
-    model = build_model(tok, spec, seed=args.seed)
+    model = build_model(tok, spec, seed=args.seed).to(args.device)
 
     scenes = make_split("train", args.pool, seed=args.seed, cfg=cfg)
     imgs, cats, cols = render_pool(scenes, spec.patch_size)
     px = normalise(imgs, processor)
     ref = processor.image_processor(images=[scenes[0].image()], return_tensors="pt")["pixel_values"]
     assert torch.allclose(ref, px[:1], atol=1e-4), "normalisation differs from the processor"
+    px, cats, cols = px.to(args.device), cats.to(args.device), cols.to(args.device)
     log(f"rendered {len(scenes)} training scenes")
 
     val = make_split("validation", 400, seed=args.seed, cfg=cfg)
     vimgs, vcats, vcols = render_pool(val, spec.patch_size)
-    vpx = normalise(vimgs, processor)
+    vpx = normalise(vimgs, processor).to(args.device)
 
     t1 = time.perf_counter()
-    heads = train_vision(model, px, cats, cols, args.vision_steps, args.vision_batch, args.vision_lr, args.seed, log)
+    heads = train_vision(model, px, cats, cols, args.vision_steps, args.vision_batch, args.vision_lr, args.seed, log,
+                         on_step=log.step)
     vis_acc = vision_accuracy(model, heads, vpx, vcats, vcols)
     t_vision = time.perf_counter() - t1
     log(f"vision stage done in {t_vision:.0f}s: {vis_acc}")
@@ -263,7 +330,8 @@ def main(argv=None):
     feats = vision_features(model, px)
     standardise_projector(model, feats)
     t2 = time.perf_counter()
-    hist = train_language(model, tok, scenes, feats, args.steps, args.batch, args.lr, args.seed, log)
+    hist = train_language(model, tok, scenes, feats, args.steps, args.batch, args.lr, args.seed, log,
+                          qa_fraction=args.qa_fraction, qa_turns=args.qa_turns, on_step=log.step)
     t_lang = time.perf_counter() - t2
     t_train = time.perf_counter() - t_start
     log(f"language stage done in {t_lang:.0f}s")
@@ -271,7 +339,7 @@ def main(argv=None):
     save(model, processor, args.out)
     n_params = sum(p.numel() for p in model.parameters())
     report = {
-        "command": f"python -m adapt.world.train --out {args.out} --seed {args.seed}",
+        "command": "python -m adapt.world.train " + " ".join(sys.argv[1:] if argv is None else argv),
         "args": vars(args),
         "world": asdict(cfg),
         "model": {
@@ -298,14 +366,35 @@ def main(argv=None):
         from .model import load
         from .quality import evaluate
 
+        log.progress(log.total, "evaluation")
         m2, p2 = load(args.out)
+        m2.to(args.device)
         test = make_split(args.eval_split, args.eval_n, seed=0, cfg=cfg)
         report["quality"] = {"split": args.eval_split, "seed": 0, "n_scenes": args.eval_n, **evaluate(m2, p2, test)}
         log(json.dumps(report["quality"], indent=1)[:4000])
-    report["log"] = log_lines
+    report["log"] = log.lines
     with open(os.path.join(args.out, "train_report.json"), "w") as f:
         json.dump(report, f, indent=2)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump({"embedded-model": summary_row(report)}, f, indent=1)
+    log.progress(log.total, "done")
     return report
+
+
+def summary_row(report: dict) -> dict:
+    """The headline figures of a training report (the job runner's results table)."""
+    row = {"seconds_total": round(report["training"]["seconds_total"], 1),
+           "language_loss_last50": round(report["training"]["language_loss_last50"], 4),
+           "params": report["model"]["params"]}
+    q = report.get("quality")
+    if q:
+        d, p = q["descriptions"], q["pope"]
+        row.update(recall=d["all"]["recall"], chair_i=d["all"]["chair_i"], trap_chair_i=d["trap"]["chair_i"],
+                   nontrap_chair_i=d["nontrap"]["chair_i"], partner_rate=d["trap_partner_mention_rate"],
+                   other_absent_rate=d["trap_other_absent_mention_rate"],
+                   **{f"pope_{k}_acc": v["acc"] for k, v in p.items()}, yes_ratio=p["random"]["yes_ratio"],
+                   tokens_per_s=q["speed"].get("tokens_per_s"), n=q["n_scenes"])
+    return row
 
 
 if __name__ == "__main__":
