@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 ATTN_IMPL = "adapt"
@@ -144,16 +144,18 @@ class AttentionRecorder:
         idx = self._gather_idx.to(logits.device).expand(logits.shape[0], logits.shape[1], 1, -1)
         return logits.scatter_add(-1, idx, bias.expand_as(idx).contiguous())
 
-    def last_row(self, module, query, key_states, value_states, attention_mask, scaling):
-        """Explicit attention of the newest query row: capture, steer, return its output."""
+    def last_row(self, module, query, key, value, attention_mask, scaling):
+        """Explicit attention of the newest query row: capture, steer, return its output.
+
+        ``key``/``value`` are the un-repeated KV heads: with grouped-query attention the query
+        heads of one KV head are stacked as rows of one matmul instead of copying K and V."""
         layer = module.layer_idx
         if layer == 0:  # layers run in order: layer 0 opens a new decoding step
             self.steps.append([])
         step = len(self.steps) - 1
-        q = query[:, :, -1:, :]
-        logits = torch.matmul(q, key_states.transpose(2, 3)) * scaling
+        logits = _grouped_logits(query[:, :, -1:, :], key) * scaling  # [B, H, 1, kv]
         if attention_mask is not None:
-            logits = logits + attention_mask[:, :, -1:, : key_states.shape[-2]]
+            logits = logits + attention_mask[:, :, -1:, : key.shape[-2]]
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         img = self._image_cols(probs)[:, :, 0, :]  # [B, H, n]
         bias = None
@@ -165,19 +167,36 @@ class AttentionRecorder:
             probs = torch.softmax(steered, dim=-1)
             img = self._image_cols(probs)[:, :, 0, :]
         self.steps[step].append(img if self.per_head else img.mean(1))
-        return torch.matmul(probs.to(value_states.dtype), value_states)  # [B, H, 1, D]
+        return _grouped_output(probs.to(value.dtype), value)  # [B, H, 1, D]
 
-    def prefill_text(self, module, query, key_states, attention_mask, scaling):
+    def prefill_text(self, module, query, key, attention_mask, scaling):
         """Mean attention of the prompt rows after the last image token over the image keys."""
         end = int(self.span.positions[:, -1].max()) + 1
         q = query[:, :, end:, :]
         if q.shape[2] == 0:
             return
-        logits = torch.matmul(q, key_states.transpose(2, 3)) * scaling
+        logits = _grouped_logits(q, key) * scaling
         if attention_mask is not None:
-            logits = logits + attention_mask[:, :, end:, : key_states.shape[-2]]
+            logits = logits + attention_mask[:, :, end:, : key.shape[-2]]
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         self.prefill_text_maps[module.layer_idx] = self._image_cols(probs).mean(dim=(1, 2))
+
+
+def _grouped_logits(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``query[B, H, q, D] @ key[B, Hkv, kv, D]ᵀ`` → ``[B, H, q, kv]`` without repeating K:
+    query head h uses KV head h // (H / Hkv), as ``repeat_kv`` lays them out."""
+    b, h, q, d = query.shape
+    hkv = key.shape[1]
+    qg = query.reshape(b, hkv, (h // hkv) * q, d)
+    return torch.matmul(qg, key.transpose(2, 3)).view(b, h, q, key.shape[2])
+
+
+def _grouped_output(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``probs[B, H, q, kv] @ value[B, Hkv, kv, D]`` → ``[B, H, q, D]`` without repeating V."""
+    b, h, q, kv = probs.shape
+    hkv = value.shape[1]
+    out = torch.matmul(probs.reshape(b, hkv, (h // hkv) * q, kv), value)
+    return out.view(b, h, q, value.shape[-1])
 
 
 def adapt_attention_forward(
@@ -199,19 +218,16 @@ def adapt_attention_forward(
         )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    groups = getattr(module, "num_key_value_groups", 1)
-    key_states = repeat_kv(key, groups)
-    value_states = repeat_kv(value, groups)
     q_len = query.shape[2]
     if q_len == 1:
-        out = rec.last_row(module, query, key_states, value_states, attention_mask, scaling)
+        out = rec.last_row(module, query, key, value, attention_mask, scaling)
         return out.transpose(1, 2).contiguous(), None
     out, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )  # [B, q, H, D]
     if rec.capture_prefill:
-        rec.prefill_text(module, query, key_states, attention_mask, scaling)
-    last = rec.last_row(module, query, key_states, value_states, attention_mask, scaling)
+        rec.prefill_text(module, query, key, attention_mask, scaling)
+    last = rec.last_row(module, query, key, value, attention_mask, scaling)
     if rec.policy is not None:  # the last row may have been steered: use its own output
         out = out.clone()
         out[:, -1:] = last.transpose(1, 2).to(out.dtype)
