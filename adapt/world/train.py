@@ -1,12 +1,13 @@
 """Train the embedded world model (two stages, reproducible from a seed).
 
-    python -m adapt.world.train --out assets/embedded --seed 0
+    python -m adapt.world.train --out assets/embedded --seed 0 --threads 1   # the shipped weights
 
 Stage 1: the CLIP-style vision tower is trained alone on the world's dense ground truth
 (category and colour of the object covering each patch).  Stage 2: the tower is frozen (as
-LLaVA freezes CLIP) and the projector + Llama decoder learn descriptions, existence questions
-(balanced yes/no) and attribute questions.  The model is saved in half precision and
-evaluated after reloading from disk; ``train_report.json`` records time, size and quality.
+LLaVA freezes CLIP) and the projector + Llama decoder learn descriptions and multi-turn
+conversations of existence questions (balanced yes/no) and attribute questions.  The model is
+saved in half precision and evaluated after reloading from disk; ``train_report.json`` records
+time, size and quality.  CPU runs are deterministic for a given seed and thread count.
 """
 from __future__ import annotations
 
@@ -279,9 +280,9 @@ def main(argv=None):
     ap.add_argument("--vision-steps", type=int, default=800)
     ap.add_argument("--vision-batch", type=int, default=64)
     ap.add_argument("--vision-lr", type=float, default=2e-3)
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--prior-strength", type=float, default=WorldConfig.prior_strength)
     ap.add_argument("--companion-hard", type=float, default=WorldConfig.companion_hard)
     ap.add_argument("--eval-n", type=int, default=200, help="test scenes for the report (0: skip)")
@@ -290,7 +291,7 @@ def main(argv=None):
     ap.add_argument("--text-hidden", type=int, default=ModelSpec.text_hidden)
     ap.add_argument("--vision-hidden", type=int, default=ModelSpec.vision_hidden)
     ap.add_argument("--vision-layers", type=int, default=ModelSpec.vision_layers)
-    ap.add_argument("--qa-fraction", type=float, default=0.5, help="share of steps that are question batches")
+    ap.add_argument("--qa-fraction", type=float, default=0.4, help="share of steps that are question batches")
     ap.add_argument("--qa-turns", type=int, default=5, help="questions per training conversation")
     ap.add_argument("--question-first", action="store_true", help="chat template with the question before the image")
     args = ap.parse_args(argv)
