@@ -1,4 +1,4 @@
-"""Command line: ``python -m adapt {run, export-anchors, eval, sweep}``."""
+"""Command line: ``python -m adapt {run, export-anchors, eval, sweep, diagnose}``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def _backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device-map", default=None, help="e.g. auto (needs accelerate)")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own; 1 is fastest for the embedded model)")
 
 
 def build_config(args):
@@ -52,6 +54,8 @@ def load(args):
 
     from .backbones import load_backbone
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     return load_backbone(args.backbone, dtype=dtype, device=args.device, device_map=args.device_map,
                          trust_remote_code=args.trust_remote_code)
@@ -169,7 +173,22 @@ def cmd_sweep(args) -> int:
     backbone = load(args)
     run_sweep(backbone, out=Path(args.out), limit=args.limit, taus=_floats(args.taus), alphas=_floats(args.alphas),
               layer_specs=[s.strip() for s in args.layer_specs.split(";")], cache=_cache(args),
-              base=build_config(args))
+              base=build_config(args), ks=[int(k) for k in _floats(args.ks)] if args.ks else None)
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .eval.diagnose import SIGNALS, run_diagnosis
+
+    backbone = load(args)
+    res = run_diagnosis(backbone, Path(args.out), split=args.split, limit=args.limit, seed=args.seed,
+                        cfg=build_config(args), cache=_cache(args))
+    print(f"{'object mentions':16s}{'n':>6s}" + "".join(f"{s:>13s}" for s in SIGNALS))
+    for group in ("correct", "hallucinated", "absent_partner"):
+        g = res[group]
+        print(f"{group:16s}{g['n']:6d}" + "".join(f"{g[s]:13.4f}" if g[s] is not None else f"{'-':>13s}"
+                                                 for s in SIGNALS))
+    print(f"wrote {Path(args.out) / 'diagnosis.json'}")
     return 0
 
 
@@ -214,12 +233,22 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="validation sweep of τ, α and ASI layers (CHAIR vs overhead)")
     s.add_argument("--out", default="runs/sweep")
     s.add_argument("--limit", type=int, default=60)
-    s.add_argument("--taus", default="0.4,0.6,0.8,1.0")
-    s.add_argument("--alphas", default="0.5,1.0,2.0")
+    s.add_argument("--taus", default="0.6,0.8,1.0")
+    s.add_argument("--alphas", default="0.25,0.5,1.0,2.0")
     s.add_argument("--layer-specs", default="all;top:2", help="';'-separated layer specs")
+    s.add_argument("--ks", default=None, help="comma-separated anchor K values (default: the config's)")
     _backbone_args(s)
     _config_args(s)
     s.set_defaults(fn=cmd_sweep)
+
+    d = sub.add_parser("diagnose", help="where attention goes at correct vs hallucinated object mentions (world)")
+    d.add_argument("--out", default="runs/diagnose")
+    d.add_argument("--split", default="validation", choices=["validation", "test"])
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--limit", type=int, default=100)
+    _backbone_args(d)
+    _config_args(d)
+    d.set_defaults(fn=cmd_diagnose)
     return p
 
 

@@ -206,11 +206,11 @@ register_kind(JobKind(
 register_kind(JobKind(
     name="sweep",
     label="Validation sweep (τ, α, ASI layers)",
-    description="CHAIR vs overhead over a grid of ASI settings on the validation split; Pareto front in sweep.json.",
+    description="CHAIR, recall and overhead over a grid of ASI settings on the validation split; Pareto front in sweep.json.",
     params=(
         Param("limit", 60, "scenes per setting", minimum=1, maximum=100_000),
-        Param("taus", "0.4,0.6,0.8,1.0", "comma-separated τ values", kind=str),
-        Param("alphas", "0.5,1.0,2.0", "comma-separated α values", kind=str),
+        Param("taus", "0.6,0.8,1.0", "comma-separated τ values", kind=str),
+        Param("alphas", "0.25,0.5,1.0,2.0", "comma-separated α values", kind=str),
         Param("layer_specs", "all;top:2", "';'-separated layer specs", kind=str),
         MODEL,
     ),

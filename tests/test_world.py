@@ -261,3 +261,22 @@ print(json.dumps({"recall": hits / total, "n_img": n_img, "dtype": str(model.dty
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["n_img"] == 64
     assert res["recall"] >= 0.75, res
+
+
+def test_sweep_pareto_and_one_small_run(tmp_path):
+    from adapt.eval.sweep import pareto, run_sweep
+
+    rows = [{"chair_i": 0.08, "time_ratio": 1.0}, {"chair_i": 0.05, "time_ratio": 1.2},
+            {"chair_i": 0.06, "time_ratio": 1.3}, {"chair_i": 0.04, "time_ratio": 2.0}]
+    assert pareto(rows) == [rows[0], rows[1], rows[3]]  # rows[2] is beaten by rows[1] on both
+    if not (ASSETS / "config.json").exists():
+        pytest.skip("assets/embedded not present")
+    from adapt.anchor import BiasCache
+    from adapt.backbones import load_backbone
+
+    out = run_sweep(load_backbone("embedded"), tmp_path / "sweep", limit=2, taus=[0.6], alphas=[0.25, 1.0],
+                    layer_specs=["all"], cache=BiasCache(tmp_path / "cache"))
+    assert [r["method"] for r in out] == ["greedy", "adapt-tf", "adapt-tf"] and [r["alpha"] for r in out[1:]] == [0.25, 1.0]
+    assert all(r["n"] == 2 for r in out) and out[0]["time_ratio"] == 1.0
+    for name in ("sweep.csv", "sweep.json", "sweep.png"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0

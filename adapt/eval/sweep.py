@@ -17,7 +17,7 @@ from ..backbones import Backbone
 from ..config import AdaptConfig
 from .world_bench import WorldRun, adapt_tf_method, greedy_method, run_world
 
-FIELDS = ["method", "layers", "tau", "alpha", "chair_i", "chair_s", "recall", "trap_chair_i", "nontrap_chair_i",
+FIELDS = ["method", "k", "layers", "tau", "alpha", "chair_i", "chair_s", "recall", "trap_chair_i", "nontrap_chair_i",
           "partner_rate", "seconds_per_item", "time_ratio", "interventions_per_item", "n"]
 
 
@@ -29,20 +29,25 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 
 def run_sweep(backbone: Backbone, out: Path, limit: int, taus: list[float], alphas: list[float],
-              layer_specs: list[str], cache: BiasCache | None = None, base: AdaptConfig | None = None) -> list[dict]:
+              layer_specs: list[str], cache: BiasCache | None = None, base: AdaptConfig | None = None,
+              ks: list[int] | None = None) -> list[dict]:
+    """ADAPT-TF for every (K, layers, τ, α) against greedy on the validation split (``base``: the rest)."""
     base = base or AdaptConfig()
+    ks = ks or [base.anchor.k]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     greedy = run_world(backbone, [greedy_method(base)],
                        WorldRun(split="validation", limit=limit, pope=False, out=out / "greedy"))["greedy"]
-    rows = [_row("greedy", "-", None, None, greedy, greedy)]
-    for layers, tau, alpha in itertools.product(layer_specs, taus, alphas):
-        cfg = base.replace(**{"asi.layers": layers, "asi.tau": tau, "asi.alpha": alpha})
+    rows = [_row("greedy", None, "-", None, None, greedy, greedy)]
+    for k, layers, tau, alpha in itertools.product(ks, layer_specs, taus, alphas):
+        cfg = base.replace(**{"anchor.k": k, "asi.layers": layers, "asi.tau": tau, "asi.alpha": alpha})
         name = f"layers={layers.replace(':', '')}_tau={tau}_alpha={alpha}"
+        if k != AdaptConfig().anchor.k:
+            name = f"k={k}_" + name
         summary = run_world(backbone, [adapt_tf_method(cfg, cache)],
                             WorldRun(split="validation", limit=limit, pope=False, out=out / name))["adapt-tf"]
-        rows.append(_row("adapt-tf", layers, tau, alpha, summary, greedy, out / name / "items-adapt-tf.jsonl"))
+        rows.append(_row("adapt-tf", k, layers, tau, alpha, summary, greedy, out / name / "items-adapt-tf.jsonl"))
         runs.append(name)
         print(f"{name}: chair_i {summary['chair_i']:.4f} recall {summary['recall']:.4f} "
               f"time x{rows[-1]['time_ratio']:.2f}", flush=True)
@@ -56,12 +61,12 @@ def run_sweep(backbone: Backbone, out: Path, limit: int, taus: list[float], alph
     return rows
 
 
-def _row(method, layers, tau, alpha, s, greedy, items_path=None) -> dict:
+def _row(method, k, layers, tau, alpha, s, greedy, items_path=None) -> dict:
     interventions = None
     if items_path is not None and Path(items_path).exists():
         lines = [json.loads(l) for l in Path(items_path).read_text().splitlines() if l.strip()]
         interventions = sum(l["info"].get("interventions", 0) for l in lines) / max(len(lines), 1)
-    return {"method": method, "layers": layers, "tau": tau, "alpha": alpha, "chair_i": s["chair_i"],
+    return {"method": method, "k": k, "layers": layers, "tau": tau, "alpha": alpha, "chair_i": s["chair_i"],
             "chair_s": s["chair_s"], "recall": s["recall"], "trap_chair_i": s.get("trap_chair_i"),
             "nontrap_chair_i": s.get("nontrap_chair_i"), "partner_rate": s.get("partner_rate"),
             "seconds_per_item": s["seconds_per_item"],
@@ -70,22 +75,33 @@ def _row(method, layers, tau, alpha, s, greedy, items_path=None) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """CHAIR_i against the time ratio (Pareto front in red) and against recall."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120)
     front = {id(r) for r in pareto(rows)}
     for r in rows:
         colour = "black" if r["method"] == "greedy" else ("tab:red" if id(r) in front else "tab:blue")
-        ax.scatter(r["time_ratio"], r["chair_i"], c=colour, s=30)
-        label = "greedy" if r["method"] == "greedy" else f"{r['layers']} τ{r['tau']} α{r['alpha']}"
-        ax.annotate(label, (r["time_ratio"], r["chair_i"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.set_xlabel("time per item / greedy")
-    ax.set_ylabel("CHAIR_i (validation)")
-    ax.set_title("ASI sweep on the world's validation split (red: Pareto front)")
-    ax.grid(alpha=0.3)
+        label = "greedy" if r["method"] == "greedy" else f"K{r.get('k')} {r['layers']} τ{r['tau']} α{r['alpha']}"
+        for ax, x in zip(axes, (r["time_ratio"], r["recall"])):
+            ax.scatter(x, r["chair_i"], c=colour, s=30)
+            ax.annotate(label, (x, r["chair_i"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    axes[0].set_xlabel("time per item / greedy")
+    axes[0].set_title("hallucination vs overhead (red: Pareto front)")
+    axes[1].set_xlabel("object recall")
+    axes[1].set_title("hallucination vs recall")
+    greedy = next((r for r in rows if r["method"] == "greedy"), None)
+    if greedy is not None:
+        axes[1].axvline(greedy["recall"] - 0.02, color="grey", ls=":", lw=1)
+        axes[1].annotate("greedy recall − 2 pts", (greedy["recall"] - 0.02, axes[1].get_ylim()[1]), fontsize=7,
+                         ha="right", va="top", color="grey")
+    for ax in axes:
+        ax.set_ylabel("CHAIR_i (validation)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("ASI settings on the world's validation split")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
