@@ -138,13 +138,12 @@ def answer_trace(gen: Generation, weights: np.ndarray, policy: ASIPolicy | None,
 
 
 def steered_generation(backbone: Backbone, image: Image.Image, question: str, anchor: Anchor,
-                       cfg: AdaptConfig, grid: tuple[int, int]):
-    """Steps 3–4: enhanced image (optional) and decoding with ASI. Returns ``(gen, policy, image_used)``."""
-    used, image_used = image, "original"
-    enhanced = None
-    if cfg.enhance.enabled:
+                       cfg: AdaptConfig, grid: tuple[int, int], enhanced: Image.Image | None = None):
+    """Steps 3–4: decoding with ASI, on the anchor-guided image when ``enhance.enabled`` (made here
+    unless given). Returns ``(gen, policy, image_used, enhanced, layers)``."""
+    if enhanced is None and cfg.enhance.enabled:
         enhanced = enhance(image, anchor.anchor, cfg.enhance)
-        used, image_used = enhanced, "enhanced"
+    used, image_used = (enhanced, "enhanced") if cfg.enhance.enabled else (image, "original")
     prepared = backbone.prepare(used, question)
     if prepared.span.grid != tuple(grid):
         raise ValueError("the enhanced image changed the image-token grid")
@@ -179,14 +178,14 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     weights = steering_weights(anchor.anchor)
     unsteered = answer_trace(base, weights, None, "original")
     steered = None
-    enhanced = None
+    enhanced = enhance(image, anchor.anchor, cfg.enhance)  # shown and exported even when not answered on
     layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
     threshold = np.full(backbone.num_layers, np.nan)
     if cfg.asi.enabled or cfg.enhance.enabled:
         progress(0.6, "answer with attention-supervised inference")
         t0 = time.perf_counter()
-        gen, policy, used, enhanced, layers = steered_generation(backbone, image, prepared.question, anchor,
-                                                                 cfg, grid)
+        gen, policy, used, _, layers = steered_generation(backbone, image, prepared.question, anchor, cfg, grid,
+                                                          enhanced)
         timings["steered"] = time.perf_counter() - t0
         steered = answer_trace(gen, weights, policy, used)
         threshold = policy.thresholds()

@@ -172,16 +172,18 @@ def _rel(p: Path) -> str:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Knobs:
-    k: int = 5
-    tau: float = 0.6
-    alpha: float = 0.5
-    w_spec: float = 0.4
-    w_smooth: float = 0.3
-    w_focus: float = 0.3
-    num_noise: int = 4
-    enhance: bool = True
-    max_new_tokens: int = 96
-    asi_layers: str = "all"
+    """The Inspect tab's method settings, in the order of its inputs (defaults: ``defaults()``)."""
+
+    k: int
+    tau: float
+    alpha: float
+    w_spec: float
+    w_smooth: float
+    w_focus: float
+    num_noise: int
+    enhance: bool
+    max_new_tokens: int
+    asi_layers: str
 
     @classmethod
     def defaults(cls) -> "Knobs":

@@ -36,7 +36,7 @@ def _policy(cfg, layers, n=4, num_layers=3, k=2, w=(0.1, 0.2, 0.3, 1.0)):
 
 
 def test_relative_threshold_is_tau_times_mean_anchor_phase_amc():
-    p = _policy(ASIConfig(tau=0.5), layers=[0, 1, 2])
+    p = _policy(ASIConfig(tau=0.5, alpha=0.5), layers=[0, 1, 2])
     attn = [torch.tensor([[0.1, 0.1, 0.1, 0.7]]), torch.tensor([[0.25, 0.25, 0.25, 0.25]])]
     for step, a in enumerate(attn):  # anchor phase: K = 2 steps, never steered
         for layer in range(3):

@@ -1,6 +1,7 @@
 """One analysis → one Trace; the Trace round-trips; the CLI and the export work end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,10 @@ def test_analyse_fills_every_part_of_the_trace(tiny, rand_image, tmp_path):
         assert a.maps.shape == (T, L, h * w) and a.amc.shape == (T, L) and a.steered.shape == (T, L)
         assert a.similarity.shape == a.change.shape == a.mass.shape == (T, L)
         assert np.all(a.change[0] == 0) and np.all((a.mass > 0) & (a.mass <= 1 + 1e-6))
-    assert not t.unsteered.steered.any() and t.steered.image_used == "enhanced"
+    assert not t.unsteered.steered.any() and t.steered.image_used == "original"  # enhance.enabled is off
+    on = analyse(tiny, rand_image, "describe the image", cfg.replace(**{"enhance.enabled": True}), bias_cache=cache)
+    assert on.steered.image_used == "enhanced" and np.array_equal(np.asarray(on.enhanced_image),
+                                                                  np.asarray(t.enhanced_image))
     # the K anchor steps of the unsteered run are A_l
     np.testing.assert_allclose(t.layer_maps.reshape(L, -1), t.unsteered.maps[:5].mean(0), rtol=1e-5)
     assert not t.bias_cache_hit
@@ -142,3 +146,34 @@ def test_analyse_on_a_rectangular_qwen_grid(rand_image):
     h, w = t.grid
     assert h != w and t.anchor.shape == (h, w) and t.bias.shape == (h, w)
     assert t.steered.maps.shape[-1] == h * w and t.enhanced_image.size == wide.size
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "assets/embedded/config.json").exists(),
+                    reason="assets/embedded not present")
+def test_cli_on_the_embedded_model(tmp_path, capsys):
+    """run, eval and diagnose through the command line on the shipped model and world scenes."""
+    from adapt.world import make_split
+
+    scene = make_split("test", 2)[1]
+    scene.image().save(tmp_path / "scene.png")
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
+    assert main(["run", "--image", str(tmp_path / "scene.png"), "--question", "describe the image in detail.",
+                 "--out", str(tmp_path / "run"), "--max-new-tokens", "48", *cache]) == 0
+    out = capsys.readouterr().out
+    assert "grid 8x8, 6 layers" in out and "ADAPT-TF:" in out
+    assert Trace.load(tmp_path / "run" / "trace.zip").anchor.shape == (8, 8)
+
+    assert main(["eval", "--split", "test", "--limit", "2", "--method", "greedy,adapt-tf", "--out",
+                 str(tmp_path / "eval"), *cache]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    for method in ("greedy", "adapt-tf"):
+        s = summary[method]
+        assert s["n"] == 2 and 0 <= s["chair_i"] <= 1 and 0 <= s["pope_random_acc"] <= 1
+        assert {"pope_adversarial_f1", "yes_ratio", "trap_chair_i", "nontrap_chair_i", "seconds_per_item"} <= set(s)
+
+    assert main(["diagnose", "--limit", "3", "--out", str(tmp_path / "diag"), *cache]) == 0
+    diag = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
+    rows = [json.loads(l) for l in (tmp_path / "diag" / "mentions.jsonl").read_text().splitlines()]
+    assert diag["correct"]["n"] + diag["hallucinated"]["n"] == len(rows) > 0
+    for r in rows:
+        assert 0 <= r["on_objects"] <= 1 and 0 < r["image_mass"] <= 1 and 0 <= r["would_steer"] <= 1
