@@ -11,7 +11,7 @@ import numpy as np
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("method (paper defaults unless given)")
+    g = p.add_argument_group("method (defaults of adapt/config.py unless given)")
     g.add_argument("--config", help="JSON file with AdaptConfig sections (anchor / asi / enhance)")
     g.add_argument("--k", type=int, help="anchor tokens K")
     g.add_argument("--tau", type=float, help="AMC trigger τ")
@@ -19,8 +19,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layers", help="ASI layers: all | top:N | from:i | 0,3,5")
     g.add_argument("--num-noise", type=int, help="noise images M for the bias map")
     g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--no-enhance", action="store_true", help="steer on the original image")
-    g.add_argument("--no-asi", action="store_true", help="no steering (enhanced image only)")
+    g.add_argument("--enhance", action=argparse.BooleanOptionalAction, default=None,
+                   help="answer on the anchor-guided image (the paper's ADAPT-TF; off by default)")
+    g.add_argument("--no-asi", action="store_true", help="no steering")
     g.add_argument("--cache-dir", help="bias-map cache (default $ADAPT_CACHE or ~/.cache/adapt)")
 
 
@@ -42,8 +43,8 @@ def build_config(args):
         cfg = AdaptConfig.from_dict(json.loads(Path(args.config).read_text()))
     overrides = {"anchor.k": args.k, "asi.tau": args.tau, "asi.alpha": args.alpha, "asi.layers": args.layers,
                  "anchor.num_noise": args.num_noise, "max_new_tokens": args.max_new_tokens}
-    if args.no_enhance:
-        overrides["enhance.enabled"] = False
+    if args.enhance is not None:
+        overrides["enhance.enabled"] = args.enhance
     if args.no_asi:
         overrides["asi.enabled"] = False
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

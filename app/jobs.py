@@ -125,7 +125,7 @@ def python_module(*args: str) -> list[str]:
 
 
 def _method_args(p: dict) -> list[str]:
-    """The shared method flags of ``python -m adapt`` (empty values: the paper defaults)."""
+    """The shared method flags of ``python -m adapt`` (empty values: the defaults of adapt/config.py)."""
     argv = []
     if p.get("model"):
         argv += ["--backbone", p["model"]]
@@ -169,8 +169,8 @@ def _sweep_argv(p: dict, out: Path) -> list[str]:
 METHODS = ("greedy", "adapt-tf")
 MODEL = Param("model", "", "backbone (empty = the embedded model; a local folder or hub id)", kind=str)
 KNOB_PARAMS = (
-    Param("tau", None, "AMC trigger τ (empty = paper default)", minimum=0.0, kind=float),
-    Param("alpha", None, "steering strength α (empty = paper default)", minimum=0.0, kind=float),
+    Param("tau", None, "AMC trigger τ (empty = default)", minimum=0.0, kind=float),
+    Param("alpha", None, "steering strength α (empty = default)", minimum=0.0, kind=float),
     Param("layers", "", "ASI layers: all | top:N | from:i | 0,3,5 (empty = default)", kind=str),
     Param("max_new_tokens", None, "answer length (empty = default)", minimum=1, maximum=2048, kind=int),
 )

@@ -311,7 +311,7 @@ def build(app: App | None = None) -> gr.Blocks:
                             max_new = gr.Slider(4, 256, value=d.max_new_tokens, step=1, label="max new tokens")
                             asi_layers = gr.Textbox(d.asi_layers, label="ASI layers",
                                                     info="all · top:N (highest λ) · from:i · 0,3,5")
-                            reset_btn = gr.Button("Paper defaults", size="sm")
+                            reset_btn = gr.Button("Defaults", size="sm")
                         with gr.Accordion("Open a saved trace", open=False):
                             trace_in = gr.File(label="Trace file (.zip from the app or the CLI)",
                                                file_types=[".zip"], elem_id="adapt-trace-in")
@@ -340,13 +340,13 @@ def build(app: App | None = None) -> gr.Blocks:
                         signals_plot = gr.Plot(label="Degradation signals", elem_id="adapt-signals")
                         with gr.Row():
                             maps = gr.Gallery(label="Bias map · debiasing mask · fused map · anchor", columns=4,
-                                              height="auto", allow_preview=True, scale=3, elem_id="adapt-maps",
+                                              height=250, allow_preview=True, scale=3, elem_id="adapt-maps",
                                               format="jpeg", interactive=False)
                             enhanced = gr.Image(label="Anchor-guided image", height=260, scale=1, format="png",
                                                 interactive=False, buttons=["download", "fullscreen"])
                         criteria_plot = gr.Plot(label="Criteria and λ per layer", elem_id="adapt-criteria")
                         layers_gal = gr.Gallery(label="Early-step attention per layer (A_l) with λ", columns=6,
-                                                height="auto", allow_preview=True, format="jpeg",
+                                                height=240, allow_preview=True, format="jpeg",
                                                 elem_id="adapt-layers", interactive=False)
                         with gr.Row():
                             trace_dl = gr.DownloadButton("Download trace (.zip)", value=None,

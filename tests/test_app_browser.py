@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adapt.backbones import EMBEDDED_DIR
 from app.testing import free_port, start_server, stop_server, tiny_model_dir
 
 pytestmark = pytest.mark.browser
@@ -26,7 +27,8 @@ def url(tmp_path_factory):
         pytest.skip("chromium is not installed")
     pytest.importorskip("playwright.sync_api")
     d = tmp_path_factory.mktemp("browser-app")
-    model = tiny_model_dir(d / "model")
+    # what a visitor sees: the shipped model (a random tiny one where it is missing)
+    model = str(EMBEDDED_DIR) if (EMBEDDED_DIR / "config.json").exists() else tiny_model_dir(d / "model")
     port = free_port()
     env = {"ADAPT_MODEL": model, "ADAPT_CACHE": str(d / "cache"), "ADAPT_APP_SCRATCH": str(d / "scratch"),
            "ADAPT_ADMIN_TOKEN": ""}
@@ -88,6 +90,8 @@ def test_corrupt_upload_gives_a_readable_message(page, tmp_path):
     toast.wait_for()
     page.screenshot(path=str(ARTIFACTS / "app-error.png"))
     assert "Traceback" not in page.content()
+    page.reload()  # a fresh page for the next test, without the toast
+    page.wait_for_selector("#adapt-run")
 
 
 def test_random_trap_scene_knows_its_ground_truth(page):
@@ -117,3 +121,5 @@ def test_one_click_example(page):
     truth = ", ".join(dict.fromkeys(presets[0]["objects"]))
     page.wait_for_function("t => document.querySelector('#adapt-summary').innerText.includes(t)", arg=truth)
     assert "Greedy hallucinates" in page.inner_text("#adapt-summary")
+    _load_lazy_images(page)
+    page.screenshot(path=str(ARTIFACTS / "app-example.png"), full_page=True)
