@@ -189,6 +189,11 @@ def cmd_diagnose(args) -> int:
         g = res[group]
         print(f"{group:16s}{g['n']:6d}" + "".join(f"{g[s]:13.4f}" if g[s] is not None else f"{'-':>13s}"
                                                  for s in SIGNALS))
+    sep = res["separation"]
+    print(f"{'AUC halluc.':22s}" + "".join(f"{sep[s]:13.3f}" if sep[s] is not None else f"{'-':>13s}" for s in SIGNALS))
+    if res["anchor_first_density"] is not None:
+        print(f"anchor density (share of W / share of grid): first-named object {res['anchor_first_density']:.2f}, "
+              f"other objects {res['anchor_other_density']:.2f}")
     print(f"wrote {Path(args.out) / 'diagnosis.json'}")
     return 0
 

@@ -177,3 +177,5 @@ def test_cli_on_the_embedded_model(tmp_path, capsys):
     assert diag["correct"]["n"] + diag["hallucinated"]["n"] == len(rows) > 0
     for r in rows:
         assert 0 <= r["on_objects"] <= 1 and 0 < r["image_mass"] <= 1 and 0 <= r["would_steer"] <= 1
+    assert all(v is None or 0 <= v <= 1 for v in diag["separation"].values())
+    assert diag["anchor_first_density"] > 0 and "AUC halluc." in capsys.readouterr().out

@@ -154,6 +154,17 @@ def test_training_conversations_match_the_chat_template_and_label_only_answers()
 
 
 # -------------------------------------------------------------------------------- metrics
+def test_diagnosis_separation_is_the_roc_auc():
+    from adapt.eval.diagnose import separation
+
+    correct = np.array([0.6, 0.5, 0.4])
+    assert separation(correct, np.array([0.1, 0.2]), side=-1) == 1.0  # every hallucination lower: perfect
+    assert separation(correct, np.array([0.1, 0.2]), side=1) == 0.0
+    # 0.45 is below 2 of 3 correct values, 0.5 below 1 and tied with 1 → (2 + 1.5) / 6
+    assert separation(correct, np.array([0.45, 0.5]), side=-1) == pytest.approx(3.5 / 6)
+    assert separation(correct, np.array([]), side=-1) is None
+
+
 def test_chair_hand_made():
     m = chair([["star", "moon"], ["circle"], []], [["star"], ["circle", "square"], ["ring"]])
     assert m["chair_s"] == pytest.approx(1 / 3)

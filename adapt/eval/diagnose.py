@@ -14,6 +14,11 @@ the exact ground truth and with the anchor:
 
 A mechanism that works shows hallucinated mentions with lower ``on_objects``/``on_anchor``/
 ``amc_ratio`` than correct ones, and ``would_steer`` high on them and low on correct ones.
+``separation`` gives, per signal, the probability that a random hallucinated mention is on the
+hallucination side of a random correct one (the ROC AUC; 0.5 = no signal, 1 = a perfect trigger).
+
+Per scene, the anchor's density (share of W per share of the grid) on the first object the
+description names and on the scene's other objects says what the anchor points at.
 """
 
 from __future__ import annotations
@@ -32,21 +37,35 @@ from ..pipeline import build_anchor
 SIGNALS = ("image_mass", "on_objects", "on_anchor", "amc_ratio", "would_steer", "position")
 
 
-def object_cells(scene, grid: tuple[int, int]) -> np.ndarray:
-    """``[h*w]`` bool: grid cells covered (≥ 10 %) by some object of the scene."""
+def cell_labels(scene, grid: tuple[int, int]) -> np.ndarray:
+    """``[h*w]``: per grid cell, the category index + 1 of the object covering it (≥ 10 %), else 0."""
     from ..world.scenes import IMAGE_SIZE, patch_labels
 
     h, w = grid
     if h != w or IMAGE_SIZE % h:
         raise ValueError(f"grid {grid} does not tile the world's {IMAGE_SIZE}px images")
-    cat, _ = patch_labels(scene, IMAGE_SIZE // h)
-    return cat.reshape(-1) > 0
+    return patch_labels(scene, IMAGE_SIZE // h)[0].reshape(-1)
+
+
+# which way a hallucinated mention leans on each signal (+1: higher than on correct mentions)
+_HALLUCINATION_SIDE = {"image_mass": -1, "on_objects": -1, "on_anchor": -1, "amc_ratio": -1, "would_steer": 1,
+                       "position": 1}
+
+
+def separation(correct: np.ndarray, hallucinated: np.ndarray, side: int) -> float | None:
+    """ROC AUC of telling hallucinated from correct mentions by one signal (Mann–Whitney, ties 1/2)."""
+    if len(correct) == 0 or len(hallucinated) == 0:
+        return None
+    diff = side * (hallucinated[:, None] - correct[None, :])
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
 
 
 def mentions(scene, backbone: Backbone, cfg: AdaptConfig, cache: BiasCache | None,
-             question: str, max_new_tokens: int) -> list[dict]:
-    """One row per object-naming step of the unsteered description of ``scene``."""
+             question: str, max_new_tokens: int) -> tuple[list[dict], dict]:
+    """One row per object-naming step of the unsteered description of ``scene``, and the scene's
+    anchor densities (``anchor_first``, ``anchor_other``)."""
     from ..world.language import NOUN_TO_CATEGORY
+    from ..world.scenes import CATEGORIES
 
     image = scene.image()
     prepared = backbone.prepare(image, question)
@@ -59,13 +78,16 @@ def mentions(scene, backbone: Backbone, cfg: AdaptConfig, cache: BiasCache | Non
     scores = amc(maps, w)  # [T, L]
     k = min(cfg.anchor.k, len(scores))
     ref = np.maximum(scores[:k].mean(0), 1e-12)
-    on_obj = object_cells(scene, grid)
+    cells = cell_labels(scene, grid)
+    on_obj = cells > 0
     w_unit = w / np.linalg.norm(w)
     truth = set(scene.categories)
-    rows = []
+    rows, named = [], []
     for t, piece in enumerate(gen.tokens[: len(maps)]):
         cat = NOUN_TO_CATEGORY.get(piece.strip().lower())
-        if cat is None or t < k:
+        if cat is not None and cat in truth:
+            named.append(cat)
+        if cat is None or t < k:  # the anchor phase is never steered: no row
             continue
         a = maps[t]  # [L, n]
         mass = a.sum(-1)
@@ -79,15 +101,27 @@ def mentions(scene, backbone: Backbone, cfg: AdaptConfig, cache: BiasCache | Non
             "would_steer": float((scores[t, layers] < cfg.asi.tau * ref[layers]).mean()),
             "position": t / max(len(maps) - 1, 1),
         })
-    return rows
+    density = {}
+    if named:
+        first = cells == CATEGORIES.index(named[0]) + 1
+        share = anchor.anchor.reshape(-1) / anchor.anchor.sum()
+        for name, m in (("anchor_first", first), ("anchor_other", on_obj & ~first)):
+            density[name] = float(share[m].sum() / m.mean()) if m.any() else None
+    return rows, density
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], densities: list[dict] = ()) -> dict:
     out = {}
     for name, keep in (("correct", lambda r: not r["hallucinated"]), ("hallucinated", lambda r: r["hallucinated"]),
                        ("absent_partner", lambda r: r["partner"])):
         sel = [r for r in rows if keep(r)]
         out[name] = {"n": len(sel), **{s: float(np.mean([r[s] for r in sel])) if sel else None for s in SIGNALS}}
+    values = {s: np.array([r[s] for r in rows], dtype=float) for s in SIGNALS}
+    bad = np.array([r["hallucinated"] for r in rows], dtype=bool)
+    out["separation"] = {s: separation(v[~bad], v[bad], _HALLUCINATION_SIDE[s]) for s, v in values.items()}
+    for key in ("anchor_first", "anchor_other"):
+        vals = [d[key] for d in densities if d.get(key) is not None]
+        out[key + "_density"] = float(np.mean(vals)) if vals else None
     return out
 
 
@@ -100,13 +134,15 @@ def run_diagnosis(backbone: Backbone, out: Path, split: str = "validation", limi
     cfg = cfg or AdaptConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, densities = [], []
     with (out / "mentions.jsonl").open("w") as f:
         for scene in make_split(split, limit, seed=seed):
-            for r in mentions(scene, backbone, cfg, cache, DEFAULT_DESCRIBE_PROMPT, max_new_tokens):
+            scene_rows, density = mentions(scene, backbone, cfg, cache, DEFAULT_DESCRIBE_PROMPT, max_new_tokens)
+            for r in scene_rows:
                 f.write(json.dumps(r) + "\n")
-                rows.append(r)
+            rows += scene_rows
+            densities.append(density)
     result = {"split": split, "limit": limit, "seed": seed, "tau": cfg.asi.tau, "layers": cfg.asi.layers,
-              **summarise(rows)}
+              **summarise(rows, densities)}
     (out / "diagnosis.json").write_text(json.dumps(result, indent=1))
     return result

@@ -74,6 +74,17 @@ def _row(method, k, layers, tau, alpha, s, greedy, items_path=None) -> dict:
             "interventions_per_item": interventions, "n": s["n"]}
 
 
+def _label(r: dict) -> str:
+    if r["method"] == "greedy":
+        return "greedy"
+    label = f"K{r.get('k')} {r['layers']} τ{r['tau']} α{r['alpha']}" if r["tau"] is not None else f"K{r.get('k')} ASI off"
+    if r.get("enhance"):
+        label += " +enhanced image"
+    if r.get("debias") is False:
+        label += " no debiasing"
+    return label
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """CHAIR_i against the time ratio (Pareto front in red) and against recall."""
     import matplotlib
@@ -85,7 +96,7 @@ def plot(rows: list[dict], path: Path) -> None:
     front = {id(r) for r in pareto(rows)}
     for r in rows:
         colour = "black" if r["method"] == "greedy" else ("tab:red" if id(r) in front else "tab:blue")
-        label = "greedy" if r["method"] == "greedy" else f"K{r.get('k')} {r['layers']} τ{r['tau']} α{r['alpha']}"
+        label = _label(r)
         for ax, x in zip(axes, (r["time_ratio"], r["recall"])):
             ax.scatter(x, r["chair_i"], c=colour, s=30)
             ax.annotate(label, (x, r["chair_i"]), fontsize=6, xytext=(3, 2), textcoords="offset points")

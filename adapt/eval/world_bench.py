@@ -54,7 +54,7 @@ def adapt_tf_method(cfg: AdaptConfig, cache: BiasCache | None) -> Method:
         gen, policy = adapt_tf_answer(backbone, image, question, c, cache)
         return gen.text, {"tokens": len(gen.token_ids), "interventions": int(policy.fired_matrix().sum())}
 
-    return Method("adapt-tf", answer, "anchor + visual enhancement + ASI")
+    return Method("adapt-tf", answer, "anchor + ASI (on the anchor-guided image when enhance.enabled)")
 
 
 def make_methods(names: list[str], cfg: AdaptConfig, cache: BiasCache | None) -> list[Method]:
