@@ -112,15 +112,15 @@ def export_anchors(backbone: Backbone, items: Iterable[ExportItem], out: str | P
             else:
                 record = {"id": item.id, "source": item.image, "question": item.question}
                 try:
-                    image = load_image(item.image)
-                    enhanced, anchor = anchor_image(backbone, image, item.question, cfg, cache)
+                    original = load_image(item.image, max_side=None)  # exported at its own size
+                    enhanced, anchor = anchor_image(backbone, original, item.question, cfg, cache)
                     target = out / "images" / f"{item.id}.png"
                     enhanced.save(target)
-                    record.update(status="ok", output=str(target.relative_to(out)), size=list(image.size),
+                    record.update(status="ok", output=str(target.relative_to(out)), size=list(original.size),
                                   grid=list(anchor.anchor.shape), bias_cache_hit=anchor.cache_hit)
                     if overlays:
                         ov = out / "overlays" / f"{item.id}.png"
-                        side_by_side(image, overlay(image, anchor.anchor), enhanced).save(ov)
+                        side_by_side(original, overlay(original, anchor.anchor), enhanced).save(ov)
                         record["overlay"] = str(ov.relative_to(out))
                     counts["ok"] += 1
                 except (ImageError, ValueError, OSError) as exc:

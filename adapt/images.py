@@ -17,8 +17,10 @@ class ImageError(ValueError):
     """An image that cannot be used, with a message meant for the user."""
 
 
-def load_image(source, max_side: int = MAX_SIDE) -> Image.Image:
-    """Open a path, bytes or PIL image as an RGB image, refusing corrupt or oversized input."""
+def load_image(source, max_side: int | None = MAX_SIDE) -> Image.Image:
+    """Open a path, bytes or PIL image as an RGB image, refusing corrupt or oversized input.
+
+    Larger than ``max_side`` on the longest side, it is downscaled (``None``: kept as it is)."""
     if isinstance(source, Image.Image):
         img = source
         _check_size(img.size, "image")
@@ -56,9 +58,15 @@ def load_image(source, max_side: int = MAX_SIDE) -> Image.Image:
         background.paste(rgba, mask=rgba.split()[-1])
         img = background
     img = img.convert("RGB")
-    if max(img.size) > max_side:
-        img = img.copy()
-        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return img if max_side is None else fit(img, max_side)
+
+
+def fit(img: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
+    """``img`` downscaled to ``max_side`` on its longest side (the same object when it fits)."""
+    if max(img.size) <= max_side:
+        return img
+    img = img.copy()
+    img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return img
 
 

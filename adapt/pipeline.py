@@ -22,7 +22,7 @@ from .asi import ASIPolicy, amc, steering_weights
 from .backbones import Backbone, Generation
 from .config import AdaptConfig, parse_layers
 from .enhance import enhance
-from .images import load_image
+from .images import fit, load_image
 from .trace import AnswerTrace, Trace
 
 Progress = Callable[[float, str], None]
@@ -225,6 +225,7 @@ def adapt_tf_answer(backbone: Backbone, image: Image.Image, question: str, cfg: 
 
 def anchor_image(backbone: Backbone, image: Image.Image, question: str, cfg: AdaptConfig,
                  cache: BiasCache | None = None) -> tuple[Image.Image, Anchor]:
-    """The anchor-guided image for export (Sec. 4.1.4)."""
-    anchor, _ = probe_anchor(backbone, image, question, cfg, cache)
+    """The anchor-guided image for export (Sec. 4.1.4) at ``image``'s own size; the model reads a copy
+    of at most ``MAX_SIDE`` pixels on the longest side."""
+    anchor, _ = probe_anchor(backbone, fit(image), question, cfg, cache)
     return enhance(image, anchor.anchor, cfg.enhance), anchor

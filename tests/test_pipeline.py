@@ -111,17 +111,20 @@ def test_export_anchors_reports_bad_files_and_resumes(tiny_dir, rand_image, tmp_
     rand_image.save(src / "a.png")
     rand_image.rotate(90, expand=True).save(src / "b.jpg")
     (src / "c.png").write_bytes(b"corrupt")
+    rand_image.resize((2600, 300)).save(src / "d.png")  # wider than MAX_SIDE: the model reads a smaller copy
     args = ["export-anchors", "--backbone", str(tiny_dir), "--input", str(src), "--question", "describe the image",
             "--out", str(tmp_path / "exp"), "--overlays", "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 3  # one bad file
     lines = [json.loads(l) for l in (tmp_path / "exp" / "manifest.jsonl").read_text().splitlines()]
     status = {l["id"]: l["status"] for l in lines}
-    assert status == {"a": "ok", "b": "ok", "c": "error"}
+    assert status == {"a": "ok", "b": "ok", "c": "error", "d": "ok"}
+    for name in ("b.jpg", "d.png"):  # exported at the original's size
+        rec = next(l for l in lines if l["id"] == name.split(".")[0])
+        assert Image.open(tmp_path / "exp" / rec["output"]).size == Image.open(src / name).size == tuple(rec["size"])
     b = next(l for l in lines if l["id"] == "b")
-    assert Image.open(tmp_path / "exp" / b["output"]).size == Image.open(src / "b.jpg").size
     assert (tmp_path / "exp" / b["overlay"]).exists()
     main(args)
-    assert "skipped (already done) 2" in capsys.readouterr().out
+    assert "skipped (already done) 3" in capsys.readouterr().out
 
 
 def test_model_intrinsic_target_entropy_comes_from_the_question_tokens(tiny, rand_image):
