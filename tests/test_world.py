@@ -275,11 +275,15 @@ print(json.dumps({"recall": hits / total, "n_img": n_img, "dtype": str(model.dty
 
 
 def test_sweep_pareto_and_one_small_run(tmp_path):
-    from adapt.eval.sweep import pareto, run_sweep
+    from adapt.eval.sweep import pareto, recommend, run_sweep
 
     rows = [{"chair_i": 0.08, "time_ratio": 1.0}, {"chair_i": 0.05, "time_ratio": 1.2},
             {"chair_i": 0.06, "time_ratio": 1.3}, {"chair_i": 0.04, "time_ratio": 2.0}]
     assert pareto(rows) == [rows[0], rows[1], rows[3]]  # rows[2] is beaten by rows[1] on both
+    table = [{"method": "greedy", "chair_i": 0.08, "recall": 0.90}, {"method": "adapt-tf", "chair_i": 0.04, "recall": 0.85},
+             {"method": "adapt-tf", "chair_i": 0.06, "recall": 0.885}, {"method": "adapt-tf", "chair_i": 0.07, "recall": 0.9}]
+    assert recommend(table) is table[2]  # table[1] is lower but costs 5 recall points
+    assert recommend(table[:2]) is None
     if not (ASSETS / "config.json").exists():
         pytest.skip("assets/embedded not present")
     from adapt.anchor import BiasCache

@@ -28,6 +28,14 @@ def pareto(rows: list[dict]) -> list[dict]:
         and (o["chair_i"] < r["chair_i"] or o["time_ratio"] < r["time_ratio"]) for o in rows)]
 
 
+def recommend(rows: list[dict], max_recall_drop: float = 0.02) -> dict | None:
+    """The rule the defaults were chosen by: the lowest CHAIR_i among ADAPT-TF settings whose
+    recall is at most ``max_recall_drop`` below greedy's (the project's recall budget)."""
+    greedy = next(r for r in rows if r["method"] == "greedy")
+    ok = [r for r in rows if r["method"] != "greedy" and r["recall"] >= greedy["recall"] - max_recall_drop]
+    return min(ok, key=lambda r: r["chair_i"]) if ok else None
+
+
 def run_sweep(backbone: Backbone, out: Path, limit: int, taus: list[float], alphas: list[float],
               layer_specs: list[str], cache: BiasCache | None = None, base: AdaptConfig | None = None,
               ks: list[int] | None = None) -> list[dict]:
@@ -55,9 +63,13 @@ def run_sweep(backbone: Backbone, out: Path, limit: int, taus: list[float], alph
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
+    best = recommend(rows)
     (out / "sweep.json").write_text(json.dumps({"limit": limit, "split": "validation", "rows": rows,
-                                                "pareto": pareto(rows)}, indent=1))
+                                                "pareto": pareto(rows), "recommended": best}, indent=1))
     plot(rows, out / "sweep.png")
+    if best is not None:
+        print(f"recommended (lowest CHAIR_i within 2 recall points of greedy): K {best['k']}, layers {best['layers']}, "
+              f"τ {best['tau']}, α {best['alpha']}: chair_i {best['chair_i']:.4f} recall {best['recall']:.4f}")
     return rows
 
 
