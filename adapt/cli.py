@@ -32,7 +32,7 @@ def _backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-map", default=None, help="e.g. auto (needs accelerate)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's own; 1 is fastest for the embedded model)")
+                   help="torch CPU threads (default: 1 for small models such as the embedded one, else torch's own)")
 
 
 def build_config(args):
@@ -54,12 +54,13 @@ def load(args):
     import torch
 
     from .backbones import load_backbone
+    from .threads import use_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    return load_backbone(args.backbone, dtype=dtype, device=args.device, device_map=args.device_map,
-                         trust_remote_code=args.trust_remote_code)
+    backbone = load_backbone(args.backbone, dtype=dtype, device=args.device, device_map=args.device_map,
+                             trust_remote_code=args.trust_remote_code)
+    use_threads(backbone, args.threads)
+    return backbone
 
 
 def _cache(args):

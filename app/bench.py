@@ -1,7 +1,7 @@
 """Latency of one full analysis as the app serves it (anchor, both answers, every figure).
 
     python -m app.bench                 # embedded model, example scenes, bias map cached
-    python -m app.bench --model DIR --repeats 10 --threads 2
+    python -m app.bench --model DIR --repeats 10
 
 Two measurements per image, after a warm-up call that loads the model and fills the bias-map
 cache for the question:
@@ -48,18 +48,15 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per image")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the app's policy, 1 for small models)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's (paper) value")
     ap.add_argument("--no-server", action="store_true", help="skip the end-to-end measurement")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from adapt.backbones import load_backbone
     from adapt.images import load_image
+    from adapt.threads import use_threads
 
     from .service import Knobs, analyse
     from .ui import render, save_trace
@@ -69,8 +66,9 @@ def main(argv=None) -> int:
         knobs.max_new_tokens = args.max_new_tokens
     t0 = time.perf_counter()
     bb = load_backbone(args.model)
+    threads = use_threads(bb, args.threads)  # what the app uses for this model
     print(f"model {bb.name}: {bb.num_layers} layers, loaded in {time.perf_counter() - t0:.2f} s; "
-          f"torch threads {torch.get_num_threads()}", file=sys.stderr)
+          f"torch threads {threads}", file=sys.stderr)
     items = _images(args.images)
 
     def full(path, question):
@@ -83,7 +81,7 @@ def main(argv=None) -> int:
         c = time.perf_counter()
         return trace, b - a, c - b
 
-    results = {"model": bb.name, "threads": torch.get_num_threads(), "max_new_tokens": knobs.max_new_tokens}
+    results = {"model": bb.name, "threads": threads, "max_new_tokens": knobs.max_new_tokens}
     for path, q in items:  # warm-up: bias map per question, lazy imports
         full(path, q)
     totals, figs, tokens = [], [], []

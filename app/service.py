@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from adapt.threads import use_threads
+
 log = logging.getLogger("adapt.app")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,47 +93,6 @@ class Models:
 
     def is_loaded(self, name: str | None) -> bool:
         return self.key(name) in self._loaded
-
-
-SMALL_MODEL_PARAMS = 50_000_000
-
-
-def use_threads(backbone) -> int:
-    """Set torch's intra-op threads for a call on ``backbone`` and return the number.
-
-    ``$ADAPT_TORCH_THREADS`` wins. Otherwise small models (the embedded one: a few million
-    parameters) run on one thread: their ops are too small to split, and on a busy 2-core machine
-    two spinning OpenMP threads made decoding 50x slower than one. Large checkpoints keep
-    torch's default (all cores)."""
-    import torch
-
-    env = os.environ.get("ADAPT_TORCH_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        n = int(env)
-    else:
-        n = getattr(backbone, "_adapt_threads", None)
-        if n is None:
-            try:
-                params = sum(p.numel() for p in backbone.model.parameters())
-            except Exception:
-                params = SMALL_MODEL_PARAMS + 1
-            n = 1 if params < SMALL_MODEL_PARAMS else _DEFAULT_THREADS
-            try:
-                backbone._adapt_threads = n
-            except Exception:
-                pass
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
-def _default_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-_DEFAULT_THREADS = _default_threads()
 
 
 def embedded_available() -> bool:

@@ -182,3 +182,26 @@ def test_cli_on_the_embedded_model(tmp_path, capsys):
         assert 0 <= r["on_objects"] <= 1 and 0 < r["image_mass"] <= 1 and 0 <= r["would_steer"] <= 1
     assert all(v is None or 0 <= v <= 1 for v in diag["separation"].values())
     assert diag["anchor_first_density"] > 0 and "AUC halluc." in capsys.readouterr().out
+
+
+def test_thread_policy_small_models_on_one_thread(tiny, monkeypatch):
+    import torch
+
+    from adapt import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("ADAPT_TORCH_THREADS", raising=False)
+    try:
+        monkeypatch.delattr(tiny, "_adapt_threads", raising=False)
+        assert threads.use_threads(tiny) == 1 == torch.get_num_threads()
+        assert threads.use_threads(tiny, requested=2) == 2 and threads.use_threads(tiny) == 2  # remembered
+
+        class Opaque:  # no parameters to count: treated as a large checkpoint
+            __slots__ = ()
+
+        assert threads.use_threads(Opaque()) == threads._DEFAULT_THREADS
+        monkeypatch.setenv("ADAPT_TORCH_THREADS", "3")
+        monkeypatch.delattr(tiny, "_adapt_threads")
+        assert threads.use_threads(tiny) == 3
+    finally:
+        torch.set_num_threads(before)
