@@ -277,7 +277,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (the reference recipe) or cuda (fast; not bit-identical)")
     ap.add_argument("--pool", type=int, default=8000, help="training scenes")
-    ap.add_argument("--vision-steps", type=int, default=800)
+    ap.add_argument("--vision-steps", type=int, default=1200)
     ap.add_argument("--vision-batch", type=int, default=64)
     ap.add_argument("--vision-lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=4000)
