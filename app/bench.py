@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per image")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the app's policy, 1 for small models)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's (paper) value")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's value")
     ap.add_argument("--no-server", action="store_true", help="skip the end-to-end measurement")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
