@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Generation:
     seconds: float = 0.0
 
 
-class Backbone:
+class Backbone(ABC):
     """A loaded multimodal model of one supported family.
 
     Subclasses set ``family`` and implement :meth:`_build_inputs` and :meth:`_image_span`.
@@ -78,8 +79,9 @@ class Backbone:
         return cls(model, processor, name=str(path))
 
     @classmethod
+    @abstractmethod
     def model_class(cls):
-        raise NotImplementedError
+        """The transformers class this family loads with."""
 
     @classmethod
     def load_processor(cls, path: str, trust_remote_code: bool = False):
@@ -129,8 +131,9 @@ class Backbone:
     def _build_inputs(self, image: Image.Image, question: str) -> dict:
         return dict(self.processor(images=image, text=self.prompt(question), return_tensors="pt"))
 
+    @abstractmethod
     def _image_span(self, inputs: dict) -> ImageSpan:
-        raise NotImplementedError
+        """Where the image tokens are in ``inputs`` and their grid."""
 
     def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[B, n]`` positions of the image tokens, per row (rows must hold the same count)."""
