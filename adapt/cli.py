@@ -166,6 +166,11 @@ def format_summary(summary: dict) -> str:
             continue
         lines.append(f"{k:28s}" + "".join(f"{v:12.4f}" if isinstance(v, float) else f"{str(v):>12s}"
                                           for v in vals))
+    for m in methods[1:]:
+        key = f"chair_i_change_vs_{methods[0]}"
+        if summary[m].get(key) is not None:
+            lines.append(f"{m}: CHAIR_i {summary[m][key]:+.1%} vs {methods[0]} (paired bootstrap 95 % CI "
+                         f"{summary[m][key + '_ci_low']:+.1%} … {summary[m][key + '_ci_high']:+.1%})")
     return "\n".join(lines)
 
 

@@ -173,6 +173,8 @@ def test_cli_on_the_embedded_model(tmp_path, capsys):
         s = summary[method]
         assert s["n"] == 2 and 0 <= s["chair_i"] <= 1 and 0 <= s["pope_random_acc"] <= 1
         assert {"pope_adversarial_f1", "yes_ratio", "trap_chair_i", "nontrap_chair_i", "seconds_per_item"} <= set(s)
+    assert {"chair_i_change_vs_greedy", "chair_i_change_vs_greedy_ci_low"} <= set(summary["adapt-tf"])
+    assert "chair_i_change_vs_greedy" not in summary["greedy"]
 
     assert main(["diagnose", "--limit", "3", "--out", str(tmp_path / "diag"), *cache]) == 0
     diag = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())

@@ -165,6 +165,24 @@ def test_diagnosis_separation_is_the_roc_auc():
     assert separation(correct, np.array([]), side=-1) is None
 
 
+def test_chair_i_change_with_a_paired_bootstrap_interval():
+    from adapt.eval.metrics import chair_i_change
+
+    truths = [["circle"]] * 4
+    base = [["circle", "star"]] * 4  # CHAIR_i 0.5 on every image
+    same = chair_i_change(base, base, truths)
+    assert same == {"change": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    fixed = chair_i_change(base, [["circle"]] * 4, truths)  # every hallucination gone
+    assert fixed == {"change": -1.0, "ci_low": -1.0, "ci_high": -1.0}
+    # half the images fixed: CHAIR_i 0.5 -> 2/6; resamples spread around it
+    half = chair_i_change(base, [["circle"], ["circle"], ["circle", "star"], ["circle", "star"]], truths)
+    assert half["change"] == pytest.approx(2 / 6 / 0.5 - 1)
+    assert -1.0 <= half["ci_low"] < half["change"] < half["ci_high"] <= 0.0
+    assert chair_i_change([["circle"]] * 4, base, truths)["change"] is None  # nothing to change from
+    with pytest.raises(ValueError):
+        chair_i_change(base, base[:3], truths)
+
+
 def test_chair_hand_made():
     m = chair([["star", "moon"], ["circle"], []], [["star"], ["circle", "square"], ["ring"]])
     assert m["chair_s"] == pytest.approx(1 / 3)

@@ -34,6 +34,38 @@ def chair(responses_objects: Sequence[Iterable[str]], truths: Sequence[Iterable[
     }
 
 
+def chair_i_change(base_objects: Sequence[Iterable[str]], new_objects: Sequence[Iterable[str]],
+                   truths: Sequence[Iterable[str]], samples: int = 2000, seed: int = 0) -> dict:
+    """Relative change of CHAIR_i from a base run to a new run on the same images, with a paired
+    bootstrap 95 % interval (images resampled with replacement, both runs together).
+
+    Returns ``{"change", "ci_low", "ci_high"}`` (None where the base run has no hallucination);
+    e.g. −0.2 means 20 % fewer hallucinated mentions per mention. With few hallucinations the interval is wide: that is the point of reporting it."""
+    import numpy as np
+
+    if not (len(base_objects) == len(new_objects) == len(truths)):
+        raise ValueError("the two runs and the truths differ in length")
+
+    def counts(objects):
+        return np.array([(len(set(r) - set(t)), len(set(r))) for r, t in zip(objects, truths)], dtype=float)
+
+    a, b = counts(base_objects), counts(new_objects)
+
+    def change(idx):
+        ha, ma = a[idx, 0].sum(-1), a[idx, 1].sum(-1)
+        hb, mb = b[idx, 0].sum(-1), b[idx, 1].sum(-1)
+        ca, cb = ha / np.maximum(ma, 1), hb / np.maximum(mb, 1)
+        return np.where(ca > 0, cb / np.where(ca > 0, ca, 1) - 1, np.nan)
+
+    n = len(truths)
+    full = float(change(np.arange(n)[None])[0]) if n else float("nan")
+    boot = change(np.random.default_rng(seed).integers(0, n, size=(samples, n))) if n else np.array([np.nan])
+    boot = boot[np.isfinite(boot)]
+    lo, hi = (np.percentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan))
+    # undefined (the base run has no hallucination to change) is None, which JSON can hold
+    return {k: (float(v) if np.isfinite(v) else None) for k, v in (("change", full), ("ci_low", lo), ("ci_high", hi))}
+
+
 def parse_yes_no(text: str) -> str:
     """Answer parsing of the original POPE evaluation: keep the text before the first '.',
     drop commas, split into words; 'no' or 'not' among them -> 'no', else 'yes'."""

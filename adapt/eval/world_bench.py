@@ -20,7 +20,7 @@ from ..anchor import BiasCache
 from ..backbones import Backbone
 from ..config import AdaptConfig
 from ..pipeline import adapt_tf_answer
-from .metrics import chair, parse_yes_no, pope_metrics
+from .metrics import chair, chair_i_change, parse_yes_no, pope_metrics
 
 POPE_KINDS = ("random", "popular", "adversarial")
 POPE_MAX_TOKENS = 8
@@ -205,5 +205,19 @@ def summarise_items(items: list[dict]) -> dict:
 
 
 def summarise(out: Path, methods: list[str], n: int | None = None) -> dict:
-    return {m: summarise_items(load_items(Path(out) / f"items-{m}.jsonl", n)) for m in methods
-            if (Path(out) / f"items-{m}.jsonl").exists()}
+    """Per method, the benchmark's figures; every method after the first also gets its CHAIR_i
+    change against the first (``chair_i_change_vs_<first>`` with a paired-bootstrap 95 % interval,
+    ``..._ci_low`` / ``..._ci_high``), computed on the scenes both runs have."""
+    items = {m: load_items(Path(out) / f"items-{m}.jsonl", n) for m in methods
+             if (Path(out) / f"items-{m}.jsonl").exists()}
+    summary = {m: summarise_items(its) for m, its in items.items()}
+    names = list(items)
+    for m in names[1:]:
+        base = {it["index"]: it for it in items[names[0]]}
+        pairs = [(base[it["index"]], it) for it in items[m] if it["index"] in base]
+        if pairs:
+            c = chair_i_change([b["mentioned"] for b, _ in pairs], [it["mentioned"] for _, it in pairs],
+                               [it["truth"] for _, it in pairs])
+            key = f"chair_i_change_vs_{names[0]}"
+            summary[m].update({key: c["change"], key + "_ci_low": c["ci_low"], key + "_ci_high": c["ci_high"]})
+    return summary
