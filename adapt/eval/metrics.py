@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import numpy as np
+
 
 def chair(responses_objects: Sequence[Iterable[str]], truths: Sequence[Iterable[str]]) -> dict:
     """CHAIR over object categories.
@@ -40,9 +42,8 @@ def chair_i_change(base_objects: Sequence[Iterable[str]], new_objects: Sequence[
     bootstrap 95 % interval (images resampled with replacement, both runs together).
 
     Returns ``{"change", "ci_low", "ci_high"}`` (None where the base run has no hallucination);
-    e.g. −0.2 means 20 % fewer hallucinated mentions per mention. With few hallucinations the interval is wide: that is the point of reporting it."""
-    import numpy as np
-
+    e.g. −0.2 means 20 % fewer hallucinated mentions per mention. With few hallucinations the
+    interval is wide: that is the point of reporting it."""
     if not (len(base_objects) == len(new_objects) == len(truths)):
         raise ValueError("the two runs and the truths differ in length")
 

@@ -212,8 +212,8 @@ def summarise(out: Path, methods: list[str], n: int | None = None) -> dict:
              if (Path(out) / f"items-{m}.jsonl").exists()}
     summary = {m: summarise_items(its) for m, its in items.items()}
     names = list(items)
+    base = {it["index"]: it for it in items[names[0]]} if names else {}
     for m in names[1:]:
-        base = {it["index"]: it for it in items[names[0]]}
         pairs = [(base[it["index"]], it) for it in items[m] if it["index"] in base]
         if pairs:
             c = chair_i_change([b["mentioned"] for b, _ in pairs], [it["mentioned"] for _, it in pairs],
