@@ -48,7 +48,7 @@ DEFAULT_PRIOR_STRENGTH = 0.9
 
 @dataclass(frozen=True)
 class WorldConfig:
-    prior_strength: float = DEFAULT_PRIOR_STRENGTH  # P(companion | primary) in training scenes
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH  # P(companion | primary) outside trap scenes
     companion_hard: float = 0.5  # P(a companion is tiny and faint)
     other_small: float = 0.2  # P(a non-companion object is small)
     other_hard: float = 0.0  # P(a non-companion object is tiny and faint)

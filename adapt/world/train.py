@@ -30,7 +30,7 @@ from .scenes import CATEGORIES, COLOUR_NAMES, WorldConfig, patch_labels, render
 
 # The training scenes carry a stronger prior than the evaluation world (WorldConfig: 0.9 / 0.5),
 # as web-scale training data over-represents co-occurrences. Against 0.9 / 0.5 this raised the
-# trap-scene CHAIR_i on the test split from 0.073 to 0.081 and recall from 0.911 to 0.925.
+# trap-scene CHAIR_i on the test split from 0.073 to 0.080 and recall from 0.911 to 0.925.
 TRAIN_PRIOR_STRENGTH = 0.95
 TRAIN_COMPANION_HARD = 0.6
 
