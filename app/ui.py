@@ -298,7 +298,7 @@ def build(app: App | None = None) -> gr.Blocks:
                                                    allow_custom_value=True, label="Backbone",
                                                    info="'embedded', a local checkpoint folder or a hub id "
                                                         "(LLaVA-1.5, Qwen2.5-VL)")
-                            k = gr.Slider(1, 16, value=d.k, step=1, label="K: anchor steps")
+                            k = gr.Slider(1, max(40, d.k), value=d.k, step=1, label="K: anchor steps")
                             tau = gr.Slider(0.0, 2.0, value=d.tau, step=0.05, label="τ: AMC trigger")
                             alpha = gr.Slider(0.0, 3.0, value=d.alpha, step=0.05, label="α: steering strength")
                             with gr.Row():

@@ -31,7 +31,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_analyse_fills_every_part_of_the_trace(tiny, rand_image, tmp_path):
-    cfg = AdaptConfig().replace(max_new_tokens=12)
+    cfg = AdaptConfig().replace(**{"max_new_tokens": 12, "anchor.k": 5})  # K inside the 12 steps
     cache = BiasCache(tmp_path)
     t = analyse(tiny, rand_image, "describe the image", cfg, bias_cache=cache)
     L, (h, w) = 3, t.grid
@@ -50,7 +50,7 @@ def test_analyse_fills_every_part_of_the_trace(tiny, rand_image, tmp_path):
     assert on.steered.image_used == "enhanced" and np.array_equal(np.asarray(on.enhanced_image),
                                                                   np.asarray(t.enhanced_image))
     # the K anchor steps of the unsteered run are A_l
-    np.testing.assert_allclose(t.layer_maps.reshape(L, -1), t.unsteered.maps[:5].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(t.layer_maps.reshape(L, -1), t.unsteered.maps[:cfg.anchor.k].mean(0), rtol=1e-5)
     assert not t.bias_cache_hit
     again = analyse(tiny, rand_image, "describe the image", cfg, bias_cache=cache)
     assert again.bias_cache_hit and np.allclose(again.bias, t.bias)

@@ -302,6 +302,8 @@ def test_sweep_pareto_and_one_small_run(tmp_path):
              {"method": "adapt-tf", "chair_i": 0.06, "recall": 0.885}, {"method": "adapt-tf", "chair_i": 0.07, "recall": 0.9}]
     assert recommend(table) is table[2]  # table[1] is lower but costs 5 recall points
     assert recommend(table[:2]) is None
+    worse = [table[0], {"method": "adapt-tf", "chair_i": 0.09, "recall": 0.90}]
+    assert recommend(worse) is None  # within the recall budget but more hallucinations than greedy
     if not (ASSETS / "config.json").exists():
         pytest.skip("assets/embedded not present")
     from adapt.anchor import BiasCache

@@ -29,10 +29,12 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 
 def recommend(rows: list[dict], max_recall_drop: float = 0.02) -> dict | None:
-    """The rule the defaults were chosen by: the lowest CHAIR_i among ADAPT-TF settings whose
-    recall is at most ``max_recall_drop`` below greedy's (the project's recall budget)."""
+    """The rule the defaults were chosen by: the lowest CHAIR_i among ADAPT-TF settings that lower
+    greedy's and whose recall is at most ``max_recall_drop`` below greedy's (the project's recall
+    budget); None when no setting does both."""
     greedy = next(r for r in rows if r["method"] == "greedy")
-    ok = [r for r in rows if r["method"] != "greedy" and r["recall"] >= greedy["recall"] - max_recall_drop]
+    ok = [r for r in rows if r["method"] != "greedy" and r["chair_i"] < greedy["chair_i"]
+          and r["recall"] >= greedy["recall"] - max_recall_drop]
     return min(ok, key=lambda r: r["chair_i"]) if ok else None
 
 
@@ -70,6 +72,8 @@ def run_sweep(backbone: Backbone, out: Path, limit: int, taus: list[float], alph
     if best is not None:
         print(f"recommended (lowest CHAIR_i within 2 recall points of greedy): K {best['k']}, layers {best['layers']}, "
               f"τ {best['tau']}, α {best['alpha']}: chair_i {best['chair_i']:.4f} recall {best['recall']:.4f}")
+    else:
+        print("recommended: none (no setting lowers greedy's CHAIR_i within 2 recall points of it)")
     return rows
 
 

@@ -29,10 +29,13 @@ from .model import ModelSpec, build_model, build_processor, build_tokenizer
 from .scenes import CATEGORIES, COLOUR_NAMES, WorldConfig, patch_labels, render
 
 # The training scenes carry a stronger prior than the evaluation world (WorldConfig: 0.9 / 0.5),
-# as web-scale training data over-represents co-occurrences. Against 0.9 / 0.5 this raised the
-# trap-scene CHAIR_i on the test split from 0.073 to 0.080 and recall from 0.911 to 0.925.
-TRAIN_PRIOR_STRENGTH = 0.95
+# as web-scale training data over-represents co-occurrences, and the vision tower is trained for
+# fewer steps, so that perception stays uncertain where the companions are faint.  Measured on the
+# test split against 0.95 / 1 200 steps: trap-scene CHAIR_i 0.080 -> 0.108 at the same recall
+# (0.925 -> 0.924), at the cost of POPE-random 0.945 -> 0.897 (the absent partners it now affirms).
+TRAIN_PRIOR_STRENGTH = 0.97
 TRAIN_COMPANION_HARD = 0.6
+TRAIN_VISION_STEPS = 950
 
 
 def render_pool(scenes, patch: int):
@@ -283,7 +286,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (the reference recipe) or cuda (fast; not bit-identical)")
     ap.add_argument("--pool", type=int, default=8000, help="training scenes")
-    ap.add_argument("--vision-steps", type=int, default=1200)
+    ap.add_argument("--vision-steps", type=int, default=TRAIN_VISION_STEPS)
     ap.add_argument("--vision-batch", type=int, default=64)
     ap.add_argument("--vision-lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=4000)
@@ -378,7 +381,9 @@ def main(argv=None):
         log.progress(log.total, "evaluation")
         m2, p2 = load(args.out)
         m2.to(args.device)
-        test = make_split(args.eval_split, args.eval_n, seed=0, cfg=cfg)
+        # the evaluation world (WorldConfig defaults), not the training prior: these are the
+        # figures the world benchmark reports
+        test = make_split(args.eval_split, args.eval_n, seed=0)
         report["quality"] = {"split": args.eval_split, "seed": 0, "n_scenes": args.eval_n, **evaluate(m2, p2, test)}
         log(json.dumps(report["quality"], indent=1)[:4000])
     report["log"] = log.lines
