@@ -167,6 +167,13 @@ def test_world_training_runs_as_a_job_with_live_loss_rows(runner):
     assert runner.progress(job.id)["stage"] == "done"
     summary = runner.summary(job.id)["embedded-model"]
     assert summary["n"] == 2 and 0 <= summary["recall"] <= 1 and summary["params"] > 1e6
+    # trained on the job's prior, measured on the evaluation world the benchmark uses
+    from dataclasses import asdict
+
+    from adapt.world.scenes import WorldConfig
+
+    report = json.loads((runner.out_dir(job.id) / "train_report.json").read_text())
+    assert report["quality"]["world"] == json.loads(json.dumps(asdict(WorldConfig())))
     from adapt.backbones import load_backbone
 
     bb = load_backbone(str(runner.out_dir(job.id)))

@@ -383,8 +383,10 @@ def main(argv=None):
         m2.to(args.device)
         # the evaluation world (WorldConfig defaults), not the training prior: these are the
         # figures the world benchmark reports
-        test = make_split(args.eval_split, args.eval_n, seed=0)
-        report["quality"] = {"split": args.eval_split, "seed": 0, "n_scenes": args.eval_n, **evaluate(m2, p2, test)}
+        world = WorldConfig()
+        test = make_split(args.eval_split, args.eval_n, seed=0, cfg=world)
+        report["quality"] = {"split": args.eval_split, "seed": 0, "n_scenes": args.eval_n, "world": asdict(world),
+                             **evaluate(m2, p2, test)}
         log(json.dumps(report["quality"], indent=1)[:4000])
     report["log"] = log.lines
     with open(os.path.join(args.out, "train_report.json"), "w") as f:
