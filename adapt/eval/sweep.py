@@ -70,8 +70,9 @@ def run_sweep(backbone: Backbone, out: Path, limit: int, taus: list[float], alph
                                                 "pareto": pareto(rows), "recommended": best}, indent=1))
     plot(rows, out / "sweep.png")
     if best is not None:
-        print(f"recommended (lowest CHAIR_i below greedy's, within 2 recall points of it): K {best['k']}, layers {best['layers']}, "
-              f"τ {best['tau']}, α {best['alpha']}: chair_i {best['chair_i']:.4f} recall {best['recall']:.4f}")
+        print(f"recommended (lowest CHAIR_i below greedy's, within 2 recall points of it): K {best['k']}, "
+              f"layers {best['layers']}, τ {best['tau']}, α {best['alpha']}: chair_i {best['chair_i']:.4f} "
+              f"recall {best['recall']:.4f}")
     else:
         print("recommended: none (no setting lowers greedy's CHAIR_i within 2 recall points of it)")
     return rows
