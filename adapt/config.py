@@ -14,9 +14,8 @@ class ConfigError(ValueError):
 class AnchorConfig:
     """Visual anchor (paper Sec. 4.1, Eq. 1–9)."""
 
-    # early generated tokens whose attention forms A_l (the paper's K; the validation sweep on the
-    # world, assets/results/sweep, also chose 5 for the shipped weights: K 3-20 on every layer did
-    # not beat it on the two steered layers).
+    # early generated tokens whose attention forms A_l: the paper's K, which the validation sweep on
+    # the world (assets/results/sweep) also chose (K 3 / 10 / 20, tried on every layer, did worse).
     k: int = 5
     r_c: float = 0.25  # high-frequency band: radius > r_c · r_max (Eq. 1)
     rho_shallow: float = 0.8  # layer-wise reference ρ̄_l, linear from shallow to deep (Eq. 2)
