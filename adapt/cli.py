@@ -4,10 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from .prompts import MAX_QUESTION_CHARS
+
+WORLD_SEEDS = 1000  # adapt.world.datasets accepts world seeds 0 … WORLD_SEEDS − 1
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class UsageError(ValueError):
+    """A command line that cannot run as given (exit 2, one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: the usage block of these subcommands runs to a dozen
+    lines and buries the message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _world_seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a world seed is a whole number 0 … {WORLD_SEEDS - 1}, got {text!r}") from None
+    if not 0 <= seed < WORLD_SEEDS:
+        raise argparse.ArgumentTypeError(f"a world seed is 0 … {WORLD_SEEDS - 1}, got {seed}")
+    return seed
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +56,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="embedded", help="'embedded', a local model directory or a hub id")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 …")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device-map", default=None, help="e.g. auto (needs accelerate)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--threads", type=int, default=None,
@@ -40,7 +68,7 @@ def build_config(args):
 
     cfg = AdaptConfig()
     if getattr(args, "config", None):
-        cfg = AdaptConfig.from_dict(json.loads(Path(args.config).read_text()))
+        cfg = AdaptConfig.from_dict(_read_json_object(args.config))
     overrides = {"anchor.k": args.k, "asi.tau": args.tau, "asi.alpha": args.alpha, "asi.layers": args.layers,
                  "anchor.num_noise": args.num_noise, "max_new_tokens": args.max_new_tokens}
     if args.enhance is not None:
@@ -50,17 +78,55 @@ def build_config(args):
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _read_json_object(path: str) -> dict:
+    from .config import ConfigError
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot be read ({type(exc).__name__})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"--config {path}: must hold a JSON object with the sections anchor / asi / enhance")
+    return doc
+
+
 def load(args):
     import torch
 
-    from .backbones import load_backbone
+    from .backbones import BackboneError, load_backbone
     from .threads import use_threads
 
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    backbone = load_backbone(args.backbone, dtype=dtype, device=args.device, device_map=args.device_map,
-                             trust_remote_code=args.trust_remote_code)
+    try:
+        backbone = load_backbone(args.backbone, dtype=dtype, device=args.device, device_map=args.device_map,
+                                 trust_remote_code=args.trust_remote_code)
+    except BackboneError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise BackboneError(f"could not load the model '{args.backbone}': a JSON file of it is malformed "
+                            f"({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    except Exception as exc:  # missing weights, an unknown device ...
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise BackboneError(f"could not load the model '{args.backbone}': {type(exc).__name__}"
+                            + (f": {detail}" if detail else "")) from None
     use_threads(backbone, args.threads)
     return backbone
+
+
+def _question(text: str, backbone=None) -> str:
+    """The question checked (length) and, once the model is known, cleaned of its special tokens."""
+    from .prompts import check_length, clean_question, find_special_tokens
+
+    if backbone is None:
+        return check_length(text)
+    removed = find_special_tokens(text, backbone.processor)
+    if removed:
+        print(f"note: removed the model's special token(s) {', '.join(removed)} from the question", file=sys.stderr)
+    return clean_question(text, backbone.processor)
 
 
 def _cache(args):
@@ -75,9 +141,10 @@ def cmd_run(args) -> int:
     from .pipeline import analyse
 
     cfg = build_config(args)
+    _question(args.question)
     image = load_image(args.image)
     backbone = load(args)
-    trace = analyse(backbone, image, args.question, cfg, bias_cache=_cache(args))
+    trace = analyse(backbone, image, _question(args.question, backbone), cfg, bias_cache=_cache(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     trace.save(out / "trace.zip")
@@ -107,6 +174,8 @@ def cmd_export(args) -> int:
     from .export import export_anchors, read_items
 
     cfg = build_config(args)
+    if args.question is not None:
+        args.question = _question(args.question)
     items = read_items(args.input, args.question)
     backbone = load(args)
     out = Path(args.out)
@@ -122,6 +191,8 @@ def cmd_export(args) -> int:
     bar.close()
     print(f"exported {counts['ok']}, skipped (already done) {counts['skipped']}, errors {counts['error']}; "
           f"manifest: {out / 'manifest.jsonl'}")
+    for source, error in counts.get("failed", []):
+        print(f"failed: {source}: {error}")
     return 0 if counts["error"] == 0 else 3
 
 
@@ -131,7 +202,7 @@ def cmd_eval(args) -> int:
     from .eval.world_bench import Cancelled, WorldRun, make_methods, run_world
 
     if args.benchmark != "world":
-        raise SystemExit(f"unknown benchmark '{args.benchmark}' (available: world)")
+        raise UsageError(f"unknown benchmark '{args.benchmark}' (available: world)")
     cfg = build_config(args)
     backbone = load(args)
     methods = make_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, _cache(args))
@@ -209,13 +280,13 @@ def _floats(text: str) -> list[float]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adapt", description="ADAPT: watch and steer an MLLM's "
-                                "text-to-image attention to reduce hallucination.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="python -m adapt", description="ADAPT: watch and steer an MLLM's "
+                "text-to-image attention to reduce hallucination.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="analyse one image + question: both answers, AMC summary, trace")
     r.add_argument("--image", required=True)
-    r.add_argument("--question", required=True)
+    r.add_argument("--question", required=True, help=f"at most {MAX_QUESTION_CHARS} characters")
     r.add_argument("--out", required=True)
     _backbone_args(r)
     _config_args(r)
@@ -223,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export-anchors", help="anchor-guided images for a folder or JSONL, with a manifest")
     e.add_argument("--input", required=True, help="folder of images, or JSONL of {image, question, id}")
-    e.add_argument("--question", help="question for every image of a folder")
+    e.add_argument("--question", help=f"question for every image of a folder (at most {MAX_QUESTION_CHARS} characters)")
     e.add_argument("--out", required=True)
     e.add_argument("--overlays", action="store_true", help="also write original | heat map | enhanced strips")
     _backbone_args(e)
@@ -233,7 +304,8 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="benchmarks (world: exact CHAIR and POPE on the synthetic world)")
     v.add_argument("--benchmark", default="world")
     v.add_argument("--split", default="test", choices=["validation", "test"])
-    v.add_argument("--seed", type=int, default=None, help="a fresh world (default: the standard split)")
+    v.add_argument("--seed", type=_world_seed, default=None,
+                   help=f"a fresh world, 0 … {WORLD_SEEDS - 1} (default: the standard split)")
     v.add_argument("--limit", type=int, default=None, help="first N scenes")
     v.add_argument("--method", default="greedy", help="comma-separated: greedy, adapt-tf")
     v.add_argument("--no-pope", action="store_true", help="descriptions only")
@@ -256,7 +328,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diagnose", help="where attention goes at correct vs hallucinated object mentions (world)")
     d.add_argument("--out", default="runs/diagnose")
     d.add_argument("--split", default="validation", choices=["validation", "test"])
-    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--seed", type=_world_seed, default=None,
+                   help=f"a fresh world, 0 … {WORLD_SEEDS - 1} (default: the standard split)")
     d.add_argument("--limit", type=int, default=100)
     _backbone_args(d)
     _config_args(d)
@@ -270,15 +343,28 @@ def main(argv=None) -> int:
     from .config import ConfigError
     from .export import ExportError
     from .images import ImageError
+    from .prompts import QuestionError
 
     try:
         return args.fn(args) or 0
-    except (BackboneError, ConfigError, ExportError, ImageError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (BackboneError, ConfigError, ExportError, ImageError, QuestionError, UsageError,
+            FileNotFoundError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished items are on disk and a rerun resumes", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not the user's doing: one line, the traceback on request
+        if os.environ.get("ADAPT_TRACEBACK"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (ADAPT_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 500 else text[:497] + "…"
 
 
 if __name__ == "__main__":

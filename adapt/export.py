@@ -49,7 +49,7 @@ def read_items(source: str | Path, question: str | None = None) -> list[ExportIt
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in EXTENSIONS)
         if not files:
             raise ExportError(f"no images ({', '.join(sorted(EXTENSIONS))}) in {source}")
-        return [ExportItem(id=_safe_id(p.stem), image=str(p), question=question) for p in files]
+        return [ExportItem(id=i, image=str(p), question=question) for i, p in zip(unique_ids(files), files)]
     if source.is_file() and source.suffix == ".jsonl":
         items, seen = [], set()
         for n, line in enumerate(source.read_text().splitlines(), 1):
@@ -75,6 +75,25 @@ def read_items(source: str | Path, question: str | None = None) -> list[ExportIt
     raise ExportError(f"{source}: not a folder of images or a .jsonl file")
 
 
+def unique_ids(files: list[Path]) -> list[str]:
+    """One output id per file, never two alike: the stem where it is unique, else the stem and the
+    extension (``scene.png`` and ``scene.jpg`` → ``scene-png``, ``scene-jpg``), else a counter.
+
+    Depends only on the names given, so a rerun over the same folder finds its earlier outputs."""
+    stems = [_safe_id(p.stem) for p in files]
+    clash = {s for s in stems if stems.count(s) > 1}
+    out, seen = [], set()
+    for p, stem in zip(files, stems):
+        base = f"{stem}-{_safe_id(p.suffix.lstrip('.').lower()) or 'img'}" if stem in clash else stem
+        uid, k = base, 1
+        while uid in seen:
+            k += 1
+            uid = f"{base}-{k}"
+        seen.add(uid)
+        out.append(uid)
+    return out
+
+
 def _done(manifest: Path) -> set[str]:
     done = set()
     if manifest.exists():
@@ -92,28 +111,43 @@ def export_anchors(backbone: Backbone, items: Iterable[ExportItem], out: str | P
                    cache: BiasCache | None = None, overlays: bool = False,
                    progress: Callable[[int, int, str], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict:
-    """Write anchor-guided images and the manifest; skip items already exported. Returns counts."""
+    """Write anchor-guided images and the manifest; skip items already exported.
+
+    Returns counts (``ok``, ``error``, ``skipped``, ``total``) and ``failed``: (source, reason) of
+    every item that failed. Two items with one id would write one file: the second is refused."""
+    from .prompts import clean_question
+
     cfg = cfg or AdaptConfig()
     items = list(items)
+    first_of: dict[str, str] = {}
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir(exist_ok=True)
     manifest = out / "manifest.jsonl"
     done = _done(manifest)
-    counts = {"ok": 0, "error": 0, "skipped": 0, "total": len(items)}
+    counts = {"ok": 0, "error": 0, "skipped": 0, "total": len(items), "failed": []}
     with manifest.open("a") as f:
         for i, item in enumerate(items):
             if should_stop is not None and should_stop():
                 counts["cancelled"] = True
                 break
-            if item.id in done:
+            clash = first_of.setdefault(item.id, item.image)
+            if clash != item.image:
+                record = {"id": item.id, "source": item.image, "question": item.question, "status": "error",
+                          "error": f"its output name {item.id}.png is taken by {Path(clash).name}"}
+                counts["error"] += 1
+                counts["failed"].append((item.image, record["error"]))
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+            elif item.id in done:
                 counts["skipped"] += 1
             else:
                 record = {"id": item.id, "source": item.image, "question": item.question}
                 try:
+                    question = clean_question(item.question, getattr(backbone, "processor", None))
                     original = load_image(item.image, max_side=None)  # exported at its own size
-                    enhanced, anchor = anchor_image(backbone, original, item.question, cfg, cache)
+                    enhanced, anchor = anchor_image(backbone, original, question, cfg, cache)
                     target = out / "images" / f"{item.id}.png"
                     enhanced.save(target)
                     record.update(status="ok", output=str(target.relative_to(out)), size=list(original.size),
@@ -126,6 +160,7 @@ def export_anchors(backbone: Backbone, items: Iterable[ExportItem], out: str | P
                 except (ImageError, ValueError, OSError) as exc:
                     record.update(status="error", error=str(exc))
                     counts["error"] += 1
+                    counts["failed"].append((item.image, str(exc)))
                 f.write(json.dumps(record) + "\n")
                 f.flush()
             if progress is not None:

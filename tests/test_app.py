@@ -55,7 +55,7 @@ def server(tmp_path_factory, model_dir):
     yield {"url": f"http://127.0.0.1:{port}/", "jobs": d / "jobs", "log": d / "server.log"}
     stop_server(proc)
     log = (d / "server.log").read_text(errors="replace")
-    assert "Traceback" not in log or "unexpected error" not in log, log[-3000:]
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")

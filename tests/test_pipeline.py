@@ -61,6 +61,11 @@ def test_steering_off_equals_plain_answer(tiny, rand_image):
     t = analyse(tiny, rand_image, "describe the image", cfg)
     assert t.steered.token_ids == t.unsteered.token_ids and t.steered.num_interventions == 0
     np.testing.assert_allclose(t.steered.maps, t.unsteered.maps, rtol=1e-5, atol=1e-7)
+    # τ = 0 can never fire (AMC < 0·S_ref); a trigger that fires after the anchor phase must show
+    # in the same comparison, or the one above proves nothing
+    fires = analyse(tiny, rand_image, "describe the image", cfg.replace(**{"asi.tau": 100.0, "asi.alpha": 2.0}))
+    assert fires.steered.num_interventions > 0
+    assert not np.allclose(fires.steered.maps, fires.unsteered.maps, rtol=1e-5, atol=1e-7)
 
 
 def test_trace_round_trips(tiny, rand_image, tmp_path):
