@@ -136,6 +136,48 @@ def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig) -> Fusion:
     return Fusion(scores={"spec": spec, "smooth": smooth, "focus": focus, "fused": c}, lam=lam, fused=fused)
 
 
+AUTHORS_WEIGHTS = {"boundary": 0.25, "frequency": 0.30, "smoothness": 0.15, "concentration": 0.20, "position": 0.10}
+
+
+def sobel_smoothness(m: np.ndarray) -> float:
+    """1 / (1 + mean Sobel gradient magnitude of MM(m))."""
+    x = np.pad(minmax(m), 1, mode="edge")
+    gx = (x[:-2, 2:] + 2 * x[1:-1, 2:] + x[2:, 2:]) - (x[:-2, :-2] + 2 * x[1:-1, :-2] + x[2:, :-2])
+    gy = (x[2:, :-2] + 2 * x[2:, 1:-1] + x[2:, 2:]) - (x[:-2, :-2] + 2 * x[:-2, 1:-1] + x[:-2, 2:])
+    return 1.0 / (1.0 + float(np.hypot(gx, gy).mean()))
+
+
+def fuse_authors(layer_maps: np.ndarray, cfg: AnchorConfig) -> Fusion:
+    """The authors' public fusion (DESIGN §8), as we read it: five criteria per layer — boundary
+    (1 − mass on the border), frequency match (Eq. 2's spectral score), Sobel smoothness,
+    concentration (1 − entropy) and a layer-position prior peaking at 20/31 of the depth (their
+    layer 20 of 32) — each min-max scaled over layers, weighted 0.25 / 0.30 / 0.15 / 0.20 / 0.10, and
+    λ = exp(10·c) normalised. The paper's ω, T and H*(q) play no part."""
+    L = layer_maps.shape[0]
+    depth = np.arange(L) / max(L - 1, 1)
+    raw = {
+        "boundary": np.array([1.0 - border_mass(m) for m in layer_maps]),
+        "frequency": np.array([spectral_score(m, l, L, cfg) for l, m in enumerate(layer_maps)]),
+        "smoothness": np.array([sobel_smoothness(m) for m in layer_maps]),
+        "concentration": np.array([1.0 - entropy(m) for m in layer_maps]),
+        "position": np.exp(-((depth - 20 / 31) / 0.25) ** 2),
+    }
+    c = sum(AUTHORS_WEIGHTS[k] * minmax(v) for k, v in raw.items())
+    z = 10.0 * c
+    lam = np.exp(z - z.max())
+    lam /= lam.sum()
+    fused = normalize(np.tensordot(lam, np.stack([normalize(m) for m in layer_maps]), axes=1))
+    return Fusion(scores={**raw, "fused": c}, lam=lam, fused=fused)
+
+
+def halve_border(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' debiasing: the border cells' weight halved. Returns ``(D, N(m ⊙ D))``."""
+    d = np.ones_like(np.asarray(m, dtype=np.float64))
+    if min(d.shape) > 2:
+        d[0, :] = d[-1, :] = d[:, 0] = d[:, -1] = 0.5
+    return normalize(d), normalize(m * d)
+
+
 # bias correction -------------------------------------------------------------------------------
 def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = None):
     """Eq. 8–9: D = N(1/(B + ε_s)), W = N(Ā ⊙ D). Returns ``(D, W)``; without B, ``(None, N(Ā))``."""
@@ -145,6 +187,21 @@ def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = Non
     eps = float(b.mean()) if eps_s is None else eps_s
     d = normalize(1.0 / (b + eps))
     return d, normalize(fused * d)
+
+
+def bias_from_noise(noise_maps: np.ndarray, lam: np.ndarray, target: float, cfg: AnchorConfig) -> np.ndarray:
+    """Eq. 7: B = mean_n N(Ā^(n)) from the noise images' per-layer maps ``[M, L, h, w]``.
+
+    ``cfg.bias_lambda="image"`` fuses every noise image's layers with the *image's* λ (``lam``), so
+    B is the sink pattern of the layers the anchor is made of; ``"noise"`` fuses each with its own λ
+    (Eq. 7 read literally)."""
+    fused = []
+    for maps in noise_maps:
+        if cfg.bias_lambda == "image":
+            fused.append(normalize(np.tensordot(lam, np.stack([normalize(m) for m in maps]), axes=1)))
+        else:
+            fused.append(normalize(fuse(maps, target, cfg).fused))
+    return np.mean(fused, axis=0)
 
 
 def noise_images(size: tuple[int, int], m: int, seed: int = 0) -> list[Image.Image]:
@@ -182,6 +239,15 @@ class BiasCache:
         if target is not None and cfg.target_entropy == "model":
             relevant["target"] = round(float(target), 3)
         blob = json.dumps([backbone_id, question.strip().lower(), list(grid), relevant],
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    @staticmethod
+    def noise_key(backbone_id: str, question: str, grid: tuple[int, int], cfg: AnchorConfig) -> str:
+        """The noise images' per-layer maps depend on the model, question, grid, K and the noise set
+        only: fusion settings (T, H*, criteria weights, which λ) are applied afterwards."""
+        relevant = {k: getattr(cfg, k) for k in ("k", "num_noise", "noise_seed")}
+        blob = json.dumps(["noise-maps-v1", backbone_id, question.strip().lower(), list(grid), relevant],
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

@@ -12,9 +12,13 @@ While no :class:`AttentionRecorder` is active the function is plain SDPA. Inside
 * computes the post-softmax attention of the newest query token over the image keys (the
   prefill's last row is step 0: it is the query that predicts the first generated token),
   averaged over heads (or per head), and keeps it as a small ``[B, n_img]`` tensor;
-* asks the recorder's policy for an additive bias on that layer's pre-softmax logits at the
-  image keys (all heads); if one is returned it is added, the row is re-normalised and the
-  layer's output for that token is computed from the steered weights (DESIGN §4, Eq. 11).
+* offers an intervention the two named hook points of that row (:data:`HOOK_LOGITS`, the
+  image-key logits before the softmax, and :data:`HOOK_PROBS`, the probabilities after it, per
+  head) and applies what it writes back: an additive logit bias (:class:`LogitBias`, then the
+  softmax runs again over all keys) or new image probabilities with an explicit image mass
+  (:class:`ImageProbs`, the other keys rescaled so the row sums to one); the layer's output for
+  that token is computed from the edited weights. The readings of Eq. 11 built on these are in
+  :mod:`adapt.steering.operators`.
 
 Everything stays on the device; the policy gets tensors and returns tensors, so nothing on
 the hot path forces a host sync.
@@ -39,7 +43,7 @@ _ACTIVE: contextvars.ContextVar["AttentionRecorder | None"] = contextvars.Contex
 
 
 class SteeringPolicy(Protocol):
-    """Decides, per (step, layer), whether to bias the image-key logits of the newest token."""
+    """The simple form of an intervention: an additive bias on the image-key logits (all heads)."""
 
     def __call__(self, layer: int, step: int, attn: torch.Tensor) -> torch.Tensor | None:
         """``attn``: ``[B, n_img]`` float32 head-mean attention over the image keys (unsteered).
@@ -47,6 +51,59 @@ class SteeringPolicy(Protocol):
         Return ``None`` (no change) or an additive float bias ``[B, n_img]``; rows that must
         not be steered carry zeros. The policy records its own decisions.
         """
+
+
+# Named hook points (TransformerLens style): what the recorder can cache by (hook, layer, step) and
+# what an intervention reads. Both are the newest query row only, per head, image keys only.
+HOOK_LOGITS = "attn.image_logits"  # before the softmax: scaled q·k (+ mask) at the image keys, [B, H, n]
+HOOK_PROBS = "attn.image_probs"  # after it: probabilities over *all* keys, image columns, [B, H, n]
+HOOKS = (HOOK_LOGITS, HOOK_PROBS)
+
+
+@dataclass
+class AttentionPoint:
+    """What an intervention sees at one (layer, step): both hook points, unsteered.
+
+    ``logits`` and ``probs`` are ``[B, H, n_img]`` float32 on the layer's own device."""
+
+    layer: int
+    step: int
+    logits: torch.Tensor
+    probs: torch.Tensor
+
+    @property
+    def attn(self) -> torch.Tensor:
+        """Head-mean image attention ``[B, n_img]`` (the quantity AMC and the anchor use)."""
+        return self.probs.mean(1)
+
+    @property
+    def mass(self) -> torch.Tensor:
+        """Head-mean total attention on the image keys, ``[B]``."""
+        return self.probs.sum(-1).mean(1)
+
+
+@dataclass
+class LogitBias:
+    """Write before the softmax: add ``bias`` (``[B, n]`` shared by heads, or ``[B, H, n]``) to the
+    image-key logits, then softmax over all keys again (the image mass moves with it)."""
+
+    bias: torch.Tensor
+
+
+@dataclass
+class ImageProbs:
+    """Write after the softmax: the image keys get ``probs`` (``[B, n]`` for every head or
+    ``[B, H, n]``), whose sum is the new image mass; the other keys keep their proportions and are
+    rescaled so the row sums to one. Rows meant to stay as they were carry their old probabilities."""
+
+    probs: torch.Tensor
+
+
+class Intervention(Protocol):
+    """Reads both hook points of the newest row and may write one of them."""
+
+    def intervene(self, point: AttentionPoint) -> LogitBias | ImageProbs | None:
+        ...
 
 
 @dataclass(frozen=True)
@@ -80,8 +137,12 @@ class ImageSpan:
 class AttentionRecorder:
     """Context manager that captures (and optionally steers) image attention of new tokens.
 
-    After generation, :meth:`maps` returns ``[steps, layers, B, n_img]`` (or with a head axis
-    when ``per_head``), the attention each generated token's query actually used.
+    ``policy`` is either an :class:`Intervention` (reads both hook points, writes a
+    :class:`LogitBias` or :class:`ImageProbs`) or a plain :class:`SteeringPolicy` callable.
+    ``cache`` names the hook points kept per (hook, layer, step); :data:`HOOK_PROBS` (what each
+    token's query actually used, after any write) is always kept, head-mean unless ``per_head``.
+    After generation, :meth:`maps` returns ``[steps, layers, B, n_img]`` (``[..., B, H, n_img]``
+    per head) on the CPU; :meth:`cached` returns the other hook points.
     ``prefill_text_maps`` holds, per layer, the mean attention of the prompt tokens after the
     image over the image keys (``capture_prefill=True``).
     """
@@ -90,18 +151,26 @@ class AttentionRecorder:
         self,
         span: ImageSpan,
         num_layers: int,
-        policy: SteeringPolicy | None = None,
+        policy: "Intervention | SteeringPolicy | None" = None,
         per_head: bool = False,
         capture_prefill: bool = False,
+        cache: tuple[str, ...] = (),
     ):
+        unknown = set(cache) - set(HOOKS)
+        if unknown:
+            raise ValueError(f"unknown hook point(s) {sorted(unknown)}; available: {', '.join(HOOKS)}")
         self.span = span
         self.num_layers = num_layers
         self.policy = policy
+        self._intervene = getattr(policy, "intervene", None)
         self.per_head = per_head
         self.capture_prefill = capture_prefill
+        self.cache_logits = HOOK_LOGITS in cache
         self._slice = span.contiguous_slice()
         self._gather_idx = span.positions[:, None, None, :]  # [B,1,1,n]
+        self._idx_by_device: dict[torch.device, torch.Tensor] = {}
         self.steps: list[list[torch.Tensor]] = []
+        self.logit_steps: list[list[torch.Tensor]] = []
         self.prefill_text_maps: list[torch.Tensor | None] = [None] * num_layers
         self._token: contextvars.Token | None = None
 
@@ -122,50 +191,96 @@ class AttentionRecorder:
         return len(self.steps)
 
     def maps(self) -> torch.Tensor:
-        """``[steps, layers, B, n_img]`` float32 (``[steps, layers, B, H, n_img]`` per head)."""
-        if not self.steps:
+        """``[steps, layers, B, n_img]`` float32 on the CPU (``[steps, layers, B, H, n_img]`` per head).
+
+        With ``device_map`` over several GPUs the layers' tensors live on different devices: they
+        meet on the host only here, after decoding."""
+        return self._stack(self.steps)
+
+    def cached(self, hook: str) -> torch.Tensor:
+        """A cached hook point, ``[steps, layers, B, H, n_img]`` float32 on the CPU."""
+        if hook == HOOK_PROBS:
+            return self.maps()
+        if hook == HOOK_LOGITS and self.cache_logits:
+            return self._stack(self.logit_steps)
+        raise KeyError(f"hook point {hook!r} was not cached (pass cache=({hook!r},))")
+
+    def _stack(self, steps) -> torch.Tensor:
+        if not steps:
             raise RuntimeError("nothing was captured: run a forward pass inside the recorder")
-        complete = [s for s in self.steps if len(s) == self.num_layers]
-        return torch.stack([torch.stack(s) for s in complete]).float()
+        complete = [s for s in steps if len(s) == self.num_layers]
+        return torch.stack([torch.stack([t.to("cpu") for t in s]) for s in complete]).float()
 
     # hot path helpers ----------------------------------------------------------------------
+    def _index(self, device: torch.device) -> torch.Tensor:
+        idx = self._idx_by_device.get(device)
+        if idx is None:  # one copy per device, made once: layers may sit on different GPUs
+            idx = self._idx_by_device[device] = self._gather_idx.to(device)
+        return idx
+
     def _image_cols(self, x: torch.Tensor) -> torch.Tensor:
         """Image-key columns of ``x[B, H, q, kv]``."""
         if self._slice is not None:
             return x[..., self._slice]
-        idx = self._gather_idx.to(x.device).expand(x.shape[0], x.shape[1], x.shape[2], -1)
+        idx = self._index(x.device).expand(x.shape[0], x.shape[1], x.shape[2], -1)
         return x.gather(-1, idx)
 
     def _add_to_image_cols(self, logits: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        bias = bias[:, None, None, :].to(logits.dtype)
+        bias = (bias[:, None, None, :] if bias.ndim == 2 else bias[:, :, None, :]).to(logits.dtype)
         if self._slice is not None:
             logits[..., self._slice] += bias
             return logits
-        idx = self._gather_idx.to(logits.device).expand(logits.shape[0], logits.shape[1], 1, -1)
+        idx = self._index(logits.device).expand(logits.shape[0], logits.shape[1], 1, -1)
         return logits.scatter_add(-1, idx, bias.expand_as(idx).contiguous())
 
+    def _set_image_probs(self, probs: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``probs[B, H, 1, kv]`` with the image columns (``old[B, H, n]``) replaced by ``new``
+        (``[B, n]`` or ``[B, H, n]``) and the other keys rescaled by (1 − new mass) / (1 − old mass),
+        so each row still sums to one."""
+        new = (new[:, None, :] if new.ndim == 2 else new).to(probs.dtype).expand_as(old)
+        new = new / new.sum(-1, keepdim=True).clamp_min(1.0)  # an image mass above one is capped at one
+        rest = (1 - new.sum(-1)).clamp_min(0) / (1 - old.sum(-1)).clamp_min(1e-12)  # [B, H]
+        out = probs * rest[:, :, None, None]
+        if self._slice is not None:
+            out[..., self._slice] = new[:, :, None, :]
+            return out
+        idx = self._index(out.device).expand(out.shape[0], out.shape[1], 1, -1)
+        return out.scatter(-1, idx, new[:, :, None, :].contiguous())
+
     def last_row(self, module, query, key, value, attention_mask, scaling):
-        """Explicit attention of the newest query row: capture, steer, return its output.
+        """Explicit attention of the newest query row: hook points, capture, steer, return its output.
 
         ``key``/``value`` are the un-repeated KV heads: with grouped-query attention the query
         heads of one KV head are stacked as rows of one matmul instead of copying K and V."""
         layer = module.layer_idx
         if layer == 0:  # layers run in order: layer 0 opens a new decoding step
             self.steps.append([])
+            if self.cache_logits:
+                self.logit_steps.append([])
         step = len(self.steps) - 1
         logits = _grouped_logits(query[:, :, -1:, :], key) * scaling  # [B, H, 1, kv]
         if attention_mask is not None:
             logits = logits + attention_mask[:, :, -1:, : key.shape[-2]]
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         img = self._image_cols(probs)[:, :, 0, :]  # [B, H, n]
-        bias = None
-        if self.policy is not None:
+        if self.cache_logits:
+            self.logit_steps[step].append(self._image_cols(logits)[:, :, 0, :].float())
+        edit = None
+        if self._intervene is not None:
+            edit = self._intervene(AttentionPoint(layer, step, self._image_cols(logits)[:, :, 0, :].float(), img))
+        elif self.policy is not None:
             bias = self.policy(layer, step, img.mean(1))
-        if bias is not None:
+            edit = None if bias is None else LogitBias(bias)
+        if isinstance(edit, LogitBias):
             # fp32 so a large negative bias stays finite in half precision
-            steered = self._add_to_image_cols(logits.float(), bias.float())
+            steered = self._add_to_image_cols(logits.float(), edit.bias.float())
             probs = torch.softmax(steered, dim=-1)
             img = self._image_cols(probs)[:, :, 0, :]
+        elif isinstance(edit, ImageProbs):
+            probs = self._set_image_probs(probs, img, edit.probs.float())
+            img = self._image_cols(probs)[:, :, 0, :]
+        elif edit is not None:
+            raise TypeError(f"an intervention returned {type(edit).__name__}; expected LogitBias, ImageProbs or None")
         self.steps[step].append(img if self.per_head else img.mean(1))
         return _grouped_output(probs.to(value.dtype), value)  # [B, H, 1, D]
 

@@ -1,5 +1,11 @@
 """Benchmarks that print ratios measured side by side in one run (never timed tests).
 
+``python -m adapt.bench method``: one description (128 new tokens, forced to full length so every
+mode writes the same number of tokens) of the embedded model, timed with stock SDPA greedy, greedy
+with capture on, and one-pass ADAPT-TF with its defaults (bias maps cached, as in any run after
+the first per question), interleaved over several scenes; the last line reads
+``method adapt-tf/greedy: 1.12x`` (ADAPT-TF over stock SDPA greedy).
+
 ``python -m adapt.bench overhead``: time to generate N tokens with stock SDPA, with capture on,
 and with capture + a bias on every step at every layer, as ratios over stock, on the tiny
 configs and on a mid-size random LLaVA (576 image tokens, hidden 1024, 12 layers). On a GPU,
@@ -85,6 +91,45 @@ def overhead(name: str, tokens: int, repeats: int, device: str = "cpu", dtype=to
     return {m: med[m] / med["stock"] for m in MODES[1:]}
 
 
+def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
+    """Per-answer seconds of stock greedy, greedy with capture and ADAPT-TF on the embedded model."""
+    import tempfile
+
+    from .anchor import BiasCache
+    from .backbones import load_backbone
+    from .config import AdaptConfig
+    from .methods import AdaptTF, Greedy
+    from .world import DEFAULT_DESCRIBE_PROMPT, make_split
+
+    bb = load_backbone("embedded")
+    images = [s.image() for s in make_split("validation", scenes, seed=7)]
+    cfg = AdaptConfig()
+    methods = {"stock greedy": Greedy(capture=False), "greedy with capture": Greedy(),
+               "adapt-tf": AdaptTF(cfg, BiasCache(tempfile.mkdtemp(prefix="adapt-bench-")))}
+    kw = dict(min_new_tokens=tokens)
+    for m in methods.values():  # warm-up, and fills the bias-map cache
+        m.answer(bb, images[0], DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
+    times = {name: [] for name in methods}
+    fired = monitored = 0
+    for _ in range(repeats):
+        for im in images:  # interleaved, so drift of the machine hits every mode alike
+            for name, m in methods.items():
+                t0 = time.perf_counter()
+                a = m.answer(bb, im, DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
+                times[name].append(time.perf_counter() - t0)
+                if name == "adapt-tf":
+                    fired += a.info["fired"]
+                    monitored += a.info["monitored"]
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"embedded model, {tokens} new tokens, {scenes} scenes x {repeats}, median per answer: "
+          + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in med.items())
+          + f"; ADAPT-TF ({cfg.asi.operator}, trigger {cfg.asi.trigger}, layers {cfg.asi.layers}) fired on "
+          f"{fired / max(monitored, 1):.0%} of monitored pairs", flush=True)
+    return {"capture/greedy": med["greedy with capture"] / med["stock greedy"],
+            "adapt-tf/greedy-capture": med["adapt-tf"] / med["greedy with capture"],
+            "adapt-tf/greedy": med["adapt-tf"] / med["stock greedy"]}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m adapt.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,8 +141,18 @@ def main(argv=None) -> None:
     o.add_argument("--threads", type=int, default=2)
     o.add_argument("--device", default="cpu", help="cpu or cuda")
     o.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    m = sub.add_parser("method", help="ADAPT-TF's time per answer over greedy on the embedded model")
+    m.add_argument("--tokens", type=int, default=128)
+    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--scenes", type=int, default=8)
+    m.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.what == "method":
+        ratios = method_overhead(args.tokens, args.repeats, args.scenes)
+        for name, value in ratios.items():
+            print(f"method {name}: {value:.2f}x")
+        return
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
     if unknown:
         p.error(f"unknown config(s) {unknown}; available: {', '.join(CONFIGS)}")

@@ -33,22 +33,55 @@ class AnchorConfig:
     noise_seed: int = 0
     eps_s: float | None = None  # smoothing in D = N(1/(B+ε_s)); None → mean of B (Eq. 8)
     debias: bool = True
+    # which λ fuses the noise images' per-layer maps into B: "image" (the image's own λ, so D corrects
+    # the sinks of the layers the anchor is made of) or "noise" (each noise image's own λ, Eq. 7 read
+    # literally; black/white fields put λ ≈ 0.9 on a layer the image's λ barely uses)
+    bias_lambda: str = "image"
+    # "paper": Eq. 1–6 and the noise-image bias map; "authors": the public code's five fixed-weight
+    # criteria and border halving instead of noise images (DESIGN §8)
+    fusion: str = "paper"
+
+
+OPERATORS = ("logprior", "logprior-image", "mass-aware", "hhi", "quality", "image-boost")
+TRIGGERS = ("amc", "mass", "amc+mass", "always")
 
 
 @dataclass
 class ASIConfig:
-    """Attention-Supervised Inference (paper Sec. 4.2, Eq. 10–11)."""
+    """Attention-Supervised Inference (paper Sec. 4.2, Eq. 10–11): trigger, operator, strength.
+
+    ``operator`` names the reading of Eq. 11 (:mod:`adapt.steering.operators`): ``logprior`` adds
+    α·log(w + ε) to the image logits and re-normalises over all keys (the paper's text; the image
+    mass falls); ``logprior-image`` re-normalises within the image keys (mass kept; the authors'
+    Eq. 11 function); ``mass-aware`` moves attention toward the anchor within the image and restores
+    a fraction γ of the drop from the layer's anchor-phase mass; ``hhi`` and ``quality`` are the
+    authors' running modes; ``image-boost`` adds a constant to every image logit (no anchor
+    direction: PAI-like, not ADAPT). ``trigger`` names when a (step, layer) is steered
+    (:mod:`adapt.steering.triggers`).
+    """
 
     enabled: bool = True
-    # trigger when AMC < τ · S_ref,l (relative) or AMC < τ (absolute). The validation sweep on the
-    # world (assets/results/sweep) chose the paper's τ 0.6 with α 0.25 instead of its 0.5.
+    operator: str = "logprior"
+    trigger: str = "amc"
+    # AMC trigger: AMC < τ · S_ref,l (relative) or n_img · AMC < τ (absolute: n_img · AMC is 1 for
+    # uniform attention on a flat anchor, whatever the grid).
     tau: float = 0.6
-    # steering strength in α·log(w + ε): from 0.5 up recall fell by more than 2 points.
+    mode: str = "relative"  # "relative" | "absolute" (AMC trigger only)
+    # mass trigger: image mass M_t < mass_tau · M_ref,l (M_ref,l: the layer's anchor-phase mean)
+    mass_tau: float = 0.9
+    # steering strength in α·log(w + ε) (logprior, logprior-image, mass-aware's direction)
     alpha: float = 0.25
     eps: float = 1e-3
-    mode: str = "relative"  # "relative" | "absolute"
-    # "all" (the paper) | "top:N" (N highest λ) | "from:i" | comma-separated indices.  The sweep chose
-    # the two layers of highest λ: steering every layer cost recall without lowering CHAIR_i.
+    gamma: float = 0.5  # mass-aware: share of the drop M_ref,l − M_t given back
+    k1: float = 0.4  # hhi: blend weight k1·(1 − HHI_t / HHI_anchor), the authors' code
+    quality_percentile: float = 40.0  # quality: patches below this percentile of the anchor are zeroed
+    boost: float = 0.5  # image-boost: added to every image-key logit
+    # S_ref and M_ref without step 0 (the prefill's last row: its AMC is ≈ 0.4x the other anchor steps)
+    ref_skip_step0: bool = False
+    # a second pass steered from step 0 with the first pass's anchor and references: the only way
+    # ASI can act on answers shorter than K (yes/no questions)
+    second_pass: str = "off"  # "off" | "short" (rows whose answer ended within the anchor phase) | "all"
+    # "all" (the paper) | "top:N" (N highest λ) | "from:i" | comma-separated indices.
     layers: str = "top:2"
 
 
@@ -84,12 +117,19 @@ class AdaptConfig:
             (min(a.w_spec, a.w_smooth, a.w_focus, a.w_border, a.w_depth) >= 0, "fusion weights must be ≥ 0"),
             (a.temperature > 0, "anchor.temperature must be > 0"),
             (a.target_entropy in ("query", "model"), "anchor.target_entropy must be 'query' or 'model'"),
+            (a.bias_lambda in ("image", "noise"), "anchor.bias_lambda must be 'image' or 'noise'"),
+            (a.fusion in ("paper", "authors"), "anchor.fusion must be 'paper' or 'authors'"),
             (0 <= a.h_broad <= 1 and 0 <= a.h_focused <= 1, "target entropies must be in [0, 1]"),
             (0 <= a.num_noise <= 16, "anchor.num_noise must be in 0..16"),
             (s.tau >= 0, "asi.tau must be ≥ 0"),
             (s.alpha >= 0, "asi.alpha must be ≥ 0"),
             (s.eps > 0, "asi.eps must be > 0"),
             (s.mode in ("relative", "absolute"), "asi.mode must be 'relative' or 'absolute'"),
+            (s.operator in OPERATORS, f"asi.operator must be one of {', '.join(OPERATORS)}"),
+            (s.trigger in TRIGGERS, f"asi.trigger must be one of {', '.join(TRIGGERS)}"),
+            (s.mass_tau >= 0 and s.gamma >= 0 and 0 <= s.k1 <= 1, "asi.mass_tau, asi.gamma must be ≥ 0, asi.k1 in [0, 1]"),
+            (0 <= s.quality_percentile < 100, "asi.quality_percentile must be in [0, 100)"),
+            (s.second_pass in ("off", "short", "all"), "asi.second_pass must be 'off', 'short' or 'all'"),
             (0 <= e.keep_percentile <= 100, "enhance.keep_percentile must be in [0, 100]"),
             (0 <= e.floor <= 1 and 0 <= e.mask_strength <= 1, "enhance.floor/mask_strength must be in [0, 1]"),
             (1 <= self.max_new_tokens <= 2048, "max_new_tokens must be in 1..2048"),
@@ -97,7 +137,7 @@ class AdaptConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
-        parse_layers(s.layers, 10**6)  # syntax only: the model's depth is checked at run time
+        parse_layers(s.layers, None)  # syntax only: the model's depth is checked at run time
         return self
 
     def to_dict(self) -> dict:
@@ -134,25 +174,33 @@ def _build(cls, values: dict):
     return cls(**values)
 
 
-def parse_layers(spec: str, num_layers: int, lam=None) -> list[int]:
-    """Which decoder layers ASI monitors and steers: ``all``, ``top:N`` (highest λ), ``from:i``, ``0,3,5``."""
+def parse_layers(spec: str, num_layers: int | None, lam=None) -> list[int]:
+    """Which decoder layers ASI monitors and steers: ``all``, ``top:N`` (highest λ), ``from:i``, ``0,3,5``.
+
+    ``num_layers=None`` checks the syntax only (the model's depth is known at run time)."""
     spec = (spec or "all").strip()
+    depth = num_layers if num_layers is not None else 0
     try:
         if spec == "all":
-            return list(range(num_layers))
+            return list(range(depth))
         if spec.startswith("top:"):
             n = int(spec[4:])
             if n < 1:
                 raise ValueError
             if lam is None:
-                return list(range(num_layers))
-            order = sorted(range(num_layers), key=lambda i: -float(lam[i]))
+                return list(range(depth))
+            order = sorted(range(depth), key=lambda i: -float(lam[i]))
             return sorted(order[:n])
         if spec.startswith("from:"):
-            return list(range(int(spec[5:]), num_layers))
+            start = int(spec[5:])
+            if start < 0:
+                raise ValueError
+            return list(range(start, depth))
         layers = sorted({int(x) for x in spec.split(",") if x.strip()})
     except ValueError:
-        raise ConfigError(f"asi.layers '{spec}' is not 'all', 'top:N', 'from:i' or a list of indices") from None
-    if any(not 0 <= i < num_layers for i in layers):
-        raise ConfigError(f"asi.layers {layers} outside 0..{num_layers - 1}")
+        raise ConfigError(f"asi.layers '{spec}' is not 'all', 'top:N', 'from:i' or a list of indices ≥ 0") from None
+    if any(i < 0 for i in layers):
+        raise ConfigError(f"asi.layers {layers}: layer indices must be ≥ 0")
+    if num_layers is not None and any(i >= num_layers for i in layers):
+        raise ConfigError(f"asi.layers {layers}: the model has {num_layers} decoder layers (0..{num_layers - 1})")
     return layers

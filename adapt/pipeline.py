@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .anchor import BiasCache, Fusion, debias, fuse, model_target_entropy, noise_images, normalize, \
+from .anchor import BiasCache, Fusion, bias_from_noise, debias, fuse, fuse_authors, halve_border, \
+    model_target_entropy, noise_images, \
     query_target_entropy
-from .asi import ASIPolicy, amc, steering_weights
+from .steering import ASIPolicy, amc, steering_weights
 from .backbones import Backbone, Generation
 from .config import AdaptConfig, parse_layers
 from .enhance import enhance
@@ -76,44 +77,56 @@ def target_entropy(question: str, cfg: AdaptConfig, prefill_maps: np.ndarray | N
     return query_target_entropy(question, cfg.anchor)
 
 
-def bias_map(backbone: Backbone, question: str, image_size: tuple[int, int], grid: tuple[int, int],
-             cfg: AdaptConfig, target: float, cache: BiasCache | None) -> tuple[np.ndarray | None, bool]:
-    """Eq. 7: B = mean_n N(Ā^(n)) over M noise images with the same question. Returns ``(B, hit)``."""
+def noise_layer_maps(backbone: Backbone, question: str, image_size: tuple[int, int], grid: tuple[int, int],
+                     cfg: AdaptConfig, cache: BiasCache | None) -> tuple[np.ndarray | None, bool]:
+    """Eq. 7's inputs: the per-layer maps A_l^(n) of the M noise images with the same question,
+    ``[M, L, h, w]``, from one batched K-token run (cached on disk). Returns ``(maps, cache_hit)``."""
     a = cfg.anchor
-    if not a.debias or a.num_noise == 0:
+    if not a.debias or a.num_noise == 0 or a.fusion == "authors":
         return None, False
-    key = BiasCache.key(backbone_id(backbone), question, grid, a, target)
+    key = BiasCache.noise_key(backbone_id(backbone), question, grid, a)
     if cache is not None:
         hit = cache.get(key)
-        if hit is not None and hit.shape == tuple(grid):
+        if hit is not None and hit.shape[0] == a.num_noise and hit.shape[2:] == tuple(grid):
             return hit, True
-    fused = []
-    for img in noise_images(image_size, a.num_noise, a.noise_seed):
-        prepared = backbone.prepare(img, question)
-        if prepared.span.grid != tuple(grid):
-            raise ValueError(f"noise image grid {prepared.span.grid} differs from the image's {grid}")
-        gen = backbone.generate(prepared, max_new_tokens=a.k)
-        maps = gen.maps.cpu().numpy()
-        fused.append(normalize(fuse(layer_maps_from(maps, a.k, grid), target, a).fused))
-    bias = np.mean(fused, axis=0)
+    images = noise_images(image_size, a.num_noise, a.noise_seed)
+    prepared = backbone.prepare_batch(images, [question] * len(images))
+    if prepared.span.grid != tuple(grid):
+        raise ValueError(f"noise image grid {prepared.span.grid} differs from the image's {grid}")
+    gens = backbone.generate_batch(prepared, max_new_tokens=a.k)
+    maps = np.stack([layer_maps_from(g.maps.numpy(), a.k, grid) for g in gens])
     if cache is not None:
-        cache.put(key, bias)
-    return bias, False
+        cache.put(key, maps)
+    return maps, False
+
+
+def anchor_from_maps(layer_maps: np.ndarray, question: str, cfg: AdaptConfig, noise_maps: np.ndarray | None,
+                     prefill_maps: np.ndarray | None = None) -> Anchor:
+    """Eq. 1–9 from the per-layer maps A_l ``[L, h, w]`` and the noise images' maps (pure array math)."""
+    a = cfg.anchor
+    target = target_entropy(question, cfg, prefill_maps)
+    if a.fusion == "authors":
+        fusion = fuse_authors(layer_maps, a)
+        d, w = halve_border(fusion.fused)
+        return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=None, debias_mask=d,
+                      anchor=w, cache_hit=False, seconds_bias=0.0)
+    fusion = fuse(layer_maps, target, a)
+    bias = bias_from_noise(noise_maps, fusion.lam, target, a) if noise_maps is not None else None
+    d, w = debias(fusion.fused, bias, a.eps_s)
+    return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=bias, debias_mask=d, anchor=w,
+                  cache_hit=False, seconds_bias=0.0)
 
 
 def build_anchor(backbone: Backbone, question: str, image_size: tuple[int, int], grid: tuple[int, int],
                  maps: np.ndarray, cfg: AdaptConfig, prefill_maps: np.ndarray | None = None,
                  cache: BiasCache | None = None) -> Anchor:
-    """Eq. 1–9 from the anchor run's captured maps ``[T, L, n]``."""
-    a = cfg.anchor
-    A = layer_maps_from(maps, a.k, grid)
-    target = target_entropy(question, cfg, prefill_maps)
-    fusion = fuse(A, target, a)
+    """Eq. 1–9 from the anchor run's captured maps ``[T, L, n]`` (runs the noise images if not cached)."""
     t0 = time.perf_counter()
-    bias, hit = bias_map(backbone, question, image_size, grid, cfg, target, cache)
-    d, w = debias(fusion.fused, bias, a.eps_s)
-    return Anchor(layer_maps=A, fusion=fusion, target_entropy=target, bias=bias, debias_mask=d, anchor=w,
-                  cache_hit=hit, seconds_bias=time.perf_counter() - t0)
+    noise, hit = noise_layer_maps(backbone, question, image_size, grid, cfg, cache)
+    seconds = time.perf_counter() - t0
+    anchor = anchor_from_maps(layer_maps_from(maps, cfg.anchor.k, grid), question, cfg, noise, prefill_maps)
+    anchor.cache_hit, anchor.seconds_bias = hit, seconds
+    return anchor
 
 
 def answer_trace(gen: Generation, weights: np.ndarray, policy: ASIPolicy | None, image_used: str) -> AnswerTrace:
@@ -148,8 +161,7 @@ def steered_generation(backbone: Backbone, image: Image.Image, question: str, an
     if prepared.span.grid != tuple(grid):
         raise ValueError("the enhanced image changed the image-token grid")
     layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
-    policy = ASIPolicy(steering_weights(anchor.anchor), backbone.num_layers, layers, cfg.asi, cfg.anchor.k,
-                       device=backbone.device)
+    policy = ASIPolicy(backbone.num_layers, layers, cfg.asi, cfg.anchor.k, weights=steering_weights(anchor.anchor))
     gen = backbone.generate(prepared, max_new_tokens=cfg.max_new_tokens, policy=policy)
     return gen, policy, image_used, enhanced, layers
 
@@ -213,14 +225,6 @@ def probe_anchor(backbone: Backbone, image: Image.Image, question: str, cfg: Ada
     anchor = build_anchor(backbone, prepared.question, image.size, prepared.span.grid, probe.maps.cpu().numpy(),
                           cfg, prefill, cache)
     return anchor, prepared.span.grid
-
-
-def adapt_tf_answer(backbone: Backbone, image: Image.Image, question: str, cfg: AdaptConfig,
-                    cache: BiasCache | None = None) -> tuple[Generation, ASIPolicy]:
-    """ADAPT-TF alone (for benchmarks): a K-token anchor run, then the steered answer."""
-    anchor, grid = probe_anchor(backbone, image, question, cfg, cache)
-    gen, policy, *_ = steered_generation(backbone, image, question.strip(), anchor, cfg, grid)
-    return gen, policy
 
 
 def anchor_image(backbone: Backbone, image: Image.Image, question: str, cfg: AdaptConfig,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.asi import ASIPolicy, amc, steering_weights
+from adapt.steering import ASIPolicy, amc, steering_weights
 from adapt.backbones import LlavaBackbone
 from adapt.config import ASIConfig
 from adapt.testing import tiny_llava
@@ -32,7 +32,7 @@ def test_amc_prefers_concentration_on_the_anchor():
 
 
 def _policy(cfg, layers, n=4, num_layers=3, k=2, w=(0.1, 0.2, 0.3, 1.0)):
-    return ASIPolicy(np.array(w), num_layers, layers, cfg, k)
+    return ASIPolicy(num_layers, layers, cfg, k, weights=np.array(w))
 
 
 def test_relative_threshold_is_tau_times_mean_anchor_phase_amc():
@@ -41,13 +41,13 @@ def test_relative_threshold_is_tau_times_mean_anchor_phase_amc():
     for step, a in enumerate(attn):  # anchor phase: K = 2 steps, never steered
         for layer in range(3):
             assert p(layer, step, a) is None
-    expected = 0.5 * np.mean([amc(a[0].numpy(), p.w[0].numpy()) for a in attn])
+    expected = 0.5 * np.mean([amc(a[0].numpy(), p.weights[0]) for a in attn])
     np.testing.assert_allclose(p.thresholds(), expected, rtol=1e-6)
     # after the anchor phase: a drifted map (off the anchor) fires, a faithful one does not
     drifted = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
     bias = p(0, 2, drifted)
     assert bias is not None
-    torch.testing.assert_close(bias, 0.5 * torch.log(p.w + 1e-3))
+    torch.testing.assert_close(bias, 0.5 * torch.log(torch.tensor(p.weights) + 1e-3))
     assert p(1, 2, torch.tensor([[0.0, 0.0, 0.0, 1.0]])) is None
     assert p.fired_matrix()[2].tolist() == [True, False, False]
 
@@ -65,7 +65,7 @@ def test_steering_changes_only_the_triggered_layer_in_a_model(rand_image):
     plain = bb.generate(p, max_new_tokens=6, min_new_tokens=6)
     w = np.linspace(0.01, 1.0, n)
     # absolute τ = ∞ fires at every step after the anchor phase, on layer 1 only
-    policy = ASIPolicy(w, 3, [1], ASIConfig(tau=float("inf"), mode="absolute", alpha=2.0), k=2)
+    policy = ASIPolicy(3, [1], ASIConfig(tau=float("inf"), mode="absolute", alpha=2.0), 2, weights=w)
     steered = bb.generate(p, max_new_tokens=6, min_new_tokens=6, policy=policy)
     fired = policy.fired_matrix()
     assert fired[:2].sum() == 0 and fired[2:, 1].all() and not fired[:, [0, 2]].any()
@@ -84,7 +84,7 @@ def test_tau_zero_never_fires_and_equals_plain_decoding(rand_image):
     bb = LlavaBackbone(*tiny_llava(layers=3), "tiny")
     p = bb.prepare(rand_image, "describe the image")
     plain = bb.generate(p, max_new_tokens=8)
-    policy = ASIPolicy(np.ones(p.span.n), 3, [0, 1, 2], ASIConfig(tau=0.0), k=2)
+    policy = ASIPolicy(3, [0, 1, 2], ASIConfig(tau=0.0), 2, weights=np.ones(p.span.n))
     steered = bb.generate(p, max_new_tokens=8, policy=policy)
     assert steered.token_ids == plain.token_ids and not policy.fired_matrix().any()
     torch.testing.assert_close(steered.maps, plain.maps)

@@ -292,28 +292,48 @@ print(json.dumps({"recall": hits / total, "n_img": n_img, "dtype": str(model.dty
     assert res["recall"] >= 0.75, res
 
 
-def test_sweep_pareto_and_one_small_run(tmp_path):
-    from adapt.eval.sweep import pareto, recommend, run_sweep
+def test_sweep_selection_rule_and_one_small_run(tmp_path):
+    from adapt.eval.sweep import Setting, collect, frontier, pareto, run_settings, select, write
 
     rows = [{"chair_i": 0.08, "time_ratio": 1.0}, {"chair_i": 0.05, "time_ratio": 1.2},
             {"chair_i": 0.06, "time_ratio": 1.3}, {"chair_i": 0.04, "time_ratio": 2.0}]
     assert pareto(rows) == [rows[0], rows[1], rows[3]]  # rows[2] is beaten by rows[1] on both
-    table = [{"method": "greedy", "chair_i": 0.08, "recall": 0.90}, {"method": "adapt-tf", "chair_i": 0.04, "recall": 0.85},
-             {"method": "adapt-tf", "chair_i": 0.06, "recall": 0.885}, {"method": "adapt-tf", "chair_i": 0.07, "recall": 0.9}]
-    assert recommend(table) is table[2]  # table[1] is lower but costs 5 recall points
-    assert recommend(table[:2]) is None
-    worse = [table[0], {"method": "adapt-tf", "chair_i": 0.09, "recall": 0.90}]
-    assert recommend(worse) is None  # within the recall budget but more hallucinations than greedy
+    g = {"method": "greedy", "chair_i": 0.08, "recall": 0.90, "uses_anchor": False, "ci_high": None}
+
+    def row(chair_i, recall, ci_high, uses_anchor=True):
+        return {"method": "adapt-tf", "chair_i": chair_i, "recall": recall, "ci_high": ci_high,
+                "uses_anchor": uses_anchor}
+
+    table = [g, row(0.04, 0.85, -0.3),  # lowest, but costs 5 recall points
+             row(0.05, 0.89, 0.01),  # within budget, but its interval crosses zero
+             row(0.06, 0.885, -0.05),  # the one the rule picks
+             row(0.07, 0.90, -0.02),
+             row(0.03, 0.90, -0.5, uses_anchor=False)]  # better, but PAI-like: never the ADAPT pick
+    assert select(table) is table[3]
+    assert select(table, uses_anchor=False) is table[5]
+    assert select([g, row(0.09, 0.90, 0.2)]) is None  # more hallucination than greedy
+    assert select([g, row(0.079, 0.899, 0.05)]) is None  # lower, but not distinguishable from noise
+    assert frontier([{"chair_i": 0.05, "recall": 0.9}, {"chair_i": 0.06, "recall": 0.89},
+                     {"chair_i": 0.04, "recall": 0.8}]) == [{"chair_i": 0.05, "recall": 0.9},
+                                                             {"chair_i": 0.04, "recall": 0.8}]
     if not (ASSETS / "config.json").exists():
         pytest.skip("assets/embedded not present")
     from adapt.anchor import BiasCache
     from adapt.backbones import load_backbone
 
-    out = run_sweep(load_backbone("embedded"), tmp_path / "sweep", limit=2, taus=[0.6], alphas=[0.25, 1.0],
-                    layer_specs=["all"], cache=BiasCache(tmp_path / "cache"))
-    assert [r["method"] for r in out] == ["greedy", "adapt-tf", "adapt-tf"] and [r["alpha"] for r in out[1:]] == [0.25, 1.0]
-    assert all(r["n"] == 2 for r in out)
+    settings = [Setting("lp", "adapt-tf", {"asi.operator": "logprior", "asi.alpha": 0.25}),
+                Setting("ma", "adapt-tf", {"asi.operator": "mass-aware", "asi.trigger": "always"}),
+                Setting("pai", "pai", {})]
+    bb = load_backbone("embedded")
+    for shard in ((0, 2), (1, 2)):  # two shards write one sweep
+        run_settings(bb, tmp_path / "sweep", settings, seeds=[1, 2], per_seed=2, cache=BiasCache(tmp_path / "c"),
+                     shard=shard)
+    out = collect(tmp_path / "sweep", settings)
+    assert [r["name"] for r in out] == ["greedy", "lp", "ma", "pai"]
+    assert all(r["n"] == 4 for r in out)
+    assert [r["uses_anchor"] for r in out] == [False, True, True, False]
+    assert out[2]["fire_rate"] == 1.0 and out[1]["fire_rate"] is not None and out[3]["fire_rate"] is None
     for r in out[1:]:  # each setting's time against greedy's, not greedy's against itself
         assert r["time_ratio"] == pytest.approx(r["seconds_per_item"] / out[0]["seconds_per_item"])
-    for name in ("sweep.csv", "sweep.json", "sweep.png"):
-        assert (tmp_path / "sweep" / name).stat().st_size > 0
+    result = write(tmp_path / "sweep", out, {"seeds": [1, 2]})
+    assert "recall is at most" in result["rule"] and (tmp_path / "sweep" / "sweep.png").exists()

@@ -18,16 +18,27 @@ class BackboneError(ValueError):
 
 @dataclass
 class Prepared:
-    """Model inputs for one (image, question) and where its image tokens are."""
+    """Model inputs for one (image, question), or a left-padded batch of them, and where the image
+    tokens of each row are."""
 
     inputs: dict  # tensors for model(**inputs) / model.generate(**inputs)
     span: ImageSpan
-    question: str
-    image_size: tuple[int, int]  # (width, height) of the image given
+    question: str  # row 0's
+    image_size: tuple[int, int]  # (width, height) of row 0's image
+    questions: list[str] = field(default_factory=list)  # every row's (a batch)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.questions = self.questions or [self.question]
+        self.image_sizes = self.image_sizes or [self.image_size]
 
     @property
     def prompt_len(self) -> int:
         return self.inputs["input_ids"].shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs["input_ids"].shape[0]
 
 
 @dataclass
@@ -116,20 +127,42 @@ class Backbone(ABC):
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def prepare(self, image: Image.Image, question: str) -> Prepared:
-        if not isinstance(image, Image.Image):
-            raise BackboneError("image must be a PIL image")
-        if not question or not question.strip():
-            raise BackboneError("the question is empty")
-        image = image.convert("RGB")
-        inputs = self._build_inputs(image, question.strip())
+        """Inputs for one (image, question)."""
+        return self.prepare_batch([image], [question])
+
+    def prepare_batch(self, images: list[Image.Image], questions: list[str]) -> Prepared:
+        """Inputs for several (image, question) pairs, left-padded into one batch. Every row must
+        give the same number of image tokens (same grid); :func:`group_by_grid` sorts mixed sizes."""
+        if len(images) != len(questions) or not images:
+            raise BackboneError("give one question per image (and at least one pair)")
+        cleaned = []
+        for image, question in zip(images, questions):
+            if not isinstance(image, Image.Image):
+                raise BackboneError("image must be a PIL image")
+            if not question or not question.strip():
+                raise BackboneError("the question is empty")
+            cleaned.append(question.strip())
+        rgb = [im.convert("RGB") for im in images]
+        tok = self.tokenizer
+        side, tok.padding_side = tok.padding_side, "left"  # generation appends on the right
+        try:
+            inputs = self._build_inputs(rgb, cleaned)
+        finally:
+            tok.padding_side = side
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         span = self._image_span(inputs)
-        return Prepared(inputs=inputs, span=span, question=question.strip(), image_size=image.size)
+        return Prepared(inputs=inputs, span=span, question=cleaned[0], image_size=rgb[0].size, questions=cleaned,
+                        image_sizes=[im.size for im in rgb])
 
-    def _build_inputs(self, image: Image.Image, question: str) -> dict:
-        return dict(self.processor(images=image, text=self.prompt(question), return_tensors="pt"))
+    def _build_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        return dict(self.processor(images=images, text=[self.prompt(q) for q in questions], return_tensors="pt",
+                                   padding=True))
+
+    def grid_key(self, image: Image.Image) -> tuple:
+        """What decides the image-token count of ``image`` (LLaVA: nothing; Qwen2.5-VL: its size)."""
+        return ()
 
     @abstractmethod
     def _image_span(self, inputs: dict) -> ImageSpan:
@@ -148,7 +181,18 @@ class Backbone(ABC):
     def generate(self, prepared: Prepared, max_new_tokens: int = 64, policy: SteeringPolicy | None = None,
                  capture: bool = True, per_head: bool = False, capture_prefill: bool = False,
                  **generate_kwargs) -> Generation:
-        """Greedy decoding with KV cache; captures (and steers via ``policy``) image attention."""
+        """Greedy decoding of row 0 (see :meth:`generate_batch` for every row)."""
+        return self.generate_batch(prepared, max_new_tokens, policy, capture, per_head, capture_prefill,
+                                   **generate_kwargs)[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, prepared: Prepared, max_new_tokens: int = 64, policy=None, capture: bool = True,
+                       per_head: bool = False, capture_prefill: bool = False, **generate_kwargs) -> list[Generation]:
+        """Greedy decoding with KV cache, one :class:`Generation` per row; captures (and steers via
+        ``policy``, an :class:`~adapt.attention.Intervention` or a bias callable) image attention.
+
+        A policy with a ``bind(recorder)`` method is given the recorder before decoding starts (the
+        one-pass ADAPT-TF policy reads the prefill capture from it)."""
         import time
 
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -158,21 +202,26 @@ class Backbone(ABC):
         if capture or policy is not None:
             rec = AttentionRecorder(prepared.span, self.num_layers, policy=policy, per_head=per_head,
                                     capture_prefill=capture_prefill)
+            if hasattr(policy, "bind"):
+                policy.bind(rec)
             with rec:
                 out = self.model.generate(**prepared.inputs, **kw)
         else:
             rec = None
             out = self.model.generate(**prepared.inputs, **kw)
         seconds = time.perf_counter() - t0
-        new = out[0, prepared.prompt_len:].tolist()
-        new = self._strip_eos(new)
-        maps = prefill = None
-        if rec is not None and rec.num_steps:
-            maps = rec.maps()[: len(new) or 1, :, 0]
-            if capture_prefill and all(m is not None for m in rec.prefill_text_maps):
-                prefill = torch.stack(rec.prefill_text_maps)[:, 0].float()
-        return Generation(token_ids=new, text=self.decode(new), tokens=self.token_pieces(new),
-                          maps=maps, prefill_maps=prefill, seconds=seconds)
+        maps_all = rec.maps() if rec is not None and rec.num_steps else None
+        prefill_all = None
+        if rec is not None and capture_prefill and all(m is not None for m in rec.prefill_text_maps):
+            prefill_all = torch.stack([m.to("cpu") for m in rec.prefill_text_maps]).float()  # [L, B, n]
+        gens = []
+        for b in range(out.shape[0]):
+            new = self._strip_eos(out[b, prepared.prompt_len:].tolist())
+            maps = maps_all[: len(new) or 1, :, b] if maps_all is not None else None
+            prefill = prefill_all[:, b] if prefill_all is not None else None
+            gens.append(Generation(token_ids=new, text=self.decode(new), tokens=self.token_pieces(new),
+                                   maps=maps, prefill_maps=prefill, seconds=seconds / out.shape[0]))
+        return gens
 
     def _strip_eos(self, ids: list[int]) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -194,3 +243,12 @@ class Backbone(ABC):
 
 def is_local_dir(path: str) -> bool:
     return Path(path).expanduser().is_dir()
+
+
+def group_by_grid(backbone: Backbone, images: list[Image.Image]) -> list[list[int]]:
+    """Indices of ``images`` grouped so that each group gives one image-token grid (LLaVA: one
+    group; Qwen2.5-VL: one per resized size)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(backbone.grid_key(im), []).append(i)
+    return list(groups.values())

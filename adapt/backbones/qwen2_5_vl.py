@@ -40,13 +40,16 @@ class Qwen2_5_VLBackbone(Backbone):
         # without torchvision the stock processor cannot build its video processor
         return ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
 
-    def _build_inputs(self, image, question: str) -> dict:
-        return dict(self.processor(images=[image], text=[self.prompt(question)], return_tensors="pt"))
+    def grid_key(self, image) -> tuple:
+        return tuple(image.size)
 
     def _image_span(self, inputs: dict) -> ImageSpan:
         positions = self.image_positions(inputs["input_ids"])
         m = self.model.config.vision_config.spatial_merge_size
-        t, gh, gw = (int(x) for x in inputs["image_grid_thw"][0])
+        thw = inputs["image_grid_thw"]
+        if bool((thw != thw[0]).any()):
+            raise BackboneError("every row of a batch needs the same image grid (group images by size)")
+        t, gh, gw = (int(x) for x in thw[0])
         grid = (gh // m, gw // m)
         if t != 1 or grid[0] * grid[1] != positions.shape[1]:
             raise ValueError("Qwen2.5-VL: image tokens do not match image_grid_thw (one still image expected)")

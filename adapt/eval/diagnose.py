@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..anchor import BiasCache
-from ..asi import amc, steering_weights
+from ..steering import amc, steering_weights
 from ..backbones import Backbone
 from ..config import AdaptConfig, parse_layers
 from ..pipeline import build_anchor

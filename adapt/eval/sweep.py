@@ -1,24 +1,180 @@
-"""Validation sweep of ASI's τ, α and monitored layers: hallucination vs overhead (paper Sec. 4.2).
+"""Validation sweep of ASI: operator × trigger × strength × τ × layers, plus always-on rows.
 
-Runs on the world's *validation* split only (never on test), descriptions only. Writes
-``sweep.csv``, ``sweep.json`` and ``sweep.png`` (CHAIR_i against the time ratio over greedy,
-the Pareto front marked). Every configuration is a resumable world run in its own folder.
+Runs on the world's *validation* split only (never on test), descriptions only (128 new tokens),
+on several world seeds at once (``seeds`` × ``per_seed`` scenes; ≥ 1 000 for a decision). Every
+setting is a resumable world run in its own folder, so the sweep can be split over processes
+(``shard``) and collected afterwards. The selection rule is :func:`select`, written before the
+sweep ran:
+
+    the lowest CHAIR_i among ADAPT settings (operators that use the anchor's direction) whose
+    recall is within 2 points of greedy's and whose paired-bootstrap 95 % interval of the CHAIR_i
+    change against greedy lies below zero.
+
+Settings without the anchor's direction (``image-boost``, ``mass-aware`` with α = 0, PAI) are
+PAI-like: they are selected by the same rule but reported apart and never called ADAPT-TF.
+Writes ``sweep.csv``, ``sweep.json`` and ``sweep.png`` (the CHAIR_i–recall frontier of each operator).
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..anchor import BiasCache
 from ..backbones import Backbone
 from ..config import AdaptConfig
-from .world_bench import WorldRun, adapt_tf_method, greedy_method, run_world
+from ..methods import AdaptTF, get_method
+from ..steering import OPERATOR_INFO
+from .metrics import chair_i_change
+from .world_bench import WorldRun, load_items, run_world, summarise_items
 
-FIELDS = ["method", "k", "layers", "tau", "alpha", "chair_i", "chair_s", "recall", "trap_chair_i", "nontrap_chair_i",
-          "partner_rate", "seconds_per_item", "time_ratio", "interventions_per_item", "n"]
+FIELDS = ["name", "method", "operator", "trigger", "tau", "mass_tau", "alpha", "gamma", "layers", "uses_anchor",
+          "chair_i", "chair_s", "recall", "hallucinated_mentions", "mentions", "change", "ci_low", "ci_high",
+          "fire_rate", "tokens_per_item", "seconds_per_item", "time_ratio", "n"]
+MAX_RECALL_DROP = 0.02
+
+
+@dataclass
+class Setting:
+    """One sweep row: a method name and its dotted config overrides."""
+
+    name: str
+    method: str = "adapt-tf"
+    overrides: dict = field(default_factory=dict)
+
+    def uses_anchor(self) -> bool:
+        if self.method != "adapt-tf":
+            return False
+        op = self.overrides.get("asi.operator", "logprior")
+        return OPERATOR_INFO[op][2] and (op not in ("logprior", "logprior-image", "mass-aware")
+                                         or self.overrides.get("asi.alpha", 0.25) > 0)
+
+
+def _name(over: dict) -> str:
+    short = {"asi.operator": "", "asi.trigger": "trig", "asi.tau": "tau", "asi.mass_tau": "mtau", "asi.alpha": "a",
+             "asi.gamma": "g", "asi.layers": "L", "asi.boost": "c", "asi.mode": "", "asi.ref_skip_step0": "skip0"}
+    parts = []
+    for k, v in over.items():
+        v = str(v).replace(":", "")
+        parts.append(f"{short.get(k, k)}{v}" if short.get(k, k) else v)
+    return "_".join(parts)
+
+
+def default_grid() -> list[Setting]:
+    """The grid the defaults were chosen on (written before the sweep ran).
+
+    Strengths: α 0.25 / 0.5 (0.25 / 1.0 for mass-kept), (α, γ) (0.25, 0.5), (0.25, 1), (0.1, 1),
+    (0, 1) for mass-aware; triggers: relative AMC at τ 0.6 and 0.8, the mass ratio at 0.8, 0.9 and 0.95, AMC+mass, always; layers all and top:2. The authors'
+    modes run at their own constants; image-boost and PAI are the no-direction references."""
+    grid: list[Setting] = []
+    triggers = [{"asi.trigger": "amc", "asi.tau": 0.6}, {"asi.trigger": "amc", "asi.tau": 0.8},
+                {"asi.trigger": "mass", "asi.mass_tau": 0.8}, {"asi.trigger": "mass", "asi.mass_tau": 0.9},
+                {"asi.trigger": "mass", "asi.mass_tau": 0.95},
+                {"asi.trigger": "amc+mass", "asi.tau": 0.8, "asi.mass_tau": 0.95}, {"asi.trigger": "always"}]
+    strengths = {
+        "logprior": [{"asi.alpha": 0.25}, {"asi.alpha": 0.5}],
+        "logprior-image": [{"asi.alpha": 0.25}, {"asi.alpha": 1.0}],
+        "mass-aware": [{"asi.alpha": 0.25, "asi.gamma": 0.5}, {"asi.alpha": 0.25, "asi.gamma": 1.0},
+                       {"asi.alpha": 0.1, "asi.gamma": 1.0}, {"asi.alpha": 0.0, "asi.gamma": 1.0}],
+        "hhi": [{}],
+        "quality": [{}],
+        "image-boost": [{"asi.boost": 0.5}, {"asi.boost": 1.0}],
+    }
+    for op, opts in strengths.items():
+        for strength in opts:
+            for trig in triggers:
+                if op in ("hhi", "quality", "image-boost") and trig["asi.trigger"] not in ("mass", "always"):
+                    continue  # self-gated (hhi) or direction-free: the AMC rows add nothing to read
+                for layers in ("all", "top:2"):
+                    over = {"asi.operator": op, **trig, **strength, "asi.layers": layers}
+                    grid.append(Setting(_name(over), "adapt-tf", over))
+    for op in ("hhi", "quality"):  # the authors' code as a whole: their fusion with their modes
+        for layers in ("all", "top:2"):
+            over = {"anchor.fusion": "authors", "asi.operator": op, "asi.trigger": "always", "asi.layers": layers}
+            grid.append(Setting("authors_" + _name(over).replace("anchor.fusionauthors_", ""), "adapt-tf", over))
+    grid.append(Setting("pai", "pai", {}))
+    return grid
+
+
+def _config_for(base: AdaptConfig, s: Setting) -> AdaptConfig:
+    return base.replace(**s.overrides) if s.overrides else base
+
+
+def run_settings(backbone: Backbone, out: Path, settings: list[Setting], seeds: list[int], per_seed: int,
+                 cache: BiasCache | None = None, base: AdaptConfig | None = None, shard: tuple[int, int] = (0, 1),
+                 split: str = "validation", batch_size: int = 32) -> None:
+    """Runs greedy (shard 0) and this shard's settings; every run resumes where it stopped."""
+    base = base or AdaptConfig()
+    out = Path(out)
+    i, n = shard
+
+    def run(name, method):
+        run_world(backbone, [method], WorldRun(split=split, seeds=seeds, limit=per_seed, pope=False,
+                                               out=out / name, batch_size=batch_size))
+
+    if i == 0:
+        run("greedy", get_method("greedy"))
+    for j, s in enumerate(settings):
+        if j % n != i:
+            continue
+        cfg = _config_for(base, s)
+        method = AdaptTF(cfg, cache) if s.method == "adapt-tf" else get_method(s.method, cfg, cache)
+        run(s.name, method)
+        print(f"{s.name}: done", flush=True)
+
+
+def collect(out: Path, settings: list[Setting], greedy_name: str = "greedy") -> list[dict]:
+    """Rows of the sweep table from the runs on disk (paired with greedy on the same scenes)."""
+    out = Path(out)
+    g_items = load_items(out / greedy_name / f"items-{greedy_name}.jsonl")
+    greedy = summarise_items(g_items)
+    by_seed = {it["seed"]: it for it in g_items}
+    rows = [_row(Setting(greedy_name, "greedy"), greedy, greedy, None)]
+    for s in settings:
+        path = out / s.name / f"items-{s.method}.jsonl"
+        if not path.exists():
+            continue
+        items = load_items(path)
+        pairs = [(by_seed[it["seed"]], it) for it in items if it["seed"] in by_seed]
+        change = chair_i_change([b["mentioned"] for b, _ in pairs], [it["mentioned"] for _, it in pairs],
+                                [it["truth"] for _, it in pairs])
+        rows.append(_row(s, summarise_items(items), greedy, change))
+    return rows
+
+
+def _row(s: Setting, summary: dict, greedy: dict, change: dict | None) -> dict:
+    o = s.overrides
+    return {"name": s.name, "method": s.method, "operator": o.get("asi.operator"), "trigger": o.get("asi.trigger"),
+            "tau": o.get("asi.tau"), "mass_tau": o.get("asi.mass_tau"), "alpha": o.get("asi.alpha"),
+            "gamma": o.get("asi.gamma"), "layers": o.get("asi.layers"), "uses_anchor": s.uses_anchor(),
+            "chair_i": summary["chair_i"], "chair_s": summary["chair_s"], "recall": summary["recall"],
+            "hallucinated_mentions": summary["hallucinated_mentions"], "mentions": summary["mentions"],
+            "change": None if change is None else change["change"],
+            "ci_low": None if change is None else change["ci_low"],
+            "ci_high": None if change is None else change["ci_high"],
+            "fire_rate": summary.get("fire_rate"), "tokens_per_item": summary.get("tokens_per_item"),
+            "seconds_per_item": summary["seconds_per_item"],
+            "time_ratio": summary["seconds_per_item"] / greedy["seconds_per_item"], "n": summary["n"]}
+
+
+def select(rows: list[dict], uses_anchor: bool = True, max_recall_drop: float = MAX_RECALL_DROP) -> dict | None:
+    """The selection rule: the lowest CHAIR_i among settings (``uses_anchor``: ADAPT readings; else the
+    PAI-like ones) whose recall is at most ``max_recall_drop`` below greedy's and whose paired-bootstrap
+    95 % interval of the CHAIR_i change against greedy lies below zero. None when no setting passes."""
+    greedy = next(r for r in rows if r["method"] == "greedy")
+    ok = [r for r in rows if r["method"] != "greedy" and bool(r["uses_anchor"]) == uses_anchor
+          and r["recall"] >= greedy["recall"] - max_recall_drop
+          and r["ci_high"] is not None and r["ci_high"] < 0]
+    return min(ok, key=lambda r: r["chair_i"]) if ok else None
+
+
+def frontier(rows: list[dict]) -> list[dict]:
+    """Rows not dominated in (lower CHAIR_i, higher recall)."""
+    return [r for r in rows if not any(
+        o is not r and o["chair_i"] <= r["chair_i"] and o["recall"] >= r["recall"]
+        and (o["chair_i"] < r["chair_i"] or o["recall"] > r["recall"]) for o in rows)]
 
 
 def pareto(rows: list[dict]) -> list[dict]:
@@ -28,108 +184,48 @@ def pareto(rows: list[dict]) -> list[dict]:
         and (o["chair_i"] < r["chair_i"] or o["time_ratio"] < r["time_ratio"]) for o in rows)]
 
 
-def recommend(rows: list[dict], max_recall_drop: float = 0.02) -> dict | None:
-    """The rule the defaults were chosen by: the lowest CHAIR_i among ADAPT-TF settings that lower
-    greedy's and whose recall is at most ``max_recall_drop`` below greedy's (the project's recall
-    budget); None when no setting does both."""
-    greedy = next(r for r in rows if r["method"] == "greedy")
-    ok = [r for r in rows if r["method"] != "greedy" and r["chair_i"] < greedy["chair_i"]
-          and r["recall"] >= greedy["recall"] - max_recall_drop]
-    return min(ok, key=lambda r: r["chair_i"]) if ok else None
-
-
-def run_sweep(backbone: Backbone, out: Path, limit: int, taus: list[float], alphas: list[float],
-              layer_specs: list[str], cache: BiasCache | None = None, base: AdaptConfig | None = None,
-              ks: list[int] | None = None) -> list[dict]:
-    """ADAPT-TF for every (K, layers, τ, α) against greedy on the validation split (``base``: the rest)."""
-    base = base or AdaptConfig()
-    ks = ks or [base.anchor.k]
+def write(out: Path, rows: list[dict], meta: dict) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    greedy = run_world(backbone, [greedy_method(base)],
-                       WorldRun(split="validation", limit=limit, pope=False, out=out / "greedy"))["greedy"]
-    rows = [_row("greedy", None, "-", None, None, greedy, greedy)]
-    for k, layers, tau, alpha in itertools.product(ks, layer_specs, taus, alphas):
-        cfg = base.replace(**{"anchor.k": k, "asi.layers": layers, "asi.tau": tau, "asi.alpha": alpha})
-        name = f"layers={layers.replace(':', '')}_tau={tau}_alpha={alpha}"
-        if k != AdaptConfig().anchor.k:
-            name = f"k={k}_" + name
-        summary = run_world(backbone, [adapt_tf_method(cfg, cache)],
-                            WorldRun(split="validation", limit=limit, pope=False, out=out / name))["adapt-tf"]
-        rows.append(_row("adapt-tf", k, layers, tau, alpha, summary, greedy, out / name / "items-adapt-tf.jsonl"))
-        runs.append(name)
-        print(f"{name}: chair_i {summary['chair_i']:.4f} recall {summary['recall']:.4f} "
-              f"time x{rows[-1]['time_ratio']:.2f}", flush=True)
     with (out / "sweep.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
-    best = recommend(rows)
-    (out / "sweep.json").write_text(json.dumps({"limit": limit, "split": "validation", "rows": rows,
-                                                "pareto": pareto(rows), "recommended": best}, indent=1))
+    result = {**meta, "rule": " ".join(select.__doc__.split()), "rows": rows, "selected": select(rows), "selected_pai_like": select(rows, uses_anchor=False)}
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
     plot(rows, out / "sweep.png")
-    if best is not None:
-        print(f"recommended (lowest CHAIR_i below greedy's, within 2 recall points of it): K {best['k']}, "
-              f"layers {best['layers']}, τ {best['tau']}, α {best['alpha']}: chair_i {best['chair_i']:.4f} "
-              f"recall {best['recall']:.4f}")
-    else:
-        print("recommended: none (no setting lowers greedy's CHAIR_i within 2 recall points of it)")
-    return rows
-
-
-def _row(method, k, layers, tau, alpha, s, greedy, items_path=None) -> dict:
-    interventions = None
-    if items_path is not None and Path(items_path).exists():
-        lines = [json.loads(l) for l in Path(items_path).read_text().splitlines() if l.strip()]
-        interventions = sum(l["info"].get("interventions", 0) for l in lines) / max(len(lines), 1)
-    return {"method": method, "k": k, "layers": layers, "tau": tau, "alpha": alpha, "chair_i": s["chair_i"],
-            "chair_s": s["chair_s"], "recall": s["recall"], "trap_chair_i": s.get("trap_chair_i"),
-            "nontrap_chair_i": s.get("nontrap_chair_i"), "partner_rate": s.get("partner_rate"),
-            "seconds_per_item": s["seconds_per_item"],
-            "time_ratio": s["seconds_per_item"] / greedy["seconds_per_item"],
-            "interventions_per_item": interventions, "n": s["n"]}
-
-
-def _label(r: dict) -> str:
-    if r["method"] == "greedy":
-        return "greedy"
-    label = f"K{r.get('k')} {r['layers']} τ{r['tau']} α{r['alpha']}" if r["tau"] is not None else f"K{r.get('k')} ASI off"
-    if r.get("enhance"):
-        label += " +enhanced image"
-    if r.get("debias") is False:
-        label += " no debiasing"
-    return label
+    return result
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """CHAIR_i against the time ratio (Pareto front in red) and against recall."""
+    """CHAIR_i against recall: one colour per operator, each operator's frontier joined; greedy black."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120)
-    front = {id(r) for r in pareto(rows)}
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
+    greedy = next(r for r in rows if r["method"] == "greedy")
+    groups: dict[str, list[dict]] = {}
     for r in rows:
-        colour = "black" if r["method"] == "greedy" else ("tab:red" if id(r) in front else "tab:blue")
-        label = _label(r)
-        for ax, x in zip(axes, (r["time_ratio"], r["recall"])):
-            ax.scatter(x, r["chair_i"], c=colour, s=30)
-            ax.annotate(label, (x, r["chair_i"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    axes[0].set_xlabel("time per item / greedy")
-    axes[0].set_title("hallucination vs overhead (red: Pareto front)")
-    axes[1].set_xlabel("object recall")
-    axes[1].set_title("hallucination vs recall")
-    greedy = next((r for r in rows if r["method"] == "greedy"), None)
-    if greedy is not None:
-        axes[1].axvline(greedy["recall"] - 0.02, color="grey", ls=":", lw=1)
-        axes[1].annotate("greedy recall − 2 pts", (greedy["recall"] - 0.02, axes[1].get_ylim()[1]), fontsize=7,
-                         ha="right", va="top", color="grey")
-    for ax in axes:
-        ax.set_ylabel("CHAIR_i (validation)")
-        ax.grid(alpha=0.3)
-    fig.suptitle("ASI settings on the world's validation split")
+        if r["method"] != "greedy":
+            groups.setdefault(r["operator"] or r["method"], []).append(r)
+    for op, rs in sorted(groups.items()):
+        pts = ax.scatter([r["recall"] for r in rs], [r["chair_i"] for r in rs], s=18, alpha=0.6, label=op)
+        front = sorted(frontier(rs), key=lambda r: r["recall"])
+        ax.plot([r["recall"] for r in front], [r["chair_i"] for r in front], color=pts.get_facecolor()[0], lw=1.2)
+    ax.scatter([greedy["recall"]], [greedy["chair_i"]], c="black", s=60, marker="*", label="greedy", zorder=5)
+    ax.axvline(greedy["recall"] - MAX_RECALL_DROP, color="grey", ls=":", lw=1)
+    ax.axhline(greedy["chair_i"], color="grey", ls=":", lw=1)
+    best = select(rows)
+    if best is not None:
+        ax.scatter([best["recall"]], [best["chair_i"]], s=160, facecolors="none", edgecolors="red",
+                   label="selected (ADAPT rule)")
+    ax.set_xlabel("object recall (validation)")
+    ax.set_ylabel("CHAIR_i (validation)")
+    ax.set_title(f"ASI readings on {greedy['n']} validation scenes: frontier per operator\n"
+                 "(dotted: greedy's CHAIR_i and greedy recall − 2 points)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

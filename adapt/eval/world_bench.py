@@ -19,7 +19,7 @@ import numpy as np
 from ..anchor import BiasCache
 from ..backbones import Backbone
 from ..config import AdaptConfig
-from ..pipeline import adapt_tf_answer
+from ..methods import Method, get_methods
 from .metrics import chair, chair_i_change, parse_yes_no, pope_metrics
 
 POPE_KINDS = ("random", "popular", "adversarial")
@@ -31,48 +31,38 @@ class Cancelled(RuntimeError):
     """The run was asked to stop; everything finished so far is on disk."""
 
 
-@dataclass
-class Method:
-    """A decoding method: ``answer(backbone, image, question, max_new_tokens) -> (text, info)``."""
-
-    name: str
-    answer: Callable
-    description: str = ""
-
-
-def greedy_method(cfg: AdaptConfig) -> Method:
-    def answer(backbone, image, question, max_new_tokens):
-        g = backbone.generate(backbone.prepare(image, question), max_new_tokens=max_new_tokens, capture=False)
-        return g.text, {"tokens": len(g.token_ids)}
-
-    return Method("greedy", answer, "plain greedy decoding")
-
-
-def adapt_tf_method(cfg: AdaptConfig, cache: BiasCache | None) -> Method:
-    def answer(backbone, image, question, max_new_tokens):
-        c = cfg if max_new_tokens == cfg.max_new_tokens else cfg.replace(max_new_tokens=max_new_tokens)
-        gen, policy = adapt_tf_answer(backbone, image, question, c, cache)
-        return gen.text, {"tokens": len(gen.token_ids), "interventions": int(policy.fired_matrix().sum())}
-
-    return Method("adapt-tf", answer, "anchor + ASI (on the anchor-guided image when enhance.enabled)")
-
-
 def make_methods(names: list[str], cfg: AdaptConfig, cache: BiasCache | None) -> list[Method]:
-    factories = {"greedy": lambda: greedy_method(cfg), "adapt-tf": lambda: adapt_tf_method(cfg, cache)}
-    unknown = [n for n in names if n not in factories]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(factories)}")
-    return [factories[n]() for n in names]
+    """The registered methods (:mod:`adapt.methods`) named in ``names``."""
+    return get_methods(names, cfg, cache)
 
 
 @dataclass
 class WorldRun:
+    """Which scenes: ``limit`` scenes (default: the split's size) of each world seed in ``seeds``
+    (``seed`` alone: one seed; neither: the standard split, seed 0)."""
+
     split: str = "test"
     seed: int | None = None
     limit: int | None = None
     pope: bool = True
     describe_tokens: int = 128
     out: Path = field(default_factory=lambda: Path("runs/world"))
+    seeds: list[int] | None = None
+    batch_size: int = 32
+
+    def seed_list(self) -> list[int]:
+        if self.seeds:
+            return list(self.seeds)
+        return [0 if self.seed is None else self.seed]
+
+    def per_seed(self) -> int:
+        return self.limit if self.limit is not None else SPLIT_SIZES.get(self.split, 100)
+
+
+def scenes_of(run: WorldRun) -> list:
+    from ..world import make_split
+
+    return [s for seed in run.seed_list() for s in make_split(run.split, run.per_seed(), seed=seed)]
 
 
 def _done_indices(path: Path) -> set[int]:
@@ -86,66 +76,77 @@ def _done_indices(path: Path) -> set[int]:
     return done
 
 
-def evaluate_scene(backbone: Backbone, method: Method, scene, index: int, describe_tokens: int,
-                   pope: bool) -> dict:
+def evaluate_scenes(backbone: Backbone, method: Method, scenes: list, indices: list[int], describe_tokens: int,
+                    pope: bool) -> list[dict]:
+    """One item per scene: the description's mentions against the truth, and the POPE answers.
+    The scenes are answered as one batch (descriptions, then every POPE question of every scene)."""
     from ..world import DEFAULT_DESCRIBE_PROMPT, read_object_spans
 
-    image = scene.image()
-    truth = scene.categories
+    images = [s.image() for s in scenes]
     t0 = time.perf_counter()
-    text, info = method.answer(backbone, image, DEFAULT_DESCRIBE_PROMPT, describe_tokens)
-    spans = read_object_spans(text)
-    mentioned = [c for c, _ in spans]
-    hallucinated = [(c, pos) for c, pos in spans if c not in truth]
-    item = {
-        "index": index, "seed": scene.seed, "is_trap": scene.is_trap, "truth": truth,
-        "absent_partners": scene.absent_partners, "description": text, "mentioned": mentioned,
-        "hallucinated": [c for c, _ in hallucinated],
-        # where in the text each mention sits (0 = start, 1 = end): do hallucinations come late?
-        "mention_positions": [round(pos / max(len(text), 1), 4) for _, pos in spans],
-        "info": info, "pope": [],
-    }
+    answers = method.answer_batch(backbone, images, [DEFAULT_DESCRIBE_PROMPT] * len(scenes), describe_tokens)
+    seconds = (time.perf_counter() - t0) / len(scenes)
+    items = []
+    for scene, index, ans in zip(scenes, indices, answers):
+        text = ans.text
+        spans = read_object_spans(text)
+        truth = scene.categories
+        items.append({
+            "index": index, "seed": scene.seed, "is_trap": scene.is_trap, "truth": truth,
+            "absent_partners": scene.absent_partners, "description": text, "mentioned": [c for c, _ in spans],
+            "hallucinated": [c for c, _ in spans if c not in truth],
+            # where in the text each mention sits (0 = start, 1 = end): do hallucinations come late?
+            "mention_positions": [round(pos / max(len(text), 1), 4) for _, pos in spans],
+            "info": ans.info, "pope": [], "seconds": round(seconds, 5),
+        })
     if pope:
-        for kind in POPE_KINDS:
-            for q in scene.pope_questions(kind):
-                answer, _ = method.answer(backbone, image, q["question"], POPE_MAX_TOKENS)
-                item["pope"].append({"kind": kind, "category": q["category"], "label": q["label"],
-                                     "answer": answer, "pred": parse_yes_no(answer),
-                                     "is_partner": q.get("is_partner", False)})
-    item["seconds"] = round(time.perf_counter() - t0, 4)
-    return item
+        asked = [(j, kind, q) for j, scene in enumerate(scenes) for kind in POPE_KINDS
+                 for q in scene.pope_questions(kind)]
+        t0 = time.perf_counter()
+        replies = method.answer_batch(backbone, [images[j] for j, _, _ in asked], [q["question"] for _, _, q in asked],
+                                      POPE_MAX_TOKENS)
+        per_scene = (time.perf_counter() - t0) / len(scenes)
+        for (j, kind, q), reply in zip(asked, replies):
+            items[j]["pope"].append({"kind": kind, "category": q["category"], "label": q["label"],
+                                     "answer": reply.text, "pred": parse_yes_no(reply.text),
+                                     "is_partner": q.get("is_partner", False), "info": reply.info})
+        for it in items:
+            it["seconds_pope"] = round(per_scene, 5)
+    return items
 
 
 def run_world(backbone: Backbone, methods: list[Method], run: WorldRun,
               progress: Callable[[int, int, str], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> dict:
-    """Evaluate ``methods`` on the world split, writing JSONL as it goes; returns the summary."""
-    from ..world import make_split
-
-    n = run.limit if run.limit is not None else SPLIT_SIZES.get(run.split, 100)
-    scenes = make_split(run.split, n, seed=run.seed)
+    """Evaluate ``methods`` on the world scenes of ``run``, writing JSONL as it goes (a batch at a
+    time: an interrupted run loses at most one batch and resumes); returns the summary."""
+    scenes = scenes_of(run)
+    n = len(scenes)
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({"benchmark": "world", "split": run.split, "seed": run.seed,
-                                              "n": n, "methods": [m.name for m in methods],
-                                              "backbone": backbone.name}, indent=1))
+    (out / "run.json").write_text(json.dumps({
+        "benchmark": "world", "split": run.split, "seeds": run.seed_list(), "per_seed": run.per_seed(), "n": n,
+        "methods": [m.name for m in methods], "configs": {m.name: m.config_dict() for m in methods},
+        "describe_tokens": run.describe_tokens, "backbone": backbone.name}, indent=1))
     total = n * len(methods)
     done_count = 0
     for method in methods:
         path = out / f"items-{method.name}.jsonl"
         done = _done_indices(path)
+        todo = [i for i in range(n) if i not in done]
+        done_count += n - len(todo)
         with path.open("a") as f:
-            for i, scene in enumerate(scenes):
-                if i in done:
-                    done_count += 1
-                    continue
+            for start in range(0, len(todo), max(1, run.batch_size)):
                 if should_stop is not None and should_stop():
                     _write_progress(out, done_count, total, "cancelled")
                     raise Cancelled(f"stopped after {done_count}/{total} items; rerun to resume")
-                item = evaluate_scene(backbone, method, scene, i, run.describe_tokens, run.pope)
-                f.write(json.dumps(item) + "\n")
+                batch = todo[start:start + run.batch_size]
+                items = evaluate_scenes(backbone, method, [scenes[i] for i in batch], batch, run.describe_tokens,
+                                        run.pope)
+                for item in items:
+                    f.write(json.dumps(item) + "\n")
                 f.flush()
-                done_count += 1
+                done_count += len(batch)
                 _write_progress(out, done_count, total, method.name)
                 if progress is not None:
                     progress(done_count, total, method.name)
@@ -180,7 +181,12 @@ def summarise_items(items: list[dict]) -> dict:
     c = chair([it["mentioned"] for it in items], [it["truth"] for it in items])
     trap = [it for it in items if it["is_trap"]]
     clean = [it for it in items if not it["is_trap"]]
-    s = {"chair_s": c["chair_s"], "chair_i": c["chair_i"], "recall": c["recall"]}
+    s = {"chair_s": c["chair_s"], "chair_i": c["chair_i"], "recall": c["recall"],
+         "hallucinated_mentions": int(sum(len(set(it["mentioned"]) - set(it["truth"])) for it in items)),
+         "mentions": int(sum(len(set(it["mentioned"])) for it in items))}
+    monitored = sum(it["info"].get("monitored", 0) for it in items)
+    if monitored:
+        s["fire_rate"] = sum(it["info"].get("fired", 0) for it in items) / monitored
     pope = [p for it in items for p in it["pope"]]
     for kind in POPE_KINDS:
         ps = [p for p in pope if p["kind"] == kind]
@@ -200,6 +206,7 @@ def summarise_items(items: list[dict]) -> dict:
         s["partner_rate"] = float(np.mean([any(c in it["mentioned"] for c in it["absent_partners"]) for it in trap]))
     s["mean_words"] = float(np.mean([len(it["description"].split()) for it in items]))
     s["seconds_per_item"] = float(np.mean([it["seconds"] for it in items]))
+    s["tokens_per_item"] = float(np.mean([it["info"].get("tokens", 0) for it in items]))
     s["n"] = len(items)
     return s
 

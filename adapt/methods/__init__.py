@@ -1,0 +1,59 @@
+"""Decoding methods, looked up by name by the world benchmark, the CLI and the app.
+
+=======================  ===============================================================
+name                     what
+=======================  ===============================================================
+``greedy``               greedy decoding, capture on, nothing steered (the steered numerics)
+``greedy:sdpa``          greedy decoding with stock SDPA
+``adapt-tf``             ADAPT-TF with the configuration given (the defaults of ``AdaptConfig``)
+``adapt-tf:<variant>``   a named reading of the paper (:data:`adapt.methods.adapt_tf.VARIANTS`)
+``pai``                  PAI's attention intervention (a baseline through the same hook points)
+=======================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from ..anchor import BiasCache
+from ..config import AdaptConfig
+from .adapt_tf import VARIANTS, AdaptTF, variant_config
+from .base import Answer, Method
+from .greedy import Greedy
+from .pai import PAI, PAIConfig
+
+NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai"]
+
+
+def describe() -> dict[str, str]:
+    """One line per registered method (the CLI's help and the app's choice show them)."""
+    out = {"greedy": Greedy().description, "greedy:sdpa": Greedy(capture=False).description,
+           "adapt-tf": AdaptTF.description, "pai": PAI.description}
+    for v, over in VARIANTS.items():
+        out[f"adapt-tf:{v}"] = "ADAPT-TF, " + ", ".join(f"{k}={val}" for k, val in over.items())
+    return out
+
+
+def get_method(name: str, cfg: AdaptConfig | None = None, cache: BiasCache | None = None) -> Method:
+    """The method registered under ``name`` (``adapt-tf`` and its variants use ``cfg``)."""
+    name = name.strip()
+    base, _, variant = name.partition(":")
+    if name == "greedy":
+        return Greedy()
+    if name == "greedy:sdpa":
+        return Greedy(capture=False)
+    if name == "pai":
+        return PAI()
+    if base == "adapt-tf":
+        if variant and variant not in VARIANTS:
+            raise ValueError(f"unknown method {name!r}; available: {', '.join(NAMES)}")
+        return AdaptTF(variant_config(cfg or AdaptConfig(), variant or None), cache, name=name)
+    raise ValueError(f"unknown method {name!r}; available: {', '.join(NAMES)}")
+
+
+def get_methods(names: list[str] | str, cfg: AdaptConfig | None = None, cache: BiasCache | None = None) -> list[Method]:
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    return [get_method(n, cfg, cache) for n in names]
+
+
+__all__ = ["Answer", "Method", "Greedy", "AdaptTF", "PAI", "PAIConfig", "VARIANTS", "NAMES", "describe",
+           "get_method", "get_methods"]

@@ -1,0 +1,155 @@
+"""ADAPT-TF (paper Sec. 4): the anchor (Eq. 1–9) and ASI (Eq. 10–11) in one decoding pass.
+
+Steps 0…K−1 are never steered, so the anchor run's first K tokens are the steered answer's first
+K tokens. One decoding therefore does both: the policy watches the anchor phase, builds each
+row's anchor W at step K from the maps it has seen (the noise images' maps come from the cache,
+run once per (question, grid) before decoding), and steers from step K on. No second prefill and
+no repeated K steps: the result equals the two-pass version token for token (tested).
+
+Two cases still decode twice: answering on the anchor-guided image (``enhance.enabled``: the image
+changes, so its prefill must be redone after the anchor run on the original), and
+``asi.second_pass`` (``"short"``: rows whose answer ended within the anchor phase, where ASI never
+had a step to act on, e.g. yes/no questions; ``"all"``: every row), steered from step 0 with the
+first pass's anchor and references.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..anchor import BiasCache
+from ..config import AdaptConfig, parse_layers
+from ..enhance import enhance
+from ..pipeline import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps
+from ..steering import ASIPolicy, references_from_maps, stack_references, steering_weights
+from .base import Answer, Method
+
+# named readings (dotted config overrides on top of the defaults); DESIGN §4 and the README say
+# how each scored on the world
+VARIANTS: dict[str, dict] = {
+    "paper": {"asi.operator": "logprior", "asi.trigger": "amc", "asi.mode": "relative", "asi.tau": 0.6,
+              "asi.alpha": 0.5, "asi.layers": "all", "anchor.k": 5, "anchor.bias_lambda": "noise",
+              "asi.ref_skip_step0": False, "asi.second_pass": "off"},
+    "logprior": {"asi.operator": "logprior"},
+    "mass-kept": {"asi.operator": "logprior-image"},
+    "mass-aware": {"asi.operator": "mass-aware"},
+    # the authors' public code: its five-criterion fusion and border halving, then its running modes
+    "authors-hhi": {"anchor.fusion": "authors", "asi.operator": "hhi", "asi.trigger": "always"},
+    "authors-quality": {"anchor.fusion": "authors", "asi.operator": "quality", "asi.trigger": "always"},
+}
+
+
+def variant_config(base: AdaptConfig, variant: str | None) -> AdaptConfig:
+    if not variant:
+        return base
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown adapt-tf variant {variant!r}; available: {', '.join(VARIANTS)}")
+    return base.replace(**VARIANTS[variant])
+
+
+class AdaptTF(Method):
+    description = "ADAPT-TF: visual anchor + attention-supervised inference, one decoding pass"
+
+    def __init__(self, cfg: AdaptConfig | None = None, cache: BiasCache | None = None, name: str = "adapt-tf"):
+        self.cfg = (cfg or AdaptConfig()).validate()
+        self.cache = cache
+        self.name = name
+        self.last_anchors: list[Anchor] = []  # of the last group answered (the app and tests read them)
+        self.last_policy: ASIPolicy | None = None
+
+    def config_dict(self) -> dict:
+        return self.cfg.to_dict()
+
+    def _noise(self, backbone, questions, sizes, grid) -> dict[str, np.ndarray | None]:
+        out = {}
+        for q, size in zip(questions, sizes):
+            if q not in out:
+                out[q] = noise_layer_maps(backbone, q, size, grid, self.cfg, self.cache)[0]
+        return out
+
+    def _anchors(self, maps: np.ndarray, prefill: np.ndarray | None, questions, grid, noise) -> list[Anchor]:
+        k = self.cfg.anchor.k
+        return [anchor_from_maps(layer_maps_from(maps[:, :, b], k, grid), q, self.cfg, noise[q],
+                                 None if prefill is None else prefill[:, b])
+                for b, q in enumerate(questions)]
+
+    def _layers(self, backbone, anchors: list[Anchor]) -> list[list[int]]:
+        return [parse_layers(self.cfg.asi.layers, backbone.num_layers, a.fusion.lam) for a in anchors]
+
+    def _answer_group(self, backbone, images, questions, max_new_tokens, **generate_kwargs):
+        cfg = self.cfg
+        k = cfg.anchor.k
+        prepared = backbone.prepare_batch(images, questions)
+        questions, grid = prepared.questions, prepared.span.grid
+        noise = self._noise(backbone, questions, prepared.image_sizes, grid)
+        model_target = cfg.anchor.target_entropy == "model"
+        anchors: list[Anchor] = []
+
+        def anchor_fn(maps, prefill):
+            anchors[:] = self._anchors(maps, prefill, questions, grid, noise)
+            return np.stack([steering_weights(a.anchor) for a in anchors]), anchors
+
+        if cfg.enhance.enabled:  # the image changes: anchor run on the original, then re-prefill
+            probe = backbone.generate_batch(prepared, max_new_tokens=k, capture_prefill=model_target)
+            maps = np.stack([_pad_steps(g.maps.numpy(), k) for g in probe], axis=2)
+            prefill = np.stack([g.prefill_maps.numpy() for g in probe], 1) if model_target else None
+            anchor_fn(maps, prefill)
+            enhanced = [enhance(im, a.anchor, cfg.enhance) for im, a in zip(images, anchors)]
+            prepared = backbone.prepare_batch(enhanced, questions)
+            if prepared.span.grid != tuple(grid):
+                raise ValueError("the enhanced image changed the image-token grid")
+            weights = np.stack([steering_weights(a.anchor) for a in anchors])
+            layers = self._layers(backbone, anchors)
+            policy = ASIPolicy(backbone.num_layers, lambda _info: layers, cfg.asi, k, weights=weights)
+        else:
+            policy = ASIPolicy(backbone.num_layers, lambda info: self._layers(backbone, info), cfg.asi, k,
+                               anchor_fn=anchor_fn)
+        gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=policy,
+                                       capture_prefill=model_target, **generate_kwargs)
+        lengths = [len(g.token_ids) for g in gens]
+        fired, monitored = policy.fire_counts(lengths)
+        answers = [Answer(g.text, g.token_ids, {"tokens": n, "fired": int(f), "monitored": int(m), "pass": 1}, g)
+                   for g, n, f, m in zip(gens, lengths, fired, monitored)]
+        rows = self._second_pass_rows(lengths)
+        if rows:
+            answers = self._second_pass(backbone, rows, answers, gens, questions, grid, noise,
+                                        enhanced if cfg.enhance.enabled else images, max_new_tokens)
+        self.last_anchors, self.last_policy = list(anchors), policy
+        return answers
+
+    def _second_pass(self, backbone, rows, answers, gens, questions, grid, noise, images, max_new_tokens):
+        """Rows steered again from step 0 with their own first pass's anchor and references (built
+        from the steps each row really generated)."""
+        cfg, k = self.cfg, self.cfg.anchor.k
+        refs, layers = [], []
+        for b in rows:
+            maps = gens[b].maps.numpy()
+            anchor = anchor_from_maps(layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]])
+            w = steering_weights(anchor.anchor)
+            refs.append(references_from_maps(maps, w, k, cfg.asi.ref_skip_step0))
+            layers.append(parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam))
+        policy = ASIPolicy(backbone.num_layers, lambda _info: layers, cfg.asi, k, refs=stack_references(refs))
+        prepared = backbone.prepare_batch([images[b] for b in rows], [questions[b] for b in rows])
+        gens2 = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=policy)
+        lengths = [len(g.token_ids) for g in gens2]
+        fired, monitored = policy.fire_counts(lengths)
+        for j, b in enumerate(rows):
+            answers[b] = Answer(gens2[j].text, gens2[j].token_ids,
+                                {"tokens": lengths[j], "fired": int(fired[j]), "monitored": int(monitored[j]),
+                                 "pass": 2, "first_pass": answers[b].text}, gens2[j])
+        return answers
+
+    def _second_pass_rows(self, lengths: list[int]) -> list[int]:
+        mode = self.cfg.asi.second_pass
+        if mode == "all":
+            return list(range(len(lengths)))
+        if mode == "short":
+            return [b for b, n in enumerate(lengths) if n <= self.cfg.anchor.k]
+        return []
+
+
+def _pad_steps(maps: np.ndarray, k: int) -> np.ndarray:
+    """``[T, L, n]`` with T < K (an answer shorter than the anchor phase) repeated to K steps' mean."""
+    if maps.shape[0] >= k:
+        return maps[:k]
+    return np.concatenate([maps, np.repeat(maps.mean(0, keepdims=True), k - maps.shape[0], 0)])

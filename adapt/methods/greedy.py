@@ -1,0 +1,36 @@
+"""Greedy decoding, the baseline every table compares against.
+
+``greedy`` runs with the recorder on and no intervention: the same attention numerics as the
+steered methods (the newest row's softmax is explicit; the rest is SDPA), so a difference between
+it and a steered method is the steering's. ``greedy:sdpa`` is stock transformers SDPA: the two
+agree to float rounding (tested on tiny LLaVA and Qwen2.5-VL; the README gives the measured gap on
+the embedded model).
+"""
+
+from __future__ import annotations
+
+from .base import Answer, Method
+
+
+class Greedy(Method):
+    description = "plain greedy decoding (capture on, nothing steered: the steered methods' numerics)"
+
+    def __init__(self, capture: bool = True):
+        self.capture = capture
+        self.name = "greedy" if capture else "greedy:sdpa"
+        if not capture:
+            self.description = "plain greedy decoding with stock SDPA attention"
+
+    def _answer_group(self, backbone, images, questions, max_new_tokens, **generate_kwargs):
+        prepared = backbone.prepare_batch(images, questions)
+        if not self.capture:
+            backbone.model.set_attn_implementation({"text_config": "sdpa"})
+        try:
+            gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, capture=self.capture,
+                                          **generate_kwargs)
+        finally:
+            if not self.capture:
+                from ..attention import ATTN_IMPL
+
+                backbone.model.set_attn_implementation({"text_config": ATTN_IMPL})
+        return [Answer(g.text, g.token_ids, {"tokens": len(g.token_ids)}, g) for g in gens]
