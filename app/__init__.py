@@ -24,10 +24,9 @@ def build_app(model: str | None = None, admin_token: str | None = None, jobs_roo
 
 def launch(demo, **kwargs):
     """``demo.launch`` with the app's CSS and file rules; host/port follow GRADIO_SERVER_NAME/PORT."""
-    from .figures import ALIGN_CSS
     from .ui import CSS
 
-    kwargs.setdefault("css", CSS if CSS else ALIGN_CSS)
+    kwargs.setdefault("css", CSS)
     kwargs.setdefault("show_error", True)  # messages of errors raised before our handlers (input checks)
     kwargs.setdefault("footer_links", ["api", "gradio", "settings"])
     return demo.launch(**kwargs)

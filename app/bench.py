@@ -6,7 +6,7 @@
 Two measurements per image, after a warm-up call that loads the model and fills the bias-map
 cache for the question:
 
-* ``in-process``: :func:`app.service.analyse` + every figure of the Inspect tab + the trace file
+* ``in-process``: :func:`app.analysis.analyse` + every figure of the Inspect tab + the trace file
   (exactly what the Inspect handler computes);
 * ``end-to-end``: the ``/inspect`` endpoint of the app launched on a local port, called through
   ``gradio_client`` (adds the queue, serialisation of every output, image encoding, HTTP).
@@ -58,8 +58,9 @@ def main(argv=None) -> int:
     from adapt.images import load_image
     from adapt.threads import use_threads
 
-    from .service import Knobs, analyse
-    from .ui import render, save_trace
+    from .analysis import analyse
+    from .knobs import Knobs
+    from .ui.views import render, save_trace
 
     knobs = Knobs.defaults()
     if args.max_new_tokens:
@@ -114,10 +115,9 @@ def _server(model, items, knobs, repeats):
     from gradio_client import Client, handle_file
 
     from . import build_app
-    from .testing import free_port
 
     demo = build_app(model=model, admin_token="", warm=False)
-    demo.launch(prevent_thread_lock=True, server_port=free_port(), server_name="127.0.0.1", quiet=True)
+    demo.launch(prevent_thread_lock=True, server_port=_free_port(), server_name="127.0.0.1", quiet=True)
     try:
         client = Client(demo.local_url, verbose=False, download_files=False)
         k = knobs
@@ -134,6 +134,14 @@ def _server(model, items, knobs, repeats):
         return _stats(times)
     finally:
         demo.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _stats(xs):

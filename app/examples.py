@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from .service import REPO, SceneRegistry, image_key, scene_meta
+from .names import REPO
+from .scenes import SceneRegistry, image_key, scene_meta
 
 EXAMPLES_DIR = REPO / "assets" / "examples"
 PRESETS = EXAMPLES_DIR / "presets.json"
@@ -52,7 +53,8 @@ def generate(count: int = 6, split: str = "test", seed: int = 7, scan: int = 200
     from adapt.world.datasets import make_split
     from adapt.world.language import DEFAULT_DESCRIBE_PROMPT
 
-    from .service import Knobs, analyse
+    from .analysis import analyse
+    from .knobs import Knobs
 
     question = question or DEFAULT_DESCRIBE_PROMPT
     bb = load_backbone(model)

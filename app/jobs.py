@@ -245,28 +245,6 @@ register_kind(JobKind(
 ))
 
 
-def _selftest_argv(p: dict, out: Path) -> list[str]:
-    code = ("import json,sys,time,pathlib;o=pathlib.Path(sys.argv[1]);n=int(sys.argv[2]);d=float(sys.argv[3])\n"
-            "for i in range(n):\n"
-            " time.sleep(d);print('item',i,flush=True)\n"
-            " open(o/'items-demo.jsonl','a').write(json.dumps({'i':i,'score':i/max(1,n-1),'ok':i%2==0})+'\\n')\n"
-            " (o/'progress.json').write_text(json.dumps({'done':i+1,'total':n,'stage':'demo'}))\n"
-            "(o/'summary.json').write_text(json.dumps({'demo':{'score':1.0,'n':n}}))\n")
-    return [sys.executable, "-u", "-c", code, str(out), str(p["items"]), str(p["delay"])]
-
-
-SELFTEST = JobKind(
-    name="selftest",
-    label="Runner self-test",
-    description="Writes a few fake rows (checks the runner, plots and cancel without a model).",
-    params=(Param("items", 5, "rows", minimum=1, maximum=1000), Param("delay", 0.2, "seconds per row",
-                                                                       minimum=0.0, maximum=60.0)),
-    build=_selftest_argv,
-)
-if os.environ.get("ADAPT_APP_SELFTEST_JOBS") == "1":
-    register_kind(SELFTEST)
-
-
 # --------------------------------------------------------------------------------------------
 # records
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from adapt.backbones import EMBEDDED_DIR
-from app.testing import free_port, start_server, stop_server, tiny_model_dir
+from app_helpers import free_port, start_server, stop_server, tiny_model_dir
 
 pytestmark = pytest.mark.browser
 

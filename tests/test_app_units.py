@@ -10,7 +10,7 @@ pytest.importorskip("plotly")
 
 from app import figures as F  # noqa: E402
 from app import jobs as J  # noqa: E402
-from app.testing import synthetic_trace  # noqa: E402
+from app_helpers import selftest_kind, synthetic_trace  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,16 @@ def test_overlays_and_galleries(trace):
     trace_nb = synthetic_trace()
     trace_nb.bias = trace_nb.debias_mask = None
     assert len(F.anchor_gallery(trace_nb)) == 2
+    # every heat map carries its colour scale (and the galleries their titles) under the image
+    base = F.display_image(trace.image)
+    plain = F.overlay(base, trace.bias)
+    tile, title = F.anchor_gallery(trace, base)[0]
+    assert tile.shape[0] > plain.shape[0] and tile.shape[1] == plain.shape[1]
+    np.testing.assert_array_equal(tile[: plain.shape[0]], plain)
+    strip = tile[plain.shape[0]:]
+    assert (strip.reshape(-1, 3).std(0) > 20).all()  # a coloured bar, not a blank strip
+    assert F.step_map(trace, "steered", 0)[0].shape[0] > base.shape[0]
+    assert F.enlarged(trace.image).size == (288, 288)  # a 96 px scene is not shown at 96 px
     tile, caption = F.step_map(trace, "steered", 999, layer=1)
     assert tile is not None and "past its end" in caption and "layer 1" in caption
     assert F.overlay(np.zeros((10, 12, 3), np.uint8), np.full((4, 4), np.nan)).shape == (10, 12, 3)
@@ -36,10 +46,20 @@ def test_charts_mark_threshold_and_interventions(trace):
     fig = F.amc_figure(trace)
     names = [t.name for t in fig.data]
     assert any(n.startswith("ASI intervention") for n in names)
-    assert any("mean over monitored" in n for n in names)
-    assert fig.layout.shapes  # the τ·S_ref line
+    means = [i for i, n in enumerate(names) if n.endswith(": mean of monitored layers")]
+    assert [names[i].split(":")[0] for i in means] == ["ADAPT-TF", "greedy"]  # greedy drawn last: on top
+    greedy = fig.data[means[1]]
+    assert greedy.line.dash == "dash" and greedy.line.color != fig.data[means[0]].line.color
+    # the trigger is a legend entry, not a label on the data; the anchor phase (steps < K) is shaded
+    trigger = next(t for t in fig.data if (t.name or "").startswith("trigger τ·S_ref"))
+    assert trigger.y[0] == pytest.approx(0.012) and not fig.layout.annotations
+    assert any("anchor phase: steps 0–2 (K=3)" in (n or "") for n in names)
+    shade = [sh for sh in fig.layout.shapes if sh.type == "rect"]
+    assert len(shade) == 1 and shade[0].x0 == -0.5 and shade[0].x1 == 2.5
+    assert fig.layout.legend.y < 0  # under the axes, clear of the title
     one = F.amc_figure(trace, layer=2, step=3)
     assert any("layer 2" in (t.name or "") for t in one.data)
+    assert F.criteria_figure(trace).layout.legend.y < 0
     sig = F.signals_figure(trace)
     assert len([t for t in sig.data if t.name in ("unsteered", "steered")]) == 6
     crit = F.criteria_figure(trace)
@@ -55,12 +75,15 @@ def test_answers_are_token_aligned_with_hallucinations(trace):
     html = F.alignment_html(trace, step=3)
     assert html.count("<table>") == 2 and "class='hal" in html and "steer" in html and "sel" in html
     trace.meta = {}
-    assert "needs ground truth" in F.alignment_html(trace)
-    assert all(lab in (None, "object") for _, lab in F.highlighted(trace, "unsteered"))
+    labels = [lab for _, lab in F.highlighted(trace, "unsteered")]
+    assert F.UNVERIFIED in labels and set(labels) <= {None, F.UNVERIFIED}  # never "in the image" unchecked
+    assert "class='obj" not in F.alignment_html(trace) and "not verified" in F.alignment_html(trace)
 
 
 def test_subword_object_tokens():
-    cats = F._token_categories(["the", " cres", "cent", " and", " two", " star", "s", "."])
+    from app.figures.answers import _token_categories
+
+    cats = _token_categories(["the", " cres", "cent", " and", " two", " star", "s", "."])
     assert cats[1] == cats[2] == "moon" and cats[5] == "star"
 
 
@@ -95,7 +118,7 @@ def test_trace_roundtrip_renders_the_same(trace, tmp_path):
 # ----------------------------------------------------------------------------------------- jobs
 @pytest.fixture
 def runner(tmp_path):
-    J.register_kind(J.SELFTEST)
+    J.register_kind(selftest_kind())
     r = J.JobRunner(tmp_path / "jobs")
     yield r
     r.shutdown(cancel_running=True)
@@ -186,7 +209,7 @@ def test_shipped_examples_are_trap_scenes_with_ground_truth():
     from adapt.world.scenes import sample_scene
 
     from app.examples import load_presets
-    from app.service import SceneRegistry, image_key
+    from app.scenes import SceneRegistry, image_key
     from app.examples import register_presets
     from PIL import Image
 

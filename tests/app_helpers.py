@@ -1,4 +1,5 @@
-"""Synthetic traces (no model): for the figure tests and for trying the views offline."""
+"""Test helpers of the app: synthetic traces (no model), a job kind that needs no model, and the
+app served as a subprocess for the end-to-end and browser tests."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def synthetic_trace(layers: int = 4, grid: tuple[int, int] = (8, 8), steps: int 
     img = Image.fromarray((rng.random((96, 96, 3)) * 255).astype("uint8"))
     meta = {"objects": list(objects)} if objects is not None else {}
     return Trace(question="describe the image in detail.", backbone="synthetic", grid=grid,
-                 config={"asi": {"tau": 0.6, "mode": "relative"}}, image=img, enhanced_image=img.copy(),
+                 config={"asi": {"tau": 0.6, "mode": "relative"}, "anchor": {"k": 3}}, image=img, enhanced_image=img.copy(),
                  layer_maps=layer_maps, scores=scores, lam=lam, target_entropy=0.85, fused=fused, bias=bias,
                  debias_mask=mask, anchor=anchor, threshold=np.full(layers, 0.012, np.float32),
                  asi_layers=list(range(layers)), unsteered=answer(words_u, False),
@@ -86,8 +87,9 @@ def tiny_model_dir(path, layers: int = 3) -> str:
 
 
 def start_server(env: dict, port: int, args: tuple = (), log_path=None, timeout: float = 120.0):
-    """``python -m app`` as a subprocess on ``port`` (via GRADIO_SERVER_PORT); returns the Popen
-    once the page answers. Raises RuntimeError with the log when it does not come up."""
+    """The app (``python -m app`` through ``tests/app_server.py``, which adds the test job kind) as a
+    subprocess on ``port`` (via GRADIO_SERVER_PORT); returns the Popen once the page answers.
+    Raises RuntimeError with the log when it does not come up."""
     import os
     import subprocess
     import sys
@@ -96,10 +98,11 @@ def start_server(env: dict, port: int, args: tuple = (), log_path=None, timeout:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    launcher = Path(__file__).resolve().parent / "app_server.py"
     full_env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
                     GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env)
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=str(root), env=full_env, stdout=log,
+    proc = subprocess.Popen([sys.executable, str(launcher), *args], cwd=str(root), env=full_env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout
@@ -132,3 +135,32 @@ def stop_server(proc) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# a job kind for the runner's tests: writes fake rows, needs no model
+# --------------------------------------------------------------------------------------------
+def _selftest_argv(p: dict, out) -> list[str]:
+    import sys
+
+    code = ("import json,sys,time,pathlib;o=pathlib.Path(sys.argv[1]);n=int(sys.argv[2]);d=float(sys.argv[3])\n"
+            "for i in range(n):\n"
+            " time.sleep(d);print('item',i,flush=True)\n"
+            " open(o/'items-demo.jsonl','a').write(json.dumps({'i':i,'score':i/max(1,n-1),'ok':i%2==0})+'\\n')\n"
+            " (o/'progress.json').write_text(json.dumps({'done':i+1,'total':n,'stage':'demo'}))\n"
+            "(o/'summary.json').write_text(json.dumps({'demo':{'score':1.0,'n':n}}))\n")
+    return [sys.executable, "-u", "-c", code, str(out), str(p["items"]), str(p["delay"])]
+
+
+def selftest_kind():
+    """The 'selftest' job kind (registered by the tests that use it, never by the app)."""
+    from app.jobs import JobKind, Param
+
+    return JobKind(
+        name="selftest",
+        label="Runner self-test",
+        description="Writes a few fake rows (checks the runner, plots and cancel without a model).",
+        params=(Param("items", 5, "rows", minimum=1, maximum=1000),
+                Param("delay", 0.2, "seconds per row", minimum=0.0, maximum=60.0)),
+        build=_selftest_argv,
+    )

@@ -1,0 +1,223 @@
+"""The answers of one trace as text: tokens with the objects they name, checked against ground truth."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..names import model_name
+
+
+def answer(trace, run: str):
+    return trace.steered if run == "steered" else trace.unsteered
+
+
+def num_steps(trace) -> int:
+    steps = [len(a.tokens) for a in (trace.unsteered, trace.steered) if a is not None]
+    return max([1, *steps])
+
+
+@dataclass
+class TokenInfo:
+    text: str
+    category: str | None  # world object category the token mentions, if any
+    hallucinated: bool
+    steered_layers: int
+    verified: bool = True  # False: no ground truth to check the mention against
+
+
+def has_truth(trace) -> bool:
+    return isinstance(trace.meta, dict) and trace.meta.get("objects") is not None
+
+
+def token_infos(trace, run: str) -> list[TokenInfo]:
+    """The run's tokens with the object each mentions (world vocabulary) and whether that object
+    is absent from the ground truth (``trace.meta["objects"]``, known for world scenes)."""
+    a = answer(trace, run)
+    if a is None:
+        return []
+    truth = trace.meta.get("objects") if isinstance(trace.meta, dict) else None
+    truth = set(truth) if truth is not None else None
+    pieces = list(a.tokens)
+    cats = _token_categories(pieces)
+    steered = np.asarray(a.steered, dtype=bool)
+    out = []
+    for i, (p, c) in enumerate(zip(pieces, cats)):
+        n = int(steered[i].sum()) if i < len(steered) else 0
+        out.append(TokenInfo(p, c, bool(c is not None and truth is not None and c not in truth), n,
+                             verified=truth is not None))
+    return out
+
+
+def _token_categories(pieces: list[str]) -> list[str | None]:
+    """The world object category each token names, if any (synonyms and plurals included).
+
+    Word-level tokenizers (the embedded model) give one word per token. For sub-word tokenizers a
+    noun split over up to three consecutive pieces is joined back when no piece after the first
+    starts a new word (leading space or SentencePiece's ``▁``)."""
+    try:
+        from adapt.world.language import NOUN_TO_CATEGORY
+    except Exception:  # the world package is optional for the figures
+        return [None] * len(pieces)
+    cats: list[str | None] = [None] * len(pieces)
+    clean = [p.replace("\u2581", " ").replace("Ġ", " ") for p in pieces]
+    for i in range(len(clean)):
+        if cats[i] is not None:
+            continue
+        word = ""
+        for j in range(i, min(len(clean), i + 3)):
+            piece = clean[j]
+            if j > i and (piece[:1].isspace() or not piece.strip().isalpha()):
+                break
+            word += piece.strip().lower()
+            if not word.isalpha():
+                break
+            cat = NOUN_TO_CATEGORY.get(word)
+            if cat is not None:
+                for k in range(i, j + 1):
+                    cats[k] = cat
+                break
+    return cats
+
+
+HALLUCINATED, PRESENT, UNVERIFIED = "hallucinated", "in the image", "object (not verified: no ground truth)"
+
+
+def highlighted(trace, run: str) -> list[tuple[str, str | None]]:
+    """(token, label) pairs for ``gr.HighlightedText``: an object noun is ``HALLUCINATED`` or
+    ``PRESENT`` against the ground truth, and ``UNVERIFIED`` where there is none (an upload)."""
+    out = []
+    for info in token_infos(trace, run):
+        label = None
+        if info.category is not None:
+            label = UNVERIFIED if not info.verified else HALLUCINATED if info.hallucinated else PRESENT
+        piece = info.text
+        joined = piece[:1].isspace() or not out or piece[:1] in ".,;:!?)'" or piece.startswith("##")
+        out.append((piece.removeprefix("##") if joined else " " + piece, label))
+    return out
+
+
+# green only where the ground truth says so: an unchecked mention must not look confirmed
+HIGHLIGHT_COLOURS = {HALLUCINATED: "#ff4d4f", PRESENT: "#52c41a", UNVERIFIED: "#d9d9d9"}
+
+
+def hallucinated_objects(trace, run: str) -> list[str]:
+    """Distinct hallucinated object categories in ``run`` (from the trace's meta, else recomputed)."""
+    meta = trace.meta if isinstance(trace.meta, dict) else {}
+    given = (meta.get("hallucinated") or {}).get(run)
+    if given is not None:
+        return list(dict.fromkeys(given))
+    return list(dict.fromkeys(i.category for i in token_infos(trace, run) if i.hallucinated))
+
+
+def alignment_html(trace, step: int | None = None, per_row: int = 16) -> str:
+    """Both answers token-aligned by decoding step (blocks of ``per_row`` steps): hallucinated
+    objects red, grounded objects green, steps where ASI steered underlined, the selected step framed."""
+    runs = [r for r in ("unsteered", "steered") if answer(trace, r) is not None]
+    infos = {r: token_infos(trace, r) for r in runs}
+    total = max([0, *(len(v) for v in infos.values())])
+    if total == 0:
+        return "<div class='adapt-align'><em>no tokens generated</em></div>"
+    blocks = []
+    for start in range(0, total, per_row):
+        cols = range(start, min(total, start + per_row))
+        head = "".join(f"<th class='{'sel' if t == step else ''}'>{t}</th>" for t in cols)
+        rows = [f"<tr><th class='run'>step</th>{head}</tr>"]
+        for r in runs:
+            cells = []
+            for t in cols:
+                if t >= len(infos[r]):
+                    cells.append(f"<td class='end{' sel' if t == step else ''}'></td>")
+                    continue
+                info = infos[r][t]
+                cls = []
+                if info.category is not None:
+                    cls.append("unv" if not info.verified else "hal" if info.hallucinated else "obj")
+                if info.steered_layers:
+                    cls.append("steer")
+                other = [x for x in runs if x != r]
+                if other and t < len(infos[other[0]]) and infos[other[0]][t].text.strip() != info.text.strip():
+                    cls.append("diff")
+                if t == step:
+                    cls.append("sel")
+                tip = f"step {t}"
+                if info.steered_layers:
+                    tip += f": ASI steered {info.steered_layers} layer(s)"
+                if info.hallucinated:
+                    tip += f"; '{info.category}' is not in the image"
+                cells.append(f"<td class='{' '.join(cls)}' title='{html.escape(tip, quote=True)}'>"
+                             f"{html.escape(info.text.strip()) or '&nbsp;'}</td>")
+            label = "ADAPT-TF" if r == "steered" else "greedy"
+            rows.append(f"<tr><th class='run'>{label}</th>{''.join(cells)}</tr>")
+        blocks.append(f"<table>{''.join(rows)}</table>")
+    if has_truth(trace):
+        objects = "<span class='hal'>hallucinated object</span> <span class='obj'>object in the image</span>"
+    else:
+        objects = "<span class='unv'>object named, not verified (no ground truth for this image)</span>"
+    legend = (f"<div class='legend'>{objects} <span class='steer'>ASI steered this step</span> "
+              "<span class='diff'>runs differ</span></div>")
+    return f"<div class='adapt-align'>{legend}{''.join(blocks)}</div>"
+
+
+ALIGN_CSS = """
+.adapt-align {font-family: ui-monospace, monospace; font-size: 13px; overflow-x: auto; max-height: 320px;
+              overflow-y: auto;}
+.adapt-align table {border-collapse: collapse; margin: 4px 0 8px 0;}
+.adapt-align th, .adapt-align td {border: 1px solid #ddd; padding: 2px 5px; text-align: center; white-space: nowrap;}
+.adapt-align th {color: #888; font-weight: normal; font-size: 11px;}
+.adapt-align th.run {text-align: right; color: #444; font-weight: 600;}
+.adapt-align .hal {background: #ffccc7; color: #a8071a; font-weight: 700;}
+.adapt-align .obj {background: #d9f7be; color: #135200;}
+.adapt-align .unv {background: #f0f0f0; color: #262626; border-style: dashed;}
+.adapt-align .steer {text-decoration: underline wavy #fa8c16;}
+.adapt-align .diff {font-style: italic;}
+.adapt-align .sel {outline: 2px solid #1677ff; outline-offset: -2px;}
+.adapt-align td.end {background: #fafafa;}
+.adapt-align .legend span {display: inline-block; padding: 1px 6px; margin-right: 6px; border: 1px solid #ddd;}
+"""
+
+
+def summary_markdown(trace) -> str:
+    """A short verdict above the figures."""
+    meta = trace.meta if isinstance(trace.meta, dict) else {}
+    lines = []
+    timings = trace.timings or {}
+    total = timings.get("total") or sum(v for v in timings.values() if isinstance(v, (int, float)))
+    st = trace.steered
+    lines.append(
+        f"**Backbone** `{_short(model_name(trace.backbone))}` · grid {trace.grid[0]}×{trace.grid[1]} · "
+        f"{trace.num_layers} layers · ASI on layers {_layers_text(trace.asi_layers, trace.num_layers)}"
+        + (f" · {st.num_interventions} interventions" if st is not None else "")
+        + (f" · bias map {'cached' if trace.bias_cache_hit else 'computed'}" if trace.bias is not None else "")
+        + (f" · {total:.2f} s" if total else ""))
+    if meta.get("objects") is not None:
+        objs = ", ".join(dict.fromkeys(meta["objects"])) or "nothing"
+        lines.append(f"**In the image (ground truth):** {objs}")
+        for run, label in (("unsteered", "Greedy"), ("steered", "ADAPT-TF")):
+            if answer(trace, run) is None:
+                continue
+            hal = hallucinated_objects(trace, run)
+            errors = (meta.get("errors") or {}).get(run) or {}
+            wrong = [f"wrong colour: {'; '.join(errors['colour'])}"] if errors.get("colour") else []
+            wrong += [f"wrong place: {'; '.join(errors['position'])}"] if errors.get("position") else []
+            verdict = ", ".join(f"`{h}`" for h in hal) if hal else "nothing"
+            if not hal and not wrong:
+                verdict += " ✓" + ("" if meta.get("scene_objects") else " (colours and places not checked)")
+            lines.append(f"**{label} hallucinates:** {verdict}" + "".join(f" · {w}" for w in wrong))
+    else:
+        lines.append("*No ground truth for this image: the objects the answers name are not verified.*")
+    return "  \n".join(lines)
+
+
+def _short(name: str) -> str:
+    name = str(name)
+    return name if len(name) <= 60 else "…" + name[-57:]
+
+
+def _layers_text(layers, n) -> str:
+    layers = list(layers)
+    if layers == list(range(n)):
+        return "all"
+    return ",".join(str(i) for i in layers) if layers else "none"

@@ -1,0 +1,88 @@
+"""Live metrics of admin jobs: numbers read from their JSONL rows, running values as a chart."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .charts import PLOT_LAYOUT
+
+
+PREFERRED_METRICS = ("chair_s", "chair_i", "recall", "pope_acc", "interventions", "seconds", "score")
+_SKIP_KEYS = {"i", "index", "idx", "seed", "scene_seed", "id", "is_trap"}
+RATIO_METRICS = {"chair_i": ("_hal", "_men")}  # running value = Σ numerator / Σ denominator
+
+
+def row_metrics(row: dict) -> dict[str, float]:
+    """Numbers of one JSONL row: its numeric fields plus, for world-benchmark items, per-item CHAIR_s,
+    CHAIR_i (as running Σ hallucinated / Σ mentioned), recall, POPE accuracy and ASI interventions."""
+    out: dict[str, float] = {}
+    for k, v in row.items():
+        if k not in _SKIP_KEYS and isinstance(v, (int, float, bool)):
+            out[k] = float(v)
+    hal, men, truth = row.get("hallucinated"), row.get("mentioned"), row.get("truth")
+    if isinstance(hal, list) and isinstance(men, list):
+        out["chair_s"] = float(bool(hal))
+        out["_hal"], out["_men"] = float(len(hal)), float(len(men))
+        if isinstance(truth, list) and truth:
+            out["recall"] = len(set(men) & set(truth)) / len(set(truth))
+    pope = row.get("pope")
+    if isinstance(pope, list) and pope:
+        ok = [q.get("pred") == q.get("label") for q in pope if isinstance(q, dict)]
+        if ok:
+            out["pope_acc"] = sum(ok) / len(ok)
+    info = row.get("info")
+    if isinstance(info, dict):
+        for k in ("interventions", "seconds"):
+            if isinstance(info.get(k), (int, float)) and k not in out:
+                out[k] = float(info[k])
+    return out
+
+
+def numeric_keys(rows_by_file: dict[str, list[dict]]) -> list[str]:
+    """Metrics available in the job's JSONL rows (row indices excluded)."""
+    keys: dict[str, None] = {}
+    for rows in rows_by_file.values():
+        for row in rows[:200]:
+            m = row_metrics(row)
+            for k in m:
+                if not k.startswith("_"):
+                    keys.setdefault(k, None)
+            if "_hal" in m:
+                keys.setdefault("chair_i", None)
+    return sorted(keys, key=lambda k: (PREFERRED_METRICS.index(k) if k in PREFERRED_METRICS else 99, k))
+
+
+def default_metric(keys: list[str]) -> str | None:
+    for k in PREFERRED_METRICS:
+        if k in keys:
+            return k
+    return keys[0] if keys else None
+
+
+def running_metric_figure(rows_by_file: dict[str, list[dict]], metric: str | None) -> go.Figure:
+    """Running value of ``metric`` over the items done so far, one line per JSONL file (method)."""
+    fig = go.Figure()
+    for name, rows in rows_by_file.items():
+        ms = [row_metrics(r) for r in rows]
+        if metric in RATIO_METRICS:
+            num, den = RATIO_METRICS[metric]
+            pairs = [(m[num], m[den]) for m in ms if num in m and den in m]
+            if not pairs:
+                continue
+            n = np.cumsum([p[0] for p in pairs])
+            d = np.cumsum([p[1] for p in pairs])
+            y = np.where(d > 0, n / np.maximum(d, 1e-12), 0.0)
+        else:
+            vals = [m[metric] for m in ms if metric in m]
+            if not vals:
+                continue
+            y = np.cumsum(vals) / np.arange(1, len(vals) + 1)
+        label = name.replace("items-", "")
+        fig.add_trace(go.Scatter(x=list(range(1, len(y) + 1)), y=y.tolist(), mode="lines", name=label,
+                                 hovertemplate=f"{label}<br>item %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>"))
+    title = f"running {metric} over items done" if metric else "no numeric metric yet"
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), **PLOT_LAYOUT)
+    fig.update_xaxes(title_text="items done")
+    fig.update_yaxes(title_text=metric or "")
+    return fig

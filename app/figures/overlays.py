@@ -1,0 +1,159 @@
+"""Image overlays of one trace (OpenCV): heat maps over the image, each with its colour scale and title."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .answers import answer
+
+DISPLAY_SIDE = 224  # longest side of overlay tiles (px): big enough to read, cheap to encode
+COLORMAP = cv2.COLORMAP_TURBO
+ENLARGED_SIDE = 288  # world scenes are 96 px: shown at their own size they fill a third of their box
+
+
+def display_image(image: Image.Image, side: int = DISPLAY_SIDE) -> np.ndarray:
+    """The image as uint8 RGB with its longest side scaled to ``side`` (aspect kept)."""
+    w, h = image.size
+    s = side / max(w, h)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    arr = np.asarray(image.convert("RGB"))
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
+    return cv2.resize(arr, size, interpolation=interp)
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    m = np.nan_to_num(np.asarray(m, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def heat(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A grid map min-max scaled, upsampled to ``size`` (w, h) and coloured, uint8 RGB."""
+    up = cv2.resize(normalise(m), size, interpolation=cv2.INTER_CUBIC)
+    up = np.clip(up * 255.0, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(up, COLORMAP), cv2.COLOR_BGR2RGB)
+
+
+def overlay(base: np.ndarray, m: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """``m`` (an h×w grid map) coloured and blended over ``base`` (uint8 RGB, display size)."""
+    h, w = base.shape[:2]
+    return cv2.addWeighted(base, 1.0 - alpha, heat(m, (w, h)), alpha, 0.0)
+
+
+def grid_of(trace, flat: np.ndarray) -> np.ndarray:
+    h, w = trace.grid
+    return np.asarray(flat, dtype=np.float32).reshape(h, w)
+
+
+def layer_gallery(trace, base: np.ndarray | None = None) -> list[tuple[np.ndarray, str]]:
+    """Small multiples: each layer's early-step map A_l over the image, titled with λ_l (★: largest)."""
+    base = display_image(trace.image) if base is None else base
+    best = int(np.argmax(trace.lam)) if len(trace.lam) else -1
+    out = []
+    for layer, amap in enumerate(trace.layer_maps):
+        star = " ★" if layer == best else ""
+        out.append(titled(base, amap, f"layer {layer} · λ={float(trace.lam[layer]):.3f}{star}"))
+    return out
+
+
+def anchor_gallery(trace, base: np.ndarray | None = None) -> list[tuple[np.ndarray, str]]:
+    """Bias map B, debiasing mask D, fused map Ā and the debiased anchor W, each over the image."""
+    base = display_image(trace.image) if base is None else base
+    items = []
+    if trace.bias is not None:
+        items.append(titled(base, trace.bias, "bias map B (noise images)"))
+    if trace.debias_mask is not None:
+        items.append(titled(base, trace.debias_mask, "debiasing mask D"))
+    items.append(titled(base, trace.fused, "fused map Ā (λ-weighted layers)"))
+    items.append(titled(base, trace.anchor, "debiased anchor W"))
+    return items
+
+
+def titled(base: np.ndarray, m: np.ndarray, title: str) -> tuple[np.ndarray, str]:
+    """(tile, title): the overlay with its title and colour scale drawn under it, where a gallery
+    caption would cover the image and cut the title short."""
+    return with_scale(overlay(base, m), m, title), title
+
+
+def with_scale(tile: np.ndarray, m: np.ndarray, title: str | None = None) -> np.ndarray:
+    """``tile`` over a white strip: ``title`` (if any), then the colour bar from the map's lowest
+    to its highest value, both numbers printed (each map is scaled on its own)."""
+    m = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(m.min()), float(m.max())) if m.size else (0.0, 0.0)
+    h, w = tile.shape[:2]
+    font = _font(12)
+    line = 16
+    strip_h = (line if title else 0) + 10 + line + 4
+    canvas = Image.new("RGB", (w, h + strip_h), "white")
+    canvas.paste(Image.fromarray(tile), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = h + 2
+    if title:
+        draw.text((3, y), _fit(draw, title, font, w - 6), fill=(20, 20, 20), font=font)
+        y += line
+    bar = np.linspace(0, 255, max(2, w - 6)).astype(np.uint8)[None, :].repeat(8, 0)
+    bar = cv2.cvtColor(cv2.applyColorMap(bar, COLORMAP), cv2.COLOR_BGR2RGB)
+    canvas.paste(Image.fromarray(bar), (3, y + 1))
+    y += 10
+    low, high = f"{_num(lo)} low", f"high {_num(hi)}"
+    draw.text((3, y), low, fill=(60, 60, 60), font=font)
+    draw.text((w - 3 - draw.textlength(high, font=font), y), high, fill=(60, 60, 60), font=font)
+    return np.asarray(canvas)
+
+
+def enlarged(image: Image.Image | None, side: int = ENLARGED_SIDE) -> Image.Image | None:
+    """A small image scaled up (bicubic) so that its longest side is ``side``; larger ones as they are."""
+    if image is None or max(image.size) >= side:
+        return image
+    s = side / max(image.size)
+    return image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.Resampling.BICUBIC)
+
+
+def _num(v: float) -> str:
+    return f"{v:.3g}" if v else "0"
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+@lru_cache(maxsize=4)
+def _font(size: int):
+    """DejaVu Sans (shipped with matplotlib: it has λ, Ā and ★); Pillow's own font otherwise."""
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size=size)
+
+
+def step_map(trace, run: str, step: int, layer: int | None = None) -> tuple[np.ndarray | None, str]:
+    """The attention of decoding step ``step`` of ``run`` (mean over layers or one layer) over
+    the image that run saw, with a caption naming the step's token and whether ASI steered it."""
+    a = answer(trace, run)
+    if a is None:
+        return None, f"{run}: not run"
+    maps = np.asarray(a.maps)
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        return None, f"{run}: no attention recorded"
+    t = int(np.clip(step, 0, maps.shape[0] - 1))
+    flat = maps[t].mean(0) if layer is None else maps[t, layer]
+    image = trace.enhanced_image if (a.image_used == "enhanced" and trace.enhanced_image is not None) else trace.image
+    grid = grid_of(trace, flat)
+    tile = with_scale(overlay(display_image(image), grid), grid)
+    token = a.tokens[t] if t < len(a.tokens) else "(end)"
+    where = "mean of layers" if layer is None else f"layer {layer}"
+    n_steered = int(np.asarray(a.steered)[t].sum()) if t < len(a.steered) else 0
+    steer = f" · ASI steered {n_steered} layer{'s' if n_steered != 1 else ''}" if n_steered else ""
+    note = " (past its end)" if step >= maps.shape[0] else ""
+    return tile, f"{run} · step {t}{note} · token {token.strip()!r} · {where}{steer}"

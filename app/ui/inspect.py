@@ -1,0 +1,291 @@
+"""The Inspect tab: one image and question, both answers and every view of the analysis.
+
+Page events report errors in the status line above the results (see :mod:`.errors`) and mark
+the results left from the previous run as such; the ``/inspect`` and ``/open_trace`` API endpoints
+raise readable errors instead, through hidden buttons that carry only the API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from .. import figures as F
+from ..analysis import analyse
+from ..knobs import Knobs
+from ..scenes import add_hallucinations, random_trap_scene, scene_meta
+from ..scratch import scratch_dir
+from .components import SafeImage, SafeNumber, SafeSlider
+from .errors import UserError, esc, friendly, message, question_error, status_line
+from .state import App
+from .views import image_name, render, save_trace, step_views
+
+READY = "*Run an analysis or open a trace to see the results here.*"
+
+
+class InspectTab:
+    """Layout (``__init__``, inside a ``gr.Tab``) and events (:meth:`wire`, once every tab exists)."""
+
+    def __init__(self, app: App):
+        self.app = app
+        d = Knobs.defaults()
+        self.defaults = d
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                self.image = SafeImage(type="filepath", image_mode=None, label="Image", height=300,
+                                       sources=["upload", "clipboard"], elem_id="adapt-image")
+                self.question = gr.Textbox(label="Question", value=app.default_question(), lines=2,
+                                           elem_id="adapt-question")
+                with gr.Row():
+                    self.run_btn = gr.Button("Analyse", variant="primary", elem_id="adapt-run", scale=3)
+                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="adapt-stop", min_width=60, scale=1)
+                self.trap_btn = gr.Button("Random trap scene (ground truth known)", elem_id="adapt-trap")
+                self.examples_box = gr.Column()
+                with gr.Accordion("Method settings", open=False):
+                    self.backbone = gr.Dropdown(app.backbone_choices(), value=app.default_model,
+                                                allow_custom_value=True, label="Backbone",
+                                                info="'embedded', a local checkpoint folder or a hub id "
+                                                     "(LLaVA-1.5, Qwen2.5-VL)")
+                    k = SafeSlider(1, max(40, d.k), value=d.k, step=1, label="K: anchor steps")
+                    tau = SafeSlider(0.0, 2.0, value=d.tau, step=0.05, label="τ: AMC trigger")
+                    alpha = SafeSlider(0.0, 3.0, value=d.alpha, step=0.05, label="α: steering strength")
+                    with gr.Row():
+                        w_spec = SafeNumber(d.w_spec, label="ω spec", minimum=0, step=0.05)
+                        w_smooth = SafeNumber(d.w_smooth, label="ω smooth", minimum=0, step=0.05)
+                        w_focus = SafeNumber(d.w_focus, label="ω focus", minimum=0, step=0.05)
+                    num_noise = SafeSlider(0, 8, value=d.num_noise, step=1, label="noise images M (0 = no debiasing)")
+                    enhance = gr.Checkbox(d.enhance, label="ADAPT-TF answers on the anchor-guided image")
+                    max_new = SafeSlider(4, 256, value=d.max_new_tokens, step=1, label="max new tokens")
+                    asi_layers = gr.Textbox(d.asi_layers, label="ASI layers",
+                                            info="all · top:N (highest λ) · from:i · 0,3,5 (empty: the default)")
+                    self.reset_btn = gr.Button("Defaults", size="sm")
+                with gr.Accordion("Open a saved trace", open=False):
+                    self.trace_in = gr.File(label="Trace file (.zip from the app or the CLI)", file_types=[".zip"],
+                                            elem_id="adapt-trace-in")
+                    self.open_btn = gr.Button("Show trace", elem_id="adapt-open")
+            with gr.Column(scale=3):
+                self.status = gr.Markdown("", elem_id="adapt-status")
+                with gr.Column(elem_id="adapt-results") as self.results_box:
+                    self._results_layout()
+        self.knobs = [k, tau, alpha, w_spec, w_smooth, w_focus, num_noise, enhance, max_new, asi_layers]
+        self.trace_state = gr.State(None)
+        # API-only triggers: their events raise readable errors for clients (see the module doc)
+        self.api_inspect = gr.Button(visible=False)
+        self.api_open = gr.Button(visible=False)
+
+    def _results_layout(self) -> None:
+        self.summary = gr.Markdown(READY, elem_id="adapt-summary")
+        with gr.Row():
+            self.hl_u = gr.HighlightedText(label="Greedy (unsteered)", color_map=F.HIGHLIGHT_COLOURS, show_legend=True,
+                                           elem_id="adapt-answer-unsteered", show_inline_category=False)
+            self.hl_s = gr.HighlightedText(label="ADAPT-TF (steered)", color_map=F.HIGHLIGHT_COLOURS, show_legend=True,
+                                           elem_id="adapt-answer-steered", show_inline_category=False)
+        self.align = gr.HTML(label="Token-aligned answers", elem_id="adapt-align")
+        with gr.Row():
+            self.step = gr.Slider(0, 1, value=0, step=1, label="Decoding step (both runs)", interactive=False,
+                                  elem_id="adapt-step", scale=3)
+            self.layer = gr.Dropdown(["mean"], value="mean", label="Layer", scale=1)
+        with gr.Row():
+            self.step_u = gr.Image(label="greedy · step 0", height=270, interactive=False, format="jpeg",
+                                   buttons=["fullscreen"], elem_id="adapt-step-u")
+            self.step_s = gr.Image(label="ADAPT-TF · step 0", height=270, interactive=False, format="jpeg",
+                                   buttons=["fullscreen"], elem_id="adapt-step-s")
+        self.amc_plot = gr.Plot(label="AMC index", elem_id="adapt-amc")
+        self.signals_plot = gr.Plot(label="Degradation signals", elem_id="adapt-signals")
+        with gr.Row(equal_height=False):
+            self.maps = gr.Gallery(label="Bias map B · debiasing mask D · fused map Ā · anchor W (each over the image)",
+                                   columns=4, height="auto", allow_preview=True, scale=3, elem_id="adapt-maps",
+                                   format="png", interactive=False, object_fit="contain")
+            self.enhanced = gr.Image(label="Anchor-guided image", height=320, scale=1, format="png",
+                                     interactive=False, buttons=["download", "fullscreen"], elem_id="adapt-enhanced")
+        self.criteria_plot = gr.Plot(label="Criteria and λ per layer", elem_id="adapt-criteria")
+        self.layers_gal = gr.Gallery(label="Early-step attention per layer (A_l), titled with λ", columns=6,
+                                     height="auto", allow_preview=True, format="png", elem_id="adapt-layers",
+                                     interactive=False, object_fit="contain")
+        with gr.Row():
+            self.trace_dl = gr.DownloadButton("Download trace (.zip)", value=None, elem_id="adapt-trace-dl",
+                                              interactive=False)
+            self.figs_btn = gr.Button("Make the figures download (.zip)", elem_id="adapt-figs-make", interactive=False)
+            self.figs_dl = gr.DownloadButton("Download figures (.zip)", value=None, elem_id="adapt-figs-dl",
+                                             visible=False)
+
+    @property
+    def results(self) -> list:
+        return [self.summary, self.hl_u, self.hl_s, self.align, self.step, self.layer, self.step_u, self.step_s,
+                self.amc_plot, self.signals_plot, self.maps, self.enhanced, self.criteria_plot, self.layers_gal]
+
+    # ------------------------------------------------------------------------------------ work
+    def analysis(self, image_path, question_text, backbone_name, *knob_values, progress=None):
+        """(status, trace, *results, trace download): raises on any error."""
+        from adapt.images import load_image
+        from adapt.prompts import clean_question, find_special_tokens
+
+        if not image_path:
+            raise UserError("Upload an image (or pick an example scene) first.")
+        problem = question_error(question_text)
+        if problem:
+            raise UserError(problem)
+        knobs = Knobs(*knob_values)
+        knobs.config()  # settings errors before loading anything
+        img = load_image(image_path)
+        if progress:
+            progress(0.02, desc="loading the model")
+        bb = self.app.models.get(backbone_name)
+        removed = find_special_tokens(question_text, bb.processor)
+        question = clean_question(question_text, bb.processor)
+        meta = self.app.scenes.lookup(img)
+
+        def report(fraction, text):
+            if progress:
+                progress(min(0.99, max(0.0, float(fraction))), desc=str(text))
+
+        trace = analyse(bb, img, question, knobs, meta=meta, progress=report)
+        note = f" (removed the model's special token(s) {esc(', '.join(removed))} from the question)" if removed else ""
+        status = status_line(f"Showing the analysis of **{esc(image_name(image_path))}** · “{esc(question)}”{note}", "ok")
+        return (status, trace, *render(trace), gr.DownloadButton(value=save_trace(trace), interactive=True))
+
+    def opened(self, path):
+        """(status, trace, *results, trace download, image, question, *knobs) of a saved trace."""
+        from adapt.trace import Trace
+
+        if not path:
+            raise UserError("Choose a trace file (.zip) first.")
+        name = esc(Path(str(path)).name)
+        try:
+            trace = Trace.load(path)
+            add_hallucinations(trace)
+            views = render(trace)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a crafted or damaged file: missing keys, wrong shapes, an image bomb
+            detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise UserError(f"{name} is not a readable trace: {esc(detail[:300])}") from None
+        image_path = scratch_dir("trace-image") / "trace-image.png"
+        trace.image.save(image_path)
+        knobs = Knobs.from_config(trace.config)
+        status = status_line(f"Showing the saved trace **{name}** · “{esc(trace.question)}” (its image and "
+                             "question are in the inputs: *Analyse* runs it again)", "ok")
+        return (status, trace, *views, gr.DownloadButton(value=str(path), interactive=True), str(image_path),
+                trace.question, *knobs.values())
+
+    # ----------------------------------------------------------------------------- page events
+    def _page(self, work, n_inputs_extra: int = 0):
+        """A page event around ``work``: never raises; marks stale results on errors."""
+        n_rest = len(self._page_outputs(work)) - 4  # status, results box and the two figures buttons are set here
+
+        def run(*args, progress=gr.Progress()):
+            previous = args[-1]
+            try:
+                out = work(*args[:-1], progress=progress) if work is self.analysis else work(*args[:-1])
+            except Exception as exc:
+                text = esc(message(exc, work.__name__))
+                if previous is not None:
+                    text += (f" The results below are still those of the previous analysis "
+                             f"(“{esc(previous.question)}”).")
+                    box = gr.Column(elem_classes=["adapt-stale"])
+                else:
+                    box = gr.skip()
+                return (status_line(text), box, gr.skip(), gr.skip(), *([gr.skip()] * n_rest))
+            return (out[0], gr.Column(elem_classes=[]), gr.Button(interactive=True),
+                    gr.DownloadButton(value=None, visible=False), *out[1:])
+
+        return run
+
+    def _page_outputs(self, work) -> list:
+        outs = [self.status, self.results_box, self.figs_btn, self.figs_dl, self.trace_state, *self.results,
+                self.trace_dl]
+        if work is self.opened:
+            outs += [self.image, self.question, *self.knobs]
+        return outs
+
+    def figures(self, trace):
+        """The figures zip, built when asked for: most of it is plotly.js, no use to most visitors."""
+        if trace is None:
+            return status_line("Run an analysis first: the figures are those of the shown results.", "note"), gr.skip()
+        try:
+            path = scratch_dir("figures") / "adapt-figures.zip"
+            F.figures_zip(trace, path)
+        except Exception as exc:
+            return status_line(esc(message(exc, "figures"))), gr.skip()
+        return gr.skip(), gr.DownloadButton(value=str(path), visible=True, interactive=True)
+
+    def trap_scene(self):
+        scene = random_trap_scene()
+        img = scene.image()
+        self.app.scenes.add(img, scene_meta(scene))
+        path = scratch_dir("scene") / f"world-{scene.seed}.png"
+        img.save(path)
+        return str(path), self.app.default_question()
+
+    def wire(self) -> None:
+        app, d = self.app, self.defaults
+        ins = [self.image, self.question, self.backbone, *self.knobs]
+        page_run = self._page(self.analysis)
+        run_outs = self._page_outputs(self.analysis)
+        model_kw = dict(concurrency_id="model", concurrency_limit=1)
+        priv = dict(api_visibility="private")
+        cancellable = [
+            self.run_btn.click(page_run, [*ins, self.trace_state], run_outs, **priv, **model_kw),
+            self.question.submit(page_run, [*ins, self.trace_state], run_outs, **priv, **model_kw),
+            self.trap_btn.click(friendly(self.trap_scene), None, [self.image, self.question], **priv).then(
+                page_run, [*ins, self.trace_state], run_outs, **priv, **model_kw),
+        ]
+        self.open_btn.click(self._page(self.opened), [self.trace_in, self.trace_state], self._page_outputs(self.opened),
+                            **priv)
+        self.figs_btn.click(self.figures, [self.trace_state], [self.status, self.figs_dl], **priv)
+
+        def api_inspect(*args, progress=gr.Progress()):
+            return self.analysis(*args, progress=progress)[1:]
+
+        api_inspect.__name__ = "inspect"
+        self.api_inspect.click(friendly(api_inspect), ins, [self.trace_state, *self.results, self.trace_dl],
+                               api_name="inspect", **model_kw)
+
+        def api_open(path):
+            return self.opened(path)[1:]
+
+        api_open.__name__ = "open_trace"
+        self.api_open.click(friendly(api_open), [self.trace_in],
+                            [self.trace_state, *self.results, self.trace_dl, self.image, self.question, *self.knobs],
+                            api_name="open_trace")
+        view_outs = [self.align, self.step_u, self.step_s, self.amc_plot, self.signals_plot]
+
+        def on_step(trace, step_value, layer_value):
+            try:
+                return step_views(trace, step_value, layer_value)
+            except Exception as exc:  # a view that cannot be drawn keeps the last one drawn
+                message(exc, "on_step")
+                return (gr.skip(),) * 5
+
+        for comp in (self.step, self.layer):
+            comp.change(on_step, [self.trace_state, self.step, self.layer], view_outs, **priv,
+                        trigger_mode="always_last", show_progress="hidden")
+        self.reset_btn.click(lambda: d.values(), None, self.knobs, **priv, queue=False)
+        with self.examples_box:
+            if app.presets:
+                ex = gr.Examples([[e["path"], e["question"]] for e in app.presets], [self.image, self.question],
+                                 example_labels=[example_label(e) for e in app.presets],
+                                 label="Trap scenes (a shape without its usual companion), in the order the rule of "
+                                       "the README picked them; each says what happens on it. Click one to analyse it.",
+                                 examples_per_page=8, preload=False, elem_id="adapt-examples")
+                cancellable.append(ex.load_input_event.then(page_run, [*ins, self.trace_state], run_outs, **priv,
+                                                            **model_kw))
+            else:
+                gr.Markdown("*No example scenes are shipped yet; **Random trap scene** draws one from the "
+                            "synthetic world.*")
+
+        def stopped():
+            return status_line("Stopped. The results below are those of the last finished analysis.", "note")
+
+        self.stop_btn.click(stopped, None, [self.status], cancels=cancellable, **priv, queue=False)
+
+
+def example_label(e: dict) -> str:
+    """What happens on a shipped example, from its recorded outcome (``python -m app.examples``)."""
+    outcome = e.get("outcome") or {}
+    name = Path(e.get("file", "example")).stem
+    verdict = {"fixed": "ADAPT-TF fixes it", "not fixed": "ADAPT-TF does not fix it",
+               "both wrong": "both answers wrong", "worse": "ADAPT-TF makes it worse"}.get(outcome.get("verdict"), "")
+    added = ", ".join((e.get("hallucinated") or {}).get("unsteered") or [])
+    return f"{name}: greedy adds {added or 'nothing'}" + (f" — {verdict}" if verdict else "")

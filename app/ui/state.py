@@ -1,0 +1,69 @@
+"""What every visitor shares: loaded models, known scenes, the example presets, the job runner."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+
+import gradio as gr
+
+from ..models import EMBEDDED, Models
+from ..scenes import SceneRegistry
+
+ADMIN_ENV = "ADAPT_ADMIN_TOKEN"
+MODEL_ENV = "ADAPT_MODEL"
+BACKBONES_ENV = "ADAPT_BACKBONES"  # extra backbone choices offered in the dropdown (comma-separated)
+
+
+class App:
+    """State shared by every visitor: loaded models, known scenes, the job runner."""
+
+    def __init__(self, model: str | None = None, admin_token: str | None = None, jobs_root=None,
+                 max_jobs: int = 1, warm: bool = True):
+        from ..examples import load_presets, register_presets
+
+        self.default_model = Models.key(model or os.environ.get(MODEL_ENV) or EMBEDDED)
+        self.models = Models(self.default_model)
+        self.scenes = SceneRegistry()
+        self.presets = load_presets()
+        register_presets(self.scenes, self.presets)
+        self.admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_ENV)
+        self.admin_token = (self.admin_token or "").strip() or None
+        self.runner = None
+        if self.admin_token:
+            from ..jobs import JobRunner, default_root
+
+            self.runner = JobRunner(jobs_root or default_root(), max_running=max_jobs)
+        if warm:
+            seen, examples = set(), []
+            for e in self.presets:  # one image per distinct question fills its bias map
+                if e["question"] not in seen:
+                    seen.add(e["question"])
+                    examples.append((e["path"], e["question"]))
+            self.models.warm(examples)
+
+    def backbone_choices(self) -> list[str]:
+        extra = [x.strip() for x in os.environ.get(BACKBONES_ENV, "").split(",") if x.strip()]
+        return list(dict.fromkeys([self.default_model, EMBEDDED, *extra]))
+
+    def token_ok(self, token: str | None) -> bool:
+        return bool(self.admin_token and self.runner and token
+                    and hmac.compare_digest(str(token).strip().encode(), self.admin_token.encode()))
+
+    def check_admin(self, token: str | None) -> None:
+        if not self.admin_token or not self.runner:
+            raise gr.Error("The admin tab is disabled on this server.", print_exception=False)
+        if not self.token_ok(token):
+            time.sleep(0.5)  # slows down guessing
+            raise gr.Error("Admin token refused.", print_exception=False)
+
+    def default_question(self) -> str:
+        if self.presets:
+            return self.presets[0]["question"]
+        try:
+            from adapt.world.language import DEFAULT_DESCRIBE_PROMPT
+
+            return DEFAULT_DESCRIBE_PROMPT
+        except ImportError:
+            return "describe the image in detail."
