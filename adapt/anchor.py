@@ -91,12 +91,17 @@ _BROAD = re.compile(r"\b(describe|description|caption|detail|details|everything|
                     r"in (?:the|this) (?:image|picture|scene)|tell me about|overview)\b", re.I)
 
 
+def is_open_description(question: str) -> bool:
+    """The query-type rule: an open description ("describe", "detail", "what do you see", ...)."""
+    return bool(_BROAD.search(question or ""))
+
+
 def query_target_entropy(question: str, cfg: AnchorConfig) -> float:
     """Eq. 4, rule mode: open descriptions want a broad map, pointed questions a focused one.
 
     The paper leaves H*(q) unspecified; the rule is transparent and both targets are config values.
     """
-    return cfg.h_broad if _BROAD.search(question or "") else cfg.h_focused
+    return cfg.h_broad if is_open_description(question) else cfg.h_focused
 
 
 def model_target_entropy(prefill_maps: np.ndarray) -> float:

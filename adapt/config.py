@@ -80,7 +80,9 @@ class ASIConfig:
     ref_skip_step0: bool = False
     # a second pass steered from step 0 with the first pass's anchor and references: the only way
     # ASI can act on answers shorter than K (yes/no questions)
-    second_pass: str = "off"  # "off" | "short" (rows whose answer ended within the anchor phase) | "all"
+    # "off" | "short" (rows whose answer ended within the anchor phase) | "pointed" (those and every
+    # question that is not an open description) | "all"
+    second_pass: str = "off"
     # "all" (the paper) | "top:N" (N highest λ) | "from:i" | comma-separated indices.
     layers: str = "top:2"
 
@@ -129,7 +131,8 @@ class AdaptConfig:
             (s.trigger in TRIGGERS, f"asi.trigger must be one of {', '.join(TRIGGERS)}"),
             (s.mass_tau >= 0 and s.gamma >= 0 and 0 <= s.k1 <= 1, "asi.mass_tau, asi.gamma must be ≥ 0, asi.k1 in [0, 1]"),
             (0 <= s.quality_percentile < 100, "asi.quality_percentile must be in [0, 100)"),
-            (s.second_pass in ("off", "short", "all"), "asi.second_pass must be 'off', 'short' or 'all'"),
+            (s.second_pass in ("off", "short", "pointed", "all"),
+             "asi.second_pass must be 'off', 'short', 'pointed' or 'all'"),
             (0 <= e.keep_percentile <= 100, "enhance.keep_percentile must be in [0, 100]"),
             (0 <= e.floor <= 1 and 0 <= e.mask_strength <= 1, "enhance.floor/mask_strength must be in [0, 1]"),
             (1 <= self.max_new_tokens <= 2048, "max_new_tokens must be in 1..2048"),

@@ -72,6 +72,13 @@ def test_second_pass_steers_short_answers_from_step_zero(tmp_path):
     off = AdaptTF(cfg.replace(**{"asi.second_pass": "off"}), BiasCache(tmp_path)).answer_batch(
         bb, images, ["is there a star ?"] * 2, 3, min_new_tokens=3)
     assert all(a.info["pass"] == 1 and a.info["monitored"] == 0 for a in off)
+    # answers longer than K: "short" leaves them, "pointed" steers the yes/no question but not the description
+    qs = ["is there a star ?", "describe the image in detail"]
+    short = AdaptTF(cfg, BiasCache(tmp_path)).answer_batch(bb, images, qs, 8, min_new_tokens=8)
+    pointed = AdaptTF(cfg.replace(**{"asi.second_pass": "pointed"}), BiasCache(tmp_path)).answer_batch(
+        bb, images, qs, 8, min_new_tokens=8)
+    assert [a.info["pass"] for a in short] == [1, 1] and [a.info["pass"] for a in pointed] == [2, 1]
+    assert pointed[0].info["monitored"] == 8 * bb.num_layers
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen"])

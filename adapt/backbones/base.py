@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..prompts import QuestionError, clean_question
 from ..attention import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
 
 
@@ -139,9 +140,10 @@ class Backbone(ABC):
         for image, question in zip(images, questions):
             if not isinstance(image, Image.Image):
                 raise BackboneError("image must be a PIL image")
-            if not question or not question.strip():
-                raise BackboneError("the question is empty")
-            cleaned.append(question.strip())
+            try:  # the model's special tokens in user text would change the prompt's structure
+                cleaned.append(clean_question(question, self.processor))
+            except QuestionError as exc:
+                raise BackboneError(str(exc)) from None
         rgb = [im.convert("RGB") for im in images]
         tok = self.tokenizer
         side, tok.padding_side = tok.padding_side, "left"  # generation appends on the right

@@ -67,6 +67,29 @@ def chair_i_change(base_objects: Sequence[Iterable[str]], new_objects: Sequence[
     return {k: (float(v) if np.isfinite(v) else None) for k, v in (("change", full), ("ci_low", lo), ("ci_high", hi))}
 
 
+def paired_mean_diff(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], samples: int = 2000,
+                     seed: int = 0) -> dict:
+    """Difference of a pooled mean (new − base) over paired units, with a paired-bootstrap 95 % interval.
+
+    ``base[i]`` and ``new[i]`` hold the values of unit i (e.g. one scene's POPE answers scored 0/1) in
+    both runs; units are resampled with replacement, both runs together."""
+    if len(base) != len(new):
+        raise ValueError("the two runs differ in length")
+    n = len(base)
+    if n == 0:
+        return {"diff": None, "ci_low": None, "ci_high": None}
+    sums = np.array([[sum(b), len(b), sum(x), len(x)] for b, x in zip(base, new)], dtype=float)
+
+    def diff(idx):
+        s = sums[idx].sum(-2)
+        return s[..., 2] / np.maximum(s[..., 3], 1) - s[..., 0] / np.maximum(s[..., 1], 1)
+
+    full = float(diff(np.arange(n)))
+    boot = diff(np.random.default_rng(seed).integers(0, n, size=(samples, n)))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"diff": full, "ci_low": float(lo), "ci_high": float(hi)}
+
+
 def parse_yes_no(text: str) -> str:
     """Answer parsing of the original POPE evaluation: keep the text before the first '.',
     drop commas, split into words; 'no' or 'not' among them -> 'no', else 'yes'."""

@@ -20,7 +20,7 @@ from ..anchor import BiasCache
 from ..backbones import Backbone
 from ..config import AdaptConfig
 from ..methods import Method, get_methods
-from .metrics import chair, chair_i_change, parse_yes_no, pope_metrics
+from .metrics import chair, chair_i_change, paired_mean_diff, parse_yes_no, pope_metrics
 
 POPE_KINDS = ("random", "popular", "adversarial")
 POPE_MAX_TOKENS = 8
@@ -227,4 +227,11 @@ def summarise(out: Path, methods: list[str], n: int | None = None) -> dict:
                                [it["truth"] for _, it in pairs])
             key = f"chair_i_change_vs_{names[0]}"
             summary[m].update({key: c["change"], key + "_ci_low": c["ci_low"], key + "_ci_high": c["ci_high"]})
+            for kind in POPE_KINDS:  # accuracy difference, scenes resampled
+                correct = [([p["pred"] == p["label"] for p in b["pope"] if p["kind"] == kind],
+                            [p["pred"] == p["label"] for p in it["pope"] if p["kind"] == kind]) for b, it in pairs]
+                if any(x for x, _ in correct):
+                    d = paired_mean_diff([x for x, _ in correct], [y for _, y in correct])
+                    key = f"pope_{kind}_acc_diff_vs_{names[0]}"
+                    summary[m].update({key: d["diff"], key + "_ci_low": d["ci_low"], key + "_ci_high": d["ci_high"]})
     return summary

@@ -8,16 +8,17 @@ no repeated K steps: the result equals the two-pass version token for token (tes
 
 Two cases still decode twice: answering on the anchor-guided image (``enhance.enabled``: the image
 changes, so its prefill must be redone after the anchor run on the original), and
-``asi.second_pass`` (``"short"``: rows whose answer ended within the anchor phase, where ASI never
-had a step to act on, e.g. yes/no questions; ``"all"``: every row), steered from step 0 with the
-first pass's anchor and references.
+``asi.second_pass``, steered from step 0 with the first pass's anchor and references: ``"short"``
+takes the rows whose answer ended within the anchor phase (ASI never had a step to act on);
+``"pointed"`` also every pointed question (not an open description, by the rule of H*(q)), whose
+yes/no is its first token; ``"all"`` every row.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..anchor import BiasCache
+from ..anchor import BiasCache, is_open_description
 from ..config import AdaptConfig, parse_layers
 from ..enhance import enhance
 from ..pipeline import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps
@@ -110,7 +111,7 @@ class AdaptTF(Method):
         fired, monitored = policy.fire_counts(lengths)
         answers = [Answer(g.text, g.token_ids, {"tokens": n, "fired": int(f), "monitored": int(m), "pass": 1}, g)
                    for g, n, f, m in zip(gens, lengths, fired, monitored)]
-        rows = self._second_pass_rows(lengths)
+        rows = self._second_pass_rows(lengths, questions)
         if rows:
             answers = self._second_pass(backbone, rows, answers, gens, questions, grid, noise,
                                         enhanced if cfg.enhance.enabled else images, max_new_tokens)
@@ -139,12 +140,15 @@ class AdaptTF(Method):
                                  "pass": 2, "first_pass": answers[b].text}, gens2[j])
         return answers
 
-    def _second_pass_rows(self, lengths: list[int]) -> list[int]:
+    def _second_pass_rows(self, lengths: list[int], questions: list[str]) -> list[int]:
         mode = self.cfg.asi.second_pass
         if mode == "all":
             return list(range(len(lengths)))
+        short = [n <= self.cfg.anchor.k for n in lengths]
+        if mode == "pointed":  # the yes/no answer is decided by its first token, inside the anchor phase
+            return [b for b, q in enumerate(questions) if short[b] or not is_open_description(q)]
         if mode == "short":
-            return [b for b, n in enumerate(lengths) if n <= self.cfg.anchor.k]
+            return [b for b in range(len(lengths)) if short[b]]
         return []
 
 
