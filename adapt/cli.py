@@ -45,6 +45,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tau", type=float, help="AMC trigger τ")
     g.add_argument("--alpha", type=float, help="steering strength α")
     g.add_argument("--layers", help="ASI layers: all | top:N | from:i | 0,3,5")
+    g.add_argument("--operator", help="reading of Eq. 11: logprior | logprior-image | mass-aware | hhi | quality | "
+                                      "image-boost")
+    g.add_argument("--trigger", help="when ASI steers: amc | mass | amc+mass | always")
+    g.add_argument("--mass-tau", type=float, help="mass trigger: fire where M_t < mass_tau · M_ref")
+    g.add_argument("--gamma", type=float, help="mass-aware: share of the image-mass drop given back")
+    g.add_argument("--second-pass", choices=["off", "short", "pointed", "all"],
+                   help="steer again from step 0: short answers / also pointed (yes/no) questions / every answer")
     g.add_argument("--num-noise", type=int, help="noise images M for the bias map")
     g.add_argument("--max-new-tokens", type=int)
     g.add_argument("--enhance", action=argparse.BooleanOptionalAction, default=None,
@@ -70,6 +77,8 @@ def build_config(args):
     if getattr(args, "config", None):
         cfg = AdaptConfig.from_dict(_read_json_object(args.config))
     overrides = {"anchor.k": args.k, "asi.tau": args.tau, "asi.alpha": args.alpha, "asi.layers": args.layers,
+                 "asi.operator": args.operator, "asi.trigger": args.trigger, "asi.mass_tau": args.mass_tau,
+                 "asi.gamma": args.gamma, "asi.second_pass": args.second_pass,
                  "anchor.num_noise": args.num_noise, "max_new_tokens": args.max_new_tokens}
     if args.enhance is not None:
         overrides["enhance.enabled"] = args.enhance
@@ -205,8 +214,13 @@ def cmd_eval(args) -> int:
         raise UsageError(f"unknown benchmark '{args.benchmark}' (available: world)")
     cfg = build_config(args)
     backbone = load(args)
-    methods = make_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, _cache(args))
-    run = WorldRun(split=args.split, seed=args.seed, limit=args.limit, pope=not args.no_pope, out=Path(args.out))
+    try:
+        methods = make_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, _cache(args))
+        seeds = [_world_seed(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise UsageError(str(exc)) from None
+    run = WorldRun(split=args.split, seed=args.seed, limit=args.limit, pope=not args.no_pope, out=Path(args.out),
+                   seeds=seeds, batch_size=args.batch_size)
     bar = tqdm(desc="world", unit="scene", file=sys.stderr)
 
     def progress(done, total, stage):
@@ -226,9 +240,9 @@ def cmd_eval(args) -> int:
 
 
 def format_summary(summary: dict) -> str:
-    keys = ["chair_s", "chair_i", "recall", "trap_chair_i", "nontrap_chair_i", "partner_rate", "pope_random_acc",
+    keys = ["chair_s", "chair_i", "hallucinated_mentions", "mentions", "recall", "fire_rate", "trap_chair_i", "nontrap_chair_i", "partner_rate", "pope_random_acc",
             "pope_popular_acc", "pope_adversarial_acc", "pope_adversarial_precision", "pope_adversarial_f1",
-            "yes_ratio", "mean_words", "seconds_per_item", "n"]
+            "yes_ratio", "mean_words", "tokens_per_item", "seconds_per_item", "n"]
     methods = list(summary)
     lines = [f"{'metric':28s}" + "".join(f"{m:>12s}" for m in methods)]
     for k in keys:
@@ -242,16 +256,45 @@ def format_summary(summary: dict) -> str:
         if summary[m].get(key) is not None:
             lines.append(f"{m}: CHAIR_i {summary[m][key]:+.1%} vs {methods[0]} (paired bootstrap 95 % CI "
                          f"{summary[m][key + '_ci_low']:+.1%} … {summary[m][key + '_ci_high']:+.1%})")
+        pkey = f"pope_adversarial_acc_diff_vs_{methods[0]}"
+        if summary[m].get(pkey) is not None:
+            lines.append(f"{m}: POPE adversarial accuracy {100 * summary[m][pkey]:+.1f} points vs {methods[0]} "
+                         f"(CI {100 * summary[m][pkey + '_ci_low']:+.1f} … {100 * summary[m][pkey + '_ci_high']:+.1f})")
     return "\n".join(lines)
 
 
 def cmd_sweep(args) -> int:
-    from .eval.sweep import run_sweep
+    from .eval.sweep import collect, default_grid, run_settings, select, write
 
-    backbone = load(args)
-    run_sweep(backbone, out=Path(args.out), limit=args.limit, taus=_floats(args.taus), alphas=_floats(args.alphas),
-              layer_specs=[s.strip() for s in args.layer_specs.split(";")], cache=_cache(args),
-              base=build_config(args), ks=[int(k) for k in _floats(args.ks)] if args.ks else None)
+    seeds = [int(x) for x in _floats(args.seeds)]
+    settings = default_grid()
+    if args.only:
+        wanted = {x.strip() for x in args.only.split(",")}
+        settings = [s for s in settings if s.name in wanted or s.method in wanted]
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--shard '{args.shard}' is not i/n with 0 <= i < n") from None
+    out = Path(args.out)
+    if not args.collect:
+        backbone = load(args)
+        run_settings(backbone, out, settings, seeds, args.per_seed, cache=_cache(args), base=build_config(args),
+                     shard=(i, n), split=args.split, batch_size=args.batch_size)
+    if args.collect or n == 1:
+        rows = collect(out, settings)
+        result = write(out, rows, {"split": args.split, "seeds": seeds, "per_seed": args.per_seed})
+        for label, best in (("ADAPT reading", result["selected"]), ("PAI-like (no anchor direction)",
+                                                                    result["selected_pai_like"])):
+            if best is None:
+                print(f"selected {label}: none passes the rule")
+            else:
+                print(f"selected {label}: {best['name']}: CHAIR_i {best['chair_i']:.4f} ({best['change']:+.1%}, "
+                      f"CI {best['ci_low']:+.1%} … {best['ci_high']:+.1%}), recall {best['recall']:.4f}, "
+                      f"fires on {best['fire_rate'] or 0:.0%} of monitored pairs")
+        print(f"rule: {result['rule']}")
+        print(f"wrote {out / 'sweep.json'}, {out / 'sweep.csv'}, {out / 'sweep.png'}")
     return 0
 
 
@@ -306,21 +349,27 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="test", choices=["validation", "test"])
     v.add_argument("--seed", type=_world_seed, default=None,
                    help=f"a fresh world, 0 … {WORLD_SEEDS - 1} (default: the standard split)")
-    v.add_argument("--limit", type=int, default=None, help="first N scenes")
-    v.add_argument("--method", default="greedy", help="comma-separated: greedy, adapt-tf")
+    v.add_argument("--seeds", default=None, help="several world seeds, comma-separated (--limit scenes of each)")
+    v.add_argument("--limit", type=int, default=None, help="first N scenes (of each seed)")
+    v.add_argument("--batch-size", type=int, default=32, help="scenes answered together")
+    v.add_argument("--method", default="greedy",
+                   help="comma-separated registered methods: greedy, greedy:sdpa, adapt-tf, adapt-tf:paper, "
+                        "adapt-tf:mass-kept, adapt-tf:mass-aware, adapt-tf:authors-hhi, adapt-tf:authors-quality, pai")
     v.add_argument("--no-pope", action="store_true", help="descriptions only")
     v.add_argument("--out", required=True)
     _backbone_args(v)
     _config_args(v)
     v.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("sweep", help="validation sweep of τ, α and ASI layers (CHAIR vs overhead)")
+    s = sub.add_parser("sweep", help="validation sweep of ASI operators × triggers × strengths × layers")
     s.add_argument("--out", default="runs/sweep")
-    s.add_argument("--limit", type=int, default=60)
-    s.add_argument("--taus", default="0.6,0.8,1.0")
-    s.add_argument("--alphas", default="0.25,0.5,1.0,2.0")
-    s.add_argument("--layer-specs", default="all;top:2", help="';'-separated layer specs")
-    s.add_argument("--ks", default=None, help="comma-separated anchor K values (default: the config's)")
+    s.add_argument("--split", default="validation", choices=["validation", "test"])
+    s.add_argument("--seeds", default="1,2,3,4", help="world seeds (comma-separated)")
+    s.add_argument("--per-seed", type=int, default=250, help="scenes per seed")
+    s.add_argument("--shard", default="0/1", help="i/n: run every n-th setting from the i-th (processes side by side)")
+    s.add_argument("--collect", action="store_true", help="only build the table from the runs on disk")
+    s.add_argument("--only", default=None, help="comma-separated setting names (or methods) to run")
+    s.add_argument("--batch-size", type=int, default=32)
     _backbone_args(s)
     _config_args(s)
     s.set_defaults(fn=cmd_sweep)
