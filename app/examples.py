@@ -1,5 +1,6 @@
 """Example scenes shipped in ``assets/examples/``: trap scenes of the synthetic world where the
-embedded model hallucinates with greedy decoding, each with a question preset.
+embedded model's greedy decoding names the absent partner, picked by :data:`RULE` (not by how
+ADAPT-TF does on them), each with a question preset and what each run gets wrong.
 
 ``presets.json`` lists them with their ground truth; the app finds the ground truth of an image
 by its pixels, so an example downloaded and uploaded again is still recognised.
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from .names import REPO
-from .scenes import SceneRegistry, image_key, scene_meta
+from .scenes import SceneRegistry, image_key, scene_meta, scene_objects
 
 EXAMPLES_DIR = REPO / "assets" / "examples"
 PRESETS = EXAMPLES_DIR / "presets.json"
@@ -41,14 +42,33 @@ def load_presets(path: Path = PRESETS) -> list[dict]:
 def register_presets(registry: SceneRegistry, presets: list[dict]) -> None:
     for e in presets:
         if e.get("sha1") and e.get("objects") is not None:
-            registry.add_key(e["sha1"], {k: e[k] for k in ("objects", "scene_seed", "split", "is_trap") if k in e}
+            registry.add_key(e["sha1"], {k: e[k] for k in ("objects", "scene_objects", "scene_seed", "split", "is_trap")
+                                         if k in e}
                              | {"source": "adapt.world", "example": e["file"]})
+
+
+RULE = ("the first {count} trap scenes of the {split} split (world seed {seed}, in scan order) on which greedy "
+        "decoding names the scene's absent partner, whatever ADAPT-TF does on them")
+
+
+def outcome(greedy: dict, steered: dict) -> dict:
+    """What ADAPT-TF does on an example, against the ground truth (``answer_errors`` of each run)."""
+    n = lambda e: sum(len(v) for v in e.values())  # noqa: E731
+    if n(steered) == 0:
+        verdict = "fixed"
+    elif n(steered) > n(greedy):
+        verdict = "worse"
+    elif steered["objects"]:
+        verdict = "not fixed"
+    else:
+        verdict = "both wrong"  # no absent object left, but colours or places wrong
+    return {"verdict": verdict, "greedy_errors": greedy, "adapt_tf_errors": steered}
 
 
 def generate(count: int = 6, split: str = "test", seed: int = 7, scan: int = 200, out: Path = EXAMPLES_DIR,
              question: str | None = None, model: str = "embedded") -> list[dict]:
-    """Scan trap scenes, keep those where greedy decoding names an absent object (best first:
-    ADAPT-TF fixes it), write their PNGs and ``presets.json``."""
+    """Pick examples by :data:`RULE` (not by how well ADAPT-TF does), record what each run gets
+    wrong, write their PNGs and ``presets.json``."""
     from adapt.backbones import load_backbone
     from adapt.world.datasets import make_split
     from adapt.world.language import DEFAULT_DESCRIBE_PROMPT
@@ -59,51 +79,39 @@ def generate(count: int = 6, split: str = "test", seed: int = 7, scan: int = 200
     question = question or DEFAULT_DESCRIBE_PROMPT
     bb = load_backbone(model)
     knobs = Knobs.defaults()
-    scenes = [s for s in make_split(split, scan, seed=seed) if s.is_trap]
     picked = []
     t0 = time.time()
-    for s in scenes:
+    for s in (s for s in make_split(split, scan, seed=seed) if s.is_trap):
         img = s.image()
         trace = analyse(bb, img, question, knobs, meta=scene_meta(s))
-        hal = trace.meta.get("hallucinated", {})
-        g, a = hal.get("unsteered", []), hal.get("steered", [])
-        absent = set(s.absent_partners)
-        if not (set(g) & absent):
+        errors = trace.meta["errors"]
+        if not set(errors["unsteered"]["objects"]) & set(s.absent_partners):
             continue
-        # best first: ADAPT-TF removes every hallucination, then removes the trap's absent partner,
-        # then hallucinates less; ties: fewer hallucinations left
-        if not a:
-            rank = 0
-        elif not (set(a) & absent):
-            rank = 1
-        elif len(a) < len(g):
-            rank = 2
-        else:
-            rank = 3
-        picked.append((rank, len(a), s, img, trace, g, a))
-        print(f"scene {s.seed}: greedy hallucinates {g}, ADAPT-TF {a or 'nothing'}", file=sys.stderr)
-        if sum(p[0] == 0 for p in picked) >= count:
+        picked.append((s, img, trace, outcome(errors["unsteered"], errors["steered"])))
+        print(f"scene {s.seed}: {picked[-1][3]['verdict']}", file=sys.stderr)
+        if len(picked) >= count:
             break
-    picked.sort(key=lambda p: (p[0], p[1], p[2].seed))
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("trap_*.png"):
         old.unlink()
     entries = []
-    for n, (_, _, s, img, trace, g, a) in enumerate(picked[:count], start=1):
+    for n, (s, img, trace, result) in enumerate(picked, start=1):
         name = f"trap_{n:02d}.png"
         img.save(out / name)
+        hal = trace.meta["hallucinated"]
         entries.append({
-            "file": name, "question": question, "objects": list(s.categories), "absent_partners": s.absent_partners,
-            "scene_seed": s.seed, "split": s.split, "is_trap": True, "sha1": image_key(img),
-            "greedy": trace.unsteered.text, "adapt_tf": trace.steered.text if trace.steered else "",
-            "hallucinated": {"unsteered": g, "steered": a},
-            "label": f"{', '.join(s.categories)} — greedy adds {', '.join(g)}",
+            "file": name, "question": question, "objects": list(s.categories), "scene_objects": scene_objects(s),
+            "absent_partners": s.absent_partners, "scene_seed": s.seed, "split": s.split, "is_trap": True,
+            "sha1": image_key(img), "greedy": trace.unsteered.text,
+            "adapt_tf": trace.steered.text if trace.steered else "", "hallucinated": hal, "outcome": result,
         })
+    counts = {v: sum(e["outcome"]["verdict"] == v for e in entries) for v in ("fixed", "not fixed", "both wrong", "worse")}
     (out / "presets.json").write_text(json.dumps({
-        "about": "Trap scenes of adapt.world where the embedded model hallucinates with greedy decoding "
-                 "(generated by `python -m app.examples`).",
+        "about": "Example trap scenes of adapt.world (generated by `python -m app.examples`); chosen by the rule, "
+                 "each with what greedy decoding and ADAPT-TF get wrong against the ground truth.",
+        "rule": RULE.format(count=count, split=split, seed=seed), "outcomes": counts,
         "model": model, "split": split, "seed": seed, "examples": entries}, indent=1))
-    print(f"{len(entries)} examples in {out} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    print(f"{len(entries)} examples in {out} ({time.time() - t0:.0f} s): {counts}", file=sys.stderr)
     return entries
 
 

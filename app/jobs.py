@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from adapt.methods import NAMES as METHOD_NAMES
+
 ACTIVE = ("queued", "running")
 FINAL = ("finished", "failed", "cancelled", "interrupted")
 
@@ -162,11 +164,13 @@ def _export_argv(p: dict, out: Path) -> list[str]:
 
 
 def _sweep_argv(p: dict, out: Path) -> list[str]:
-    return python_module("adapt", "sweep", "--out", str(out), "--limit", str(p["limit"]), "--taus", p["taus"],
-                         "--alphas", p["alphas"], "--layer-specs", p["layer_specs"]) + _method_args(p)
+    argv = python_module("adapt", "sweep", "--out", str(out), "--seeds", p["seeds"], "--per-seed", str(p["per_seed"]))
+    if p["only"]:
+        argv += ["--only", p["only"]]
+    return argv + _method_args(p)
 
 
-METHODS = ("greedy", "adapt-tf")
+METHODS = tuple(METHOD_NAMES)
 MODEL = Param("model", "", "backbone (empty = the embedded model; a local folder or hub id)", kind=str)
 KNOB_PARAMS = (
     Param("tau", None, "AMC trigger τ (empty = default)", minimum=0.0, kind=float),
@@ -205,13 +209,13 @@ register_kind(JobKind(
 
 register_kind(JobKind(
     name="sweep",
-    label="Validation sweep (τ, α, ASI layers)",
-    description="CHAIR, recall and overhead over a grid of ASI settings on the validation split; Pareto front in sweep.json.",
+    label="Validation sweep (ASI operators × triggers × strengths × layers)",
+    description="CHAIR_i, recall, mention counts, CIs and fire rates of every ASI setting against greedy on the "
+                "validation split; the selection rule's pick in sweep.json.",
     params=(
-        Param("limit", 60, "scenes per setting", minimum=1, maximum=100_000),
-        Param("taus", "0.6,0.8,1.0", "comma-separated τ values", kind=str),
-        Param("alphas", "0.25,0.5,1.0,2.0", "comma-separated α values", kind=str),
-        Param("layer_specs", "all;top:2", "';'-separated layer specs", kind=str),
+        Param("seeds", "1,2,3,4", "comma-separated world seeds", kind=str),
+        Param("per_seed", 250, "scenes per seed", minimum=1, maximum=100_000),
+        Param("only", "", "comma-separated setting names to run (empty = the whole grid)", kind=str),
         MODEL,
     ),
     build=_sweep_argv,

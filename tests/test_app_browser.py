@@ -80,20 +80,6 @@ def test_upload_analyse_and_see_answers_and_plots(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "app-inspect.png"), full_page=True)
 
 
-def test_corrupt_upload_gives_a_readable_message(page, tmp_path):
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
-    page.locator("#adapt-image input[type=file]").set_input_files(str(bad))
-    page.wait_for_timeout(500)
-    page.click("#adapt-run")
-    toast = page.get_by_text("not a readable image").first
-    toast.wait_for()
-    page.screenshot(path=str(ARTIFACTS / "app-error.png"))
-    assert "Traceback" not in page.content()
-    page.reload()  # a fresh page for the next test, without the toast
-    page.wait_for_selector("#adapt-run")
-
-
 def test_random_trap_scene_knows_its_ground_truth(page):
     page.click("#adapt-trap")
     page.get_by_text("In the image (ground truth):").first.wait_for()
@@ -117,9 +103,154 @@ def test_one_click_example(page):
     presets = load_presets()
     if not presets:
         pytest.skip("no example scenes shipped yet")
-    page.locator("#adapt-examples tbody tr td").first.click()
+    # each example says what happens on it, from its recorded outcome
+    labels = page.inner_text("#adapt-examples")
+    for e in presets:
+        assert f"{Path(e['file']).stem}: greedy adds" in labels
+    assert any(v in labels for v in ("ADAPT-TF: fixed", "ADAPT-TF: not fixed", "both wrong", "ADAPT-TF: worse"))
+    page.locator("#adapt-examples").get_by_text(Path(presets[0]["file"]).stem + ":").first.click()
     truth = ", ".join(dict.fromkeys(presets[0]["objects"]))
     page.wait_for_function("t => document.querySelector('#adapt-summary').innerText.includes(t)", arg=truth)
     assert "Greedy hallucinates" in page.inner_text("#adapt-summary")
     _load_lazy_images(page)
     page.screenshot(path=str(ARTIFACTS / "app-example.png"), full_page=True)
+
+
+# ------------------------------------------------------------------- issue 16: what a researcher meets
+def _status(page) -> str:
+    return page.inner_text("#adapt-status")
+
+
+def _error_badges(page) -> int:
+    """Gradio's red "Error" stamps over output components (what a raised error leaves behind)."""
+    return page.locator(".error").filter(has_text="Error").count()
+
+
+def test_an_error_keeps_the_page_and_says_so(page, tmp_path):
+    """A failed run leaves one readable status line and the previous results, marked as stale;
+    no toast, no badges; the next good run clears the mark."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    good = tmp_path / "good.png"
+    Image.fromarray((np.random.RandomState(5).rand(50, 50, 3) * 255).astype("uint8")).save(good)
+    page.locator("#adapt-image input[type=file]").set_input_files(str(good))
+    page.wait_for_selector("#adapt-image img")
+    page.fill("#adapt-question textarea", "describe the image in detail.")
+    page.click("#adapt-run")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('good.png')")
+    before = page.inner_text("#adapt-summary")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    page.locator("#adapt-image input[type=file]").set_input_files(str(bad))
+    page.wait_for_timeout(500)
+    page.click("#adapt-run")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('not a readable image')")
+    page.wait_for_timeout(1500)  # time for any badge or toast to show up
+    status = _status(page)
+    assert "broken.png: not a readable image" in status and "still those of the previous analysis" in status
+    assert _error_badges(page) == 0 and page.locator(".toast-body").count() == 0
+    assert "adapt-stale" in page.get_attribute("#adapt-results", "class")
+    assert page.inner_text("#adapt-summary") == before  # the previous results, intact
+    assert "Traceback" not in page.content()
+    page.screenshot(path=str(ARTIFACTS / "app-error.png"), full_page=True)
+    page.wait_for_timeout(14_000)  # the old toast went after ~14 s and left only badges: the line stays
+    assert "not a readable image" in _status(page) and _error_badges(page) == 0
+    page.fill("#adapt-question textarea", "x" * 2001)  # the CLI's limit and words
+    page.locator("#adapt-image input[type=file]").set_input_files(str(good))
+    page.wait_for_selector("#adapt-image img")
+    page.click("#adapt-run")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('at most 2000')")
+    page.fill("#adapt-question textarea", "describe the <image> in detail.")
+    page.click("#adapt-run")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('Showing the analysis')")
+    assert "removed the model's special token(s) <image>" in _status(page)
+    assert "adapt-stale" not in (page.get_attribute("#adapt-results", "class") or "")
+
+
+def test_upload_without_ground_truth_is_not_verified(page, tmp_path):
+    img = tmp_path / "photo.png"
+    Image.fromarray((np.random.RandomState(8).rand(64, 64, 3) * 255).astype("uint8")).save(img)
+    page.locator("#adapt-image input[type=file]").set_input_files(str(img))
+    page.wait_for_selector("#adapt-image img")
+    page.fill("#adapt-question textarea", "describe the image in detail.")
+    page.click("#adapt-run")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('photo.png')")
+    assert "No ground truth for this image" in page.inner_text("#adapt-summary")
+    assert page.locator("#adapt-align td.obj").count() == 0  # green means "checked and present"
+    assert page.locator("#adapt-align td.unv").count() > 0  # the embedded model names shapes anyway
+    legend = page.inner_text("#adapt-answer-unsteered")
+    assert "in the image" not in legend and "not verified" in legend
+    page.locator("#adapt-align").screenshot(path=str(ARTIFACTS / "app-unverified.png"))
+
+
+def test_figures_have_scales_room_and_legends(page):
+    """On a trap scene: tiles titled under the image with a colour bar, the anchor-guided image
+    enlarged, the AMC legend naming the trigger and the anchor phase, the figures zip on request."""
+    page.click("#adapt-trap")
+    page.get_by_text("In the image (ground truth):").first.wait_for()
+    _load_lazy_images(page)
+    width = page.evaluate("() => document.querySelector('#adapt-enhanced img').naturalWidth")
+    assert width >= 256
+    shown = page.evaluate("() => document.querySelector('#adapt-enhanced img').getBoundingClientRect().width")
+    assert shown >= 200
+    assert page.locator("#adapt-maps .caption-label, #adapt-layers .caption-label").count() == 0
+    tile = page.evaluate("() => { const i = document.querySelector('#adapt-maps img'); "
+                         "return [i.naturalWidth, i.naturalHeight]; }")
+    assert tile[1] > tile[0]  # the strip with title and colour bar under the square scene
+    legend = page.locator("#adapt-amc g.legend").first.text_content()
+    assert "trigger τ·S_ref" in legend and "anchor phase: steps 0–" in legend and "greedy" in legend
+    assert page.locator("#adapt-amc .shapelayer path").count() >= 1  # the shaded anchor phase
+    assert not page.is_visible("#adapt-figs-dl")  # nothing built until asked for
+    page.click("#adapt-figs-make")
+    page.wait_for_selector("#adapt-figs-dl", state="visible")
+    page.locator("#adapt-amc").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "app-figures.png"), full_page=True)
+    page.locator("#adapt-amc").screenshot(path=str(ARTIFACTS / "app-amc.png"))
+    page.locator("#adapt-maps").screenshot(path=str(ARTIFACTS / "app-maps.png"))
+    # a phone-wide window: the token table scrolls sideways instead of being cut off
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.wait_for_timeout(500)
+    box = page.evaluate("() => { const e = document.querySelector('#adapt-align .adapt-align'); "
+                        "const r = e.getBoundingClientRect(); return [r.right, e.scrollWidth, e.clientWidth, "
+                        "getComputedStyle(e).overflowX, document.documentElement.clientWidth]; }")
+    right, scroll_w, client_w, overflow, viewport = box
+    assert right <= viewport + 1 and (scroll_w <= client_w or overflow in ("auto", "scroll"))
+    page.locator("#adapt-align").screenshot(path=str(ARTIFACTS / "app-align-420px.png"))
+    page.set_viewport_size({"width": 1500, "height": 1100})
+
+
+def test_reopened_trace_fills_the_inputs(page, tmp_path):
+    from app_helpers import synthetic_trace
+
+    path = synthetic_trace().save(tmp_path / "saved-trace.zip")
+    page.get_by_text("Open a saved trace").click()
+    page.locator("#adapt-trace-in input[type=file]").set_input_files(str(path))
+    page.wait_for_timeout(800)
+    page.click("#adapt-open")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('saved-trace.zip')")
+    assert page.input_value("#adapt-question textarea") == "describe the image in detail."
+    page.wait_for_selector("#adapt-image img")
+    size = page.evaluate("() => document.querySelector('#adapt-image img').naturalWidth")
+    assert size == 96  # the trace's own image, not the previous upload
+    assert "synthetic" in page.inner_text("#adapt-summary")
+    page.screenshot(path=str(ARTIFACTS / "app-reopened-trace.png"))
+    # a crafted trace gets the trace message, not "Something went wrong"
+    import zipfile
+
+    with zipfile.ZipFile(path) as z, zipfile.ZipFile(tmp_path / "crafted.zip", "w") as out:
+        for item in z.infolist():
+            data = z.read(item)
+            if item.filename.endswith(".json"):
+                import json
+
+                doc = json.loads(data)
+                doc.pop("scores", None)
+                doc.pop("grid", None)
+                data = json.dumps(doc).encode()
+            out.writestr(item, data)
+    page.locator("#adapt-trace-in button[aria-label='Clear']").first.click()  # the file box holds the first one
+    page.locator("#adapt-trace-in input[type=file]").set_input_files(str(tmp_path / "crafted.zip"))
+    page.wait_for_timeout(800)
+    page.click("#adapt-open")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('crafted.zip')")
+    assert "crafted.zip is not a readable trace" in _status(page) and "Something went wrong" not in _status(page)
+    assert _error_badges(page) == 0

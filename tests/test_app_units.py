@@ -225,6 +225,35 @@ def test_shipped_examples_are_trap_scenes_with_ground_truth():
         scene = sample_scene(e["scene_seed"], trap=True, split=e["split"])
         assert scene.categories == e["objects"] and e["is_trap"]
         assert set(e["hallucinated"]["unsteered"]) - set(e["objects"])
+        # what each run gets wrong is recorded and follows from the recorded answers
+        from app.examples import outcome
+        from app.scenes import answer_errors
+
+        g, a = answer_errors(e["greedy"], e), answer_errors(e["adapt_tf"], e)
+        assert e["outcome"] == outcome(g, a) and set(e["absent_partners"]) & set(g["objects"])
+    # picked by the stated rule: the first trap scenes where greedy names the absent partner
+    import json
+
+    from app.examples import PRESETS
+
+    doc = json.loads(PRESETS.read_text())
+    assert doc["rule"].startswith(f"the first {len(presets)} trap scenes")
+    assert sum(doc["outcomes"].values()) == len(presets)
+
+
+def test_answer_errors_check_colours_and_places():
+    from app.scenes import answer_errors, read_claims
+
+    meta = {"objects": ["star", "ring"], "scene_objects": [{"category": "star", "colour": "purple", "position": "left"},
+                                                           {"category": "ring", "colour": "blue", "position": "top"}]}
+    claims = read_claims("there is a small purple star on the right and a blue ring at the top left.")
+    assert [(c.category, c.colour, c.position) for c in claims] == [("star", "purple", "right"), ("ring", "blue", "top left")]
+    errs = answer_errors("there is a purple star on the right. there is also a red ring at the top. "
+                         "finally, there is a moon.", meta)
+    assert errs == {"objects": ["moon"], "colour": ["ring: said red, is blue"],
+                    "position": ["star: said right, is left"]}
+    assert answer_errors("a purple star on the left and a blue ring at the top.", meta) == \
+        {"objects": [], "colour": [], "position": []}
 
 
 def test_examples_still_fool_the_embedded_model():
@@ -250,3 +279,18 @@ def test_examples_still_fool_the_embedded_model():
                           capture=False)
         absent = set(read_objects(gen.text)) - set(e["objects"])
         assert absent, f"{e['file']}: greedy no longer hallucinates ({gen.text!r}); regenerate the examples"
+
+
+def test_admin_tables_keep_their_headers():
+    """summary.json as one row per metric (columns: the methods), and the items' first column
+    naming the method, not 'file'."""
+    from app.ui.admin import items_table, summary_table
+
+    headers, rows = summary_table({"greedy": {"chair_i": 0.0781, "recall": 0.916, "pope_random_acc": 0.9},
+                                   "adapt-tf": {"chair_i": 0.08, "recall": 0.911}})
+    assert headers == ["metric", "greedy", "adapt-tf"]
+    assert rows[0] == ["chair_i", 0.0781, 0.08] and rows[2] == ["pope_random_acc", 0.9, None]
+    headers, rows = items_table({"items-greedy": [{"index": 0, "hallucinated": ["moon"]}],
+                                 "items-adapt-tf": [{"index": 0, "hallucinated": []}]})
+    assert headers[0] == "method" and {r[0] for r in rows} == {"greedy", "adapt-tf"}
+    assert items_table({"train_log": [{"step": 1}]})[0][0] == "file"

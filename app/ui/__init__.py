@@ -22,6 +22,8 @@ CSS = F.ALIGN_CSS + """
 #adapt-status:not(:empty) {border-left: 4px solid #d9d9d9; padding: 2px 10px;}
 /* results left from an earlier run while the status line reports an error */
 .adapt-stale {opacity: 0.45; filter: grayscale(0.6);}
+#adapt-examples button, #adapt-examples button * {white-space: normal !important; text-overflow: clip !important;
+    overflow: visible !important; -webkit-line-clamp: unset !important; height: auto !important;}
 #adapt-admin-results table {table-layout: auto;}
 #adapt-admin-results th {white-space: nowrap;}
 """

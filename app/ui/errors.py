@@ -42,16 +42,12 @@ def message(exc: BaseException, where: str = "") -> str:
     if isinstance(exc, gr.Error):
         return str(exc.message)
     if isinstance(exc, user_errors()) or isinstance(exc, (ValueError, FileNotFoundError)):
-        return capitalised(str(exc) or type(exc).__name__)
+        return str(exc) or type(exc).__name__  # as written: many start with a file name
     if isinstance(exc, MemoryError):
         return "The server ran out of memory for this request; try a smaller image or fewer new tokens."
     log.error("unexpected error in %s:\n%s", where or "a handler", traceback.format_exc())
     return (f"Something went wrong ({type(exc).__name__}: {str(exc)[:300]}). "
             "The server is still running; the details are in its log.")
-
-
-def capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def question_error(text: str) -> str | None:

@@ -95,13 +95,13 @@ class InspectTab:
         self.signals_plot = gr.Plot(label="Degradation signals", elem_id="adapt-signals")
         with gr.Row(equal_height=False):
             self.maps = gr.Gallery(label="Bias map B · debiasing mask D · fused map Ā · anchor W (each over the image)",
-                                   columns=4, height="auto", allow_preview=True, scale=3, elem_id="adapt-maps",
+                                   columns=4, height=300, allow_preview=True, scale=3, elem_id="adapt-maps",
                                    format="png", interactive=False, object_fit="contain")
             self.enhanced = gr.Image(label="Anchor-guided image", height=320, scale=1, format="png",
                                      interactive=False, buttons=["download", "fullscreen"], elem_id="adapt-enhanced")
         self.criteria_plot = gr.Plot(label="Criteria and λ per layer", elem_id="adapt-criteria")
         self.layers_gal = gr.Gallery(label="Early-step attention per layer (A_l), titled with λ", columns=6,
-                                     height="auto", allow_preview=True, format="png", elem_id="adapt-layers",
+                                     height=250, allow_preview=True, format="png", elem_id="adapt-layers",
                                      interactive=False, object_fit="contain")
         with gr.Row():
             self.trace_dl = gr.DownloadButton("Download trace (.zip)", value=None, elem_id="adapt-trace-dl",
@@ -285,7 +285,7 @@ def example_label(e: dict) -> str:
     """What happens on a shipped example, from its recorded outcome (``python -m app.examples``)."""
     outcome = e.get("outcome") or {}
     name = Path(e.get("file", "example")).stem
-    verdict = {"fixed": "ADAPT-TF fixes it", "not fixed": "ADAPT-TF does not fix it",
-               "both wrong": "both answers wrong", "worse": "ADAPT-TF makes it worse"}.get(outcome.get("verdict"), "")
+    verdict = {"fixed": "ADAPT-TF: fixed", "not fixed": "ADAPT-TF: not fixed",
+               "both wrong": "both wrong", "worse": "ADAPT-TF: worse"}.get(outcome.get("verdict"), "")
     added = ", ".join((e.get("hallucinated") or {}).get("unsteered") or [])
-    return f"{name}: greedy adds {added or 'nothing'}" + (f" — {verdict}" if verdict else "")
+    return f"{name}: greedy adds {added or 'nothing'}" + (f" · {verdict}" if verdict else "")

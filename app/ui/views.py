@@ -46,8 +46,8 @@ def render(trace) -> tuple:
     untitled = lambda items: [(img, None) for img, _ in items]  # noqa: E731
     return (
         F.summary_markdown(trace),
-        F.highlighted(trace, "unsteered"),
-        F.highlighted(trace, "steered") if trace.steered is not None else [("(not run)", None)],
+        answer_text(trace, "unsteered"),
+        answer_text(trace, "steered"),
         views[0],
         gr.Slider(minimum=0, maximum=max(0, steps - 1), value=0, step=1, interactive=steps > 1),
         gr.Dropdown(choices=layers, value="mean"),
@@ -57,6 +57,15 @@ def render(trace) -> tuple:
         F.criteria_figure(trace),
         untitled(F.layer_gallery(trace, base)),
     )
+
+
+def answer_text(trace, run: str):
+    """One answer with its object words marked; the legend lists only the marks this trace can
+    have (no "in the image" where nothing was checked)."""
+    if F.answer(trace, run) is None:
+        return gr.HighlightedText(value=[("(not run)", None)])
+    labels = (F.HALLUCINATED, F.PRESENT) if F.has_truth(trace) else (F.UNVERIFIED,)
+    return gr.HighlightedText(value=F.highlighted(trace, run), color_map={k: F.HIGHLIGHT_COLOURS[k] for k in labels})
 
 
 def save_trace(trace) -> str:
