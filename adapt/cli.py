@@ -1,4 +1,4 @@
-"""Command line: ``python -m adapt {run, export-anchors, eval, sweep, diagnose}``."""
+"""Command line: ``python -m adapt {run, export-anchors, eval, score, sweep, diagnose}``."""
 
 from __future__ import annotations
 
@@ -210,6 +210,8 @@ def cmd_eval(args) -> int:
 
     from .eval.world_bench import Cancelled, WorldRun, make_methods, run_world
 
+    if args.task:
+        return cmd_task(args)
     if args.benchmark != "world":
         raise UsageError(f"unknown benchmark '{args.benchmark}' (available: world)")
     cfg = build_config(args)
@@ -239,6 +241,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_task(args) -> int:
+    """``eval --task``: a registered task through the resumable, shardable runner (adapt/eval/runner.py)."""
+    from .eval.formats import DataError
+    from .eval.task_cli import run_task_cli
+
+    try:
+        return run_task_cli(args, load, build_config, _cache)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_score(args) -> int:
+    """``score pope|chair|amber``: metrics of existing answer files (adapt/score.py)."""
+    from .eval.formats import DataError
+    from .score import run_score
+
+    try:
+        return run_score(args)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def format_summary(summary: dict) -> str:
     keys = ["chair_s", "chair_i", "hallucinated_mentions", "mentions", "recall", "fire_rate", "trap_chair_i", "nontrap_chair_i", "partner_rate", "pope_random_acc",
             "pope_popular_acc", "pope_adversarial_acc", "pope_adversarial_precision", "pope_adversarial_f1",
@@ -264,10 +288,13 @@ def format_summary(summary: dict) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from .eval.sweep import collect, default_grid, run_settings, select, write
+    from .eval.sweep import GRIDS, collect, run_settings, write
 
     seeds = [int(x) for x in _floats(args.seeds)]
-    settings = default_grid()
+    unknown = [g for g in args.grid.split(",") if g not in GRIDS]
+    if unknown:
+        raise UsageError(f"unknown --grid {', '.join(unknown)} (available: {', '.join(GRIDS)})")
+    settings = [s for name in args.grid.split(",") for s in GRIDS[name]()]
     if args.only:
         wanted = {x.strip() for x in args.only.split(",")}
         settings = [s for s in settings if s.name in wanted or s.method in wanted]
@@ -359,7 +386,13 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True)
     _backbone_args(v)
     _config_args(v)
+    from .eval.task_cli import add_task_args
+    from .score import add_parser as add_score_parser
+
+    add_task_args(v)
     v.set_defaults(fn=cmd_eval)
+
+    add_score_parser(sub, cmd_score)
 
     s = sub.add_parser("sweep", help="validation sweep of ASI operators × triggers × strengths × layers")
     s.add_argument("--out", default="runs/sweep")
@@ -369,6 +402,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", default="0/1", help="i/n: run every n-th setting from the i-th (processes side by side)")
     s.add_argument("--collect", action="store_true", help="only build the table from the runs on disk")
     s.add_argument("--only", default=None, help="comma-separated setting names (or methods) to run")
+    s.add_argument("--grid", default="stage1", help="stage1 (operators x triggers x strengths x layers), stage2 "
+                                                     "(the mass-aware refinement), or both: stage1,stage2")
     s.add_argument("--batch-size", type=int, default=32)
     _backbone_args(s)
     _config_args(s)

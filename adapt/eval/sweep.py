@@ -98,6 +98,32 @@ def default_grid() -> list[Setting]:
     return grid
 
 
+def stage2_grid() -> list[Setting]:
+    """The refinement written after stage 1 (:func:`default_grid`) showed ``mass-aware`` as the only
+    ADAPT reading whose interval lies below zero, and its recall cost growing with the number of
+    steered layers: γ, α and the layer set between top-2 and all, and lower mass thresholds (fewer
+    firings). Same validation scenes, same rule."""
+    grid = []
+    for trig in ({"asi.trigger": "mass", "asi.mass_tau": 0.8}, {"asi.trigger": "always"}):
+        for gamma in (0.25, 0.5):
+            for layers in ("top:3", "top:4", "from:2", "from:3"):
+                over = {"asi.operator": "mass-aware", **trig, "asi.alpha": 0.25, "asi.gamma": gamma, "asi.layers": layers}
+                grid.append(Setting(_name(over), "adapt-tf", over))
+    for layers in ("top:3", "top:4", "from:2", "from:3"):
+        over = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": 0.8, "asi.alpha": 0.1,
+                "asi.gamma": 0.5, "asi.layers": layers}
+        grid.append(Setting(_name(over), "adapt-tf", over))
+    for mtau in (0.6, 0.7):
+        for layers in ("top:4", "from:2", "all"):
+            over = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": mtau, "asi.alpha": 0.25,
+                    "asi.gamma": 0.5, "asi.layers": layers}
+            grid.append(Setting(_name(over), "adapt-tf", over))
+    return grid
+
+
+GRIDS = {"stage1": default_grid, "stage2": stage2_grid}
+
+
 def _config_for(base: AdaptConfig, s: Setting) -> AdaptConfig:
     return base.replace(**s.overrides) if s.overrides else base
 
