@@ -199,9 +199,9 @@ def discriminative_scores(responses: dict[int, str], annotations: dict[int, dict
     rows = [(dimension_of(annotations[r]["type"]), parse(responses[r]), annotations[r]["truth"])
             for r in sorted(responses) if r in annotations and annotations[r]["type"].startswith("discriminative")]
     out = binary_scores([p for _, p, _ in rows], [t for _, _, t in rows], positive="no")
+    dims = sorted({d for d, _, _ in rows}, key=lambda d: (DIMENSIONS.index(d) if d in DIMENSIONS else len(DIMENSIONS), d))
     out["per_dimension"] = {d: binary_scores([p for dd, p, _ in rows if dd == d], [t for dd, _, t in rows if dd == d],
-                                             positive="no")
-                            for d in sorted({d for d, _, _ in rows}, key=lambda d: (d not in DIMENSIONS, d))}
+                                             positive="no") for d in dims}
     out["parser"] = parser
     return out
 

@@ -1,0 +1,251 @@
+"""The resumable, shardable task runner behind ``python -m adapt eval --task``.
+
+For every (task, method) one JSONL of records is written as it goes (``items-<method>.jsonl``): a crash
+or Ctrl-C loses at most the batch in flight, and a rerun with the same configuration answers only what
+is missing. ``run.json`` records the task, methods, full configuration, its hash, the git commit and
+the model's revision; ``summary.json``, ``summary.md`` and ``summary.csv`` hold the figures.
+
+Sharding: under ``accelerate launch`` (or any launcher that sets ``RANK`` / ``WORLD_SIZE``) process i of
+n answers the items i, i + n, i + 2n, … into ``items-<method>.shard-<i>-of-<n>.jsonl``; process 0 waits
+until every shard has finished, merges them into ``items-<method>.jsonl`` and writes the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .formats import DataError, write_json
+from .tasks import Task
+
+WAIT_POLL_S = 0.5
+
+
+@dataclass
+class Shard:
+    """This process's place among the processes sharing a run."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Shard":
+        """The shard ``accelerate launch`` (torchrun) gives this process, through ``RANK`` / ``WORLD_SIZE``."""
+        n = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        i = int(os.environ.get("RANK", "0") or 0)
+        return cls(i, n) if n > 1 else cls()
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+    def tag(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+
+def git_commit() -> dict:
+    """The checkout's commit and whether tracked files differ from it (None outside a git checkout)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def model_revision(backbone) -> dict:
+    """Which weights answered: the hub commit transformers recorded, and a digest of the local files
+    (names, sizes and the first MiB of each), so a retrained local model is told apart."""
+    cfg = getattr(getattr(backbone, "model", None), "config", None)
+    out = {"name": getattr(backbone, "name", None), "hub_commit": getattr(cfg, "_commit_hash", None),
+           "name_or_path": getattr(cfg, "_name_or_path", None)}
+    path = Path(str(out["name_or_path"] or ""))
+    if out["name_or_path"] and path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(2**20))
+        out["files_sha256"] = h.hexdigest()
+    return out
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 of the configuration's canonical JSON (the first 16 hex digits)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_records(path: Path) -> dict[str, dict]:
+    out = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                out[str(rec["id"])] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line torn by an interrupted write: that item is answered again
+    return out
+
+
+def _items_path(run_dir: Path, method: str, shard: Shard | None = None) -> Path:
+    return run_dir / (f"items-{method}.jsonl" if shard is None else f"items-{method}.{shard.tag()}.jsonl")
+
+
+def _done_ids(run_dir: Path, method: str) -> set[str]:
+    done = set(_read_records(_items_path(run_dir, method)))
+    for p in run_dir.glob(f"items-{method}.shard-*.jsonl"):
+        done |= set(_read_records(p))
+    return done
+
+
+def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict | None = None,
+             batch_size: int | None = None, limit: int | None = None, shard: Shard | None = None,
+             progress: Callable[[int, int, str], None] | None = None) -> dict | None:
+    """Run ``methods`` on ``task``'s items (the first ``limit``), resuming from what ``out`` holds.
+
+    Returns the summary (``{method: figures}``) in the main process, None in the others. A run folder
+    written with another configuration is refused rather than mixed."""
+    shard = shard or Shard()
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    names = [m.name for m in methods]
+    full = {"task": task.name, "task_params": task.params(), "methods": {m.name: m.config_dict() for m in methods},
+            "backbone": getattr(backbone, "name", None), **(config or {})}
+    digest = config_hash({k: v for k, v in full.items() if k != "methods"} | {"methods": full["methods"]})
+    _check_run_json(run_dir, digest)
+    items = task.items()
+    if limit is not None:
+        items = items[:limit]
+    ids = [task.item_id(it) for it in items]
+    if shard.main:
+        task.prepare(run_dir)
+        write_json(run_dir / "run.json", {
+            "task": task.name, "methods": names, "config": full, "config_hash": digest, **git_commit(),
+            "model_revision": model_revision(backbone), "n_items": len(items), "processes": shard.count,
+            "python": sys.version.split()[0]})
+    marker = run_dir / f".{shard.tag()}.done"
+    marker.unlink(missing_ok=True)
+    if shard.count > 1:
+        _barrier()  # every process has removed its old marker before anyone looks for markers
+    mine = [(i, it) for i, it in enumerate(items) if i % shard.count == shard.index]
+    bs = max(1, batch_size or task.batch_size)
+    total = len(mine) * len(methods)
+    done_n = 0
+    for method in methods:
+        done = _done_ids(run_dir, method.name)
+        todo = [it for i, it in mine if task.item_id(it) not in done]
+        done_n += len(mine) - len(todo)
+        path = _items_path(run_dir, method.name, shard if shard.count > 1 else None)
+        with path.open("a", encoding="utf-8") as f:
+            for start in range(0, len(todo), bs):
+                batch = todo[start:start + bs]
+                for rec in task.run_batch(backbone, method, batch):
+                    f.write(json.dumps(rec) + "\n")
+                f.flush()
+                done_n += len(batch)
+                if progress is not None:
+                    progress(done_n, total, method.name)
+    marker.write_text(str(time.time()))
+    if not shard.main:
+        return None
+    _wait_for_shards(run_dir, shard.count)
+    records = {m: _merge(run_dir, m, ids) for m in names}
+    summary = task.summarise_run(run_dir, names, records)
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "summary.md").write_text(markdown_table(summary, task.table_keys), encoding="utf-8")
+    (run_dir / "summary.csv").write_text(csv_table(summary, task.table_keys), encoding="utf-8")
+    return summary
+
+
+def _check_run_json(run_dir: Path, digest: str) -> None:
+    path = run_dir / "run.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("config_hash")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return  # unreadable: it is rewritten
+    if old and old != digest:
+        raise DataError(f"{path}: this folder holds a run with another configuration (hash {old}, now {digest}); "
+                        f"use another --out or remove the folder")
+
+
+def _barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def _wait_for_shards(run_dir: Path, n: int) -> None:
+    # files, not a collective: shards may finish far apart, longer than a process group's timeout
+    markers = [run_dir / f".{Shard(i, n).tag()}.done" for i in range(n)]
+    told = False
+    while not all(m.exists() for m in markers):
+        if not told:
+            print(f"waiting for {sum(not m.exists() for m in markers)} other process(es) to finish", file=sys.stderr)
+            told = True
+        time.sleep(WAIT_POLL_S)
+
+
+def _merge(run_dir: Path, method: str, ids: list[str]) -> list[dict]:
+    """Fold the shard files into ``items-<method>.jsonl`` (in item order) and return this run's records."""
+    merged = _read_records(_items_path(run_dir, method))
+    shards = sorted(run_dir.glob(f"items-{method}.shard-*.jsonl"))
+    for p in shards:
+        merged.update(_read_records(p))
+    order = {k: i for i, k in enumerate(ids)}
+    keys = sorted(merged, key=lambda k: (order.get(k, len(order)), k))
+    if shards:
+        tmp = run_dir / f".items-{method}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(merged[k]) + "\n" for k in keys), encoding="utf-8")
+        tmp.replace(_items_path(run_dir, method))
+        for p in shards:
+            p.unlink()
+    return [merged[k] for k in ids if k in merged]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def _rows(summary: dict, keys: tuple[str, ...]) -> list[tuple[str, list]]:
+    methods = list(summary)
+    keys = keys or tuple(sorted({k for s in summary.values() for k, v in s.items() if isinstance(v, (int, float))}))
+    # comparisons against the first method (the world's CHAIR_i change and its CI) follow the figures
+    keys = (*keys, *sorted({k for s in summary.values() for k in s if "_vs_" in k and k not in keys}))
+    return [(k, [summary[m].get(k) for m in methods]) for k in keys
+            if any(summary[m].get(k) is not None for m in methods)]
+
+
+def markdown_table(summary: dict, keys: tuple[str, ...] = ()) -> str:
+    """The summary as a Markdown table: one row per figure, one column per method."""
+    methods = list(summary)
+    lines = ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [f"| {k} | " + " | ".join(_fmt(v) for v in vals) + " |" for k, vals in _rows(summary, keys)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(summary: dict, keys: tuple[str, ...] = ()) -> str:
+    """The summary as CSV: ``metric,<method>,...``."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["metric", *summary])
+    for k, vals in _rows(summary, keys):
+        w.writerow([k, *(_fmt(v) for v in vals)])
+    return buf.getvalue()

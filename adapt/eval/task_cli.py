@@ -1,0 +1,102 @@
+"""``python -m adapt eval --task NAME``: the options of the registered tasks and the glue to the runner."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import pope
+from .formats import DataError
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """The ``--task`` option and the data options of the real-image tasks (local paths only)."""
+    from .tasks import TASKS
+
+    g = p.add_argument_group("registered tasks (--task; without it: --benchmark world as before)")
+    g.add_argument("--task", default=None, help=f"run a registered task through the resumable runner: "
+                                                f"{' | '.join(TASKS)}")
+    g.add_argument("--images", help="folder of the task's images (chair-coco, pope, amber)")
+    g.add_argument("--annotations", help="chair-coco: folder with COCO instances_*.json and captions_*.json; "
+                                         "amber: its annotations.json")
+    g.add_argument("--questions", help="pope: question JSONL file(s), comma-separated (one per split)")
+    g.add_argument("--queries", help="amber: its query JSON (query_all.json)")
+    g.add_argument("--association", help="amber: its relation.json")
+    g.add_argument("--safe-words", help="amber: its safe_words.txt")
+    g.add_argument("--sample", type=int, default=500, help="chair-coco: images drawn from the sorted ids")
+    g.add_argument("--sample-seed", type=int, default=0, help="chair-coco: the seed of that draw")
+    g.add_argument("--ids", help="chair-coco: read the image ids of a published run instead (one per line)")
+    g.add_argument("--parser", default=None, choices=list(pope.PARSERS),
+                   help="yes/no answer parser (pope: original by default; amber: strict)")
+    g.add_argument("--prompt-suffix", default="", help="pope: text added after each question")
+
+
+def build_task(args):
+    """The task the command line names, built from its options."""
+    from .tasks import get_task
+
+    name = args.task
+    tokens = args.max_new_tokens
+    if name == "world":
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+        return get_task("world", split=args.split, seed=args.seed, seeds=seeds, limit=args.limit, pope=not args.no_pope,
+                        batch_size=args.batch_size, **({"describe_tokens": tokens} if tokens else {}))
+    if name == "chair-coco":
+        return get_task(name, annotations=args.annotations, images=args.images, sample=args.sample,
+                        sample_seed=args.sample_seed, ids_file=args.ids, **({"max_new_tokens": tokens} if tokens else {}))
+    if name == "pope":
+        files = [f.strip() for f in (args.questions or "").split(",") if f.strip()]
+        return get_task(name, questions=files, images=args.images, parser=args.parser or "original",
+                        prompt_suffix=args.prompt_suffix, **({"max_new_tokens": tokens} if tokens else {}))
+    if name == "amber":
+        return get_task(name, queries=args.queries, annotations=args.annotations, association=args.association,
+                        images=args.images, safe_words=args.safe_words, parser=args.parser or "strict",
+                        **({"max_new_tokens": tokens} if tokens else {}))
+    return get_task(name)  # raises: unknown task
+
+
+def run_task_cli(args, load, build_config, cache) -> int:
+    """Run ``--task`` for the CLI: the task, the methods, the backbone, a progress bar with ETA."""
+    from tqdm import tqdm
+
+    from ..methods import get_methods
+    from .runner import Shard, run_task
+
+    shard = Shard.from_env()
+    try:
+        task = build_task(args)
+        cfg = build_config(args)
+        methods = get_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, cache(args))
+        task.items()  # read the data before loading a model: a wrong path fails in a second
+    except ValueError as exc:  # DataError and an unknown task / method / parser
+        raise DataError(str(exc)) from None
+    if shard.count > 1 and args.device and args.device.startswith("cuda") and ":" not in args.device:
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', shard.index)}"  # one GPU per process
+    backbone = load(args)
+    bar = tqdm(desc=f"{task.name}" + (f" [{shard.index}/{shard.count}]" if shard.count > 1 else ""), unit="item",
+               file=sys.stderr, disable=None)
+
+    def progress(done, total, stage):
+        bar.total = total
+        bar.set_postfix_str(stage)
+        bar.update(done - bar.n)
+
+    # the world's --limit is scenes per seed, part of its scene list; elsewhere it is the first N items
+    summary = run_task(backbone, task, methods, args.out, config={"method_config": cfg.to_dict()},
+                       batch_size=args.batch_size, limit=None if args.task == "world" else args.limit, shard=shard,
+                       progress=progress)
+    bar.close()
+    if summary is None:
+        print(f"process {shard.index} of {shard.count}: done; process 0 merges and writes the summary",
+              file=sys.stderr)
+        return 0
+    from .runner import markdown_table
+
+    print(markdown_table(summary, task.table_keys), end="")
+    out = Path(args.out)
+    print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}, {out / 'summary.csv'}, per-item "
+          f"{out}/items-<method>.jsonl, {out / 'run.json'}")
+    return 0
+
