@@ -150,6 +150,7 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
         todo = [it for i, it in mine if task.item_id(it) not in done]
         done_n += len(mine) - len(todo)
         path = _items_path(run_dir, method.name, shard if shard.count > 1 else None)
+        _end_torn_line(path)
         with path.open("a", encoding="utf-8") as f:
             for start in range(0, len(todo), bs):
                 batch = todo[start:start + bs]
@@ -169,6 +170,15 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
     (run_dir / "summary.md").write_text(markdown_table(summary, task.table_keys), encoding="utf-8")
     (run_dir / "summary.csv").write_text(csv_table(summary, task.table_keys), encoding="utf-8")
     return summary
+
+
+def _end_torn_line(path: Path) -> None:
+    # an interrupted write can leave half a line without its newline; the next record must not join it
+    if path.exists() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 def _check_run_json(run_dir: Path, digest: str) -> None:
