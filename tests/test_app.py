@@ -81,6 +81,9 @@ def test_inspect_returns_every_view(client, model_dir, files):
     (summary, hl_u, hl_s, align, step, layer, step_u, step_s, amc, signals, maps, enhanced, criteria, layers,
      trace_dl) = out
     assert "grid 4×4" in summary and "3 layers" in summary
+    # no ground truth for an upload: the legend offers "not verified" only, never "in the image"
+    assert list(hl_u["color_map"]) == list(hl_s["color_map"]) == ["object (not verified: no ground truth)"]
+    hl_u, hl_s = hl_u["value"], hl_s["value"]
     assert hl_u and hl_s and all("token" in t for t in hl_u)
     assert "<table>" in align and "ADAPT-TF" in align
     assert step["maximum"] >= 1 and layer["choices"][0][0] == "mean"
@@ -133,7 +136,8 @@ def test_inspect_errors_are_readable(client, model_dir, files, tmp_path, case):
 
 def test_open_trace_without_the_model(client, files):
     out = client.predict(handle_file(str(files / "synthetic-trace.zip")), api_name="/open_trace")
-    summary, hl_u = out[0], out[1]
+    summary, hl_u = out[0], out[1]["value"]
+    assert set(out[1]["color_map"]) == {"hallucinated", "in the image"}  # the trace has ground truth
     image, question = out[15], out[16]  # the trace's inputs go back into the input boxes
     assert question == "describe the image in detail." and Image.open(image).size == (96, 96)
     assert "synthetic" in summary and "Greedy hallucinates:** `moon`" in summary
@@ -197,7 +201,7 @@ def test_admin_runs_and_cancels_jobs(client, server):
     # bad parameters are refused with a message
     assert "must be" in _error(lambda: client.predict(TOKEN, "selftest", '{"items": "many"}',
                                                      api_name="/admin_start"))
-    assert "Unknown job kind 'nope'" in _error(lambda: client.predict(TOKEN, "nope", "{}", api_name="/admin_start"))
+    assert "unknown job kind 'nope'" in _error(lambda: client.predict(TOKEN, "nope", "{}", api_name="/admin_start"))
     assert "not valid JSON" in _error(lambda: client.predict(TOKEN, "selftest", "{", api_name="/admin_start"))
 
 
