@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-
 from .formats import DataError, iter_jsonl, read_json
 from .pope import binary_scores, get_parser
 
