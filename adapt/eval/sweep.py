@@ -105,8 +105,10 @@ def stage2_grid() -> list[Setting]:
     firings). Same validation scenes, same rule."""
     grid = []
     for trig in ({"asi.trigger": "mass", "asi.mass_tau": 0.8}, {"asi.trigger": "always"}):
-        for gamma in (0.25, 0.5):
-            for layers in ("top:3", "top:4", "from:2", "from:3"):
+        for gamma in (0.25, 0.35, 0.5):
+            for layers in ("top:3", "top:4", "from:2", "from:3", "all"):
+                if gamma == 0.5 and layers == "all":
+                    continue  # in stage 1
                 over = {"asi.operator": "mass-aware", **trig, "asi.alpha": 0.25, "asi.gamma": gamma, "asi.layers": layers}
                 grid.append(Setting(_name(over), "adapt-tf", over))
     for layers in ("top:3", "top:4", "from:2", "from:3"):
