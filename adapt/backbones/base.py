@@ -6,11 +6,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..prompts import QuestionError, clean_question
 from ..attention import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
+from .geometry import InputGeometry
 
 
 class BackboneError(ValueError):
@@ -161,6 +163,23 @@ class Backbone(ABC):
     def _build_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         return dict(self.processor(images=images, text=[self.prompt(q) for q in questions], return_tensors="pt",
                                    padding=True))
+
+    # grid cells -> original pixels ----------------------------------------------------------------
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """How the processor maps an image of ``image_size`` (width, height) onto the model's input
+        canvas. Families override this with their processor's rule; the default is the whole image."""
+        return InputGeometry.stretch(image_size)
+
+    def cell_boxes(self, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+        """``[h, w, 4]`` pixel boxes ``(x0, y0, x1, y1)`` in the original image of each image token's grid
+        cell (row-major, as the tokens), cut to the image; cells the processor filled with padding are
+        empty boxes."""
+        return self.input_geometry(image_size).cell_boxes(grid)
+
+    def grid_to_image(self, grid_map, image_size: tuple[int, int], fill: float = float("nan")) -> np.ndarray:
+        """A ``[h, w]`` map over the image-token grid drawn at the original size ``[H, W]`` (each pixel
+        takes its cell's value); ``fill`` where the processor cropped the pixel away."""
+        return self.input_geometry(image_size).to_image(grid_map, fill)
 
     def grid_key(self, image: Image.Image) -> tuple:
         """What decides the image-token count of ``image`` (LLaVA: nothing; Qwen2.5-VL: its size)."""

@@ -6,6 +6,7 @@ import math
 
 from ..attention import ImageSpan
 from .base import Backbone, BackboneError
+from .geometry import InputGeometry, clip_style_geometry
 
 
 class LlavaBackbone(Backbone):
@@ -33,3 +34,8 @@ class LlavaBackbone(Backbone):
         if int(p[-1] - p[0]) + 1 != n:
             raise BackboneError("LLaVA image tokens are expected as one contiguous run")
         return ImageSpan(positions=positions, grid=grid)
+
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """The image processor's own pad-to-square (if ``do_pad``), resize (``size``) and centre crop
+        (``crop_size``): llava-1.5-hf crops a 336-pixel square from the middle of the resized image."""
+        return clip_style_geometry(self.processor.image_processor, image_size)

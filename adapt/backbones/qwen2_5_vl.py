@@ -6,6 +6,7 @@ from transformers import Qwen2_5_VLProcessor
 
 from ..attention import ImageSpan
 from .base import Backbone, BackboneError
+from .geometry import InputGeometry, qwen_geometry
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -54,3 +55,8 @@ class Qwen2_5_VLBackbone(Backbone):
         if t != 1 or grid[0] * grid[1] != positions.shape[1]:
             raise ValueError("Qwen2.5-VL: image tokens do not match image_grid_thw (one still image expected)")
         return ImageSpan(positions=positions, grid=grid)
+
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """A plain resize to ``smart_resize``'s size (sides multiples of patch × merge, area within the
+        processor's min / max pixels): every cell lies inside the image, scaled per axis."""
+        return qwen_geometry(self.processor.image_processor, image_size)
