@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .backbones.geometry import InputGeometry
 from .config import EnhanceConfig
 
 
@@ -20,18 +21,55 @@ def upsample(grid_map: np.ndarray, size: tuple[int, int], blur_cells: float = 0.
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def enhance(image: Image.Image, anchor: np.ndarray, cfg: EnhanceConfig | None = None) -> Image.Image:
+def heat_on_image(grid_map: np.ndarray, size: tuple[int, int], blur_cells: float = 0.0,
+                  geometry: InputGeometry | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A grid map at the original image's ``size`` (width, height), placed where the processor took
+    each cell from: ``(heat, seen)``, heat min-max scaled to [0, 1] over the pixels the model saw and
+    ``seen`` the mask of those pixels. Without ``geometry`` (or when the model's input is the whole
+    image) the map is stretched over the whole image."""
+    w, h = size
+    if geometry is None or geometry.covers_whole_image():
+        return upsample(grid_map, size, blur_cells), np.ones((h, w), dtype=bool)
+    x0, y0, x1, y1 = geometry.visible_box()
+    rw, rh = max(1, int(round(x1 - x0))), max(1, int(round(y1 - y0)))
+    region = upsample(grid_map, (rw, rh), blur_cells)  # the canvas, in original pixels
+    ox, oy = int(round(x0)), int(round(y0))
+    heat = np.zeros((h, w), dtype=np.float32)
+    seen = np.zeros((h, w), dtype=bool)
+    # the canvas can stick out of the image (padding) or cover only part of it (crop): paste the overlap
+    c0, r0, c1, r1 = max(0, ox), max(0, oy), min(w, ox + rw), min(h, oy + rh)
+    if c1 > c0 and r1 > r0:
+        heat[r0:r1, c0:c1] = region[r0 - oy:r1 - oy, c0 - ox:c1 - ox]
+        seen[r0:r1, c0:c1] = True
+        lo, hi = float(heat[seen].min()), float(heat[seen].max())
+        heat[seen] = (heat[seen] - lo) / (hi - lo) if hi > lo else 0.0
+    return heat, seen
+
+
+def enhance(image: Image.Image, anchor: np.ndarray, cfg: EnhanceConfig | None = None,
+            geometry: InputGeometry | None = None) -> Image.Image:
     """Keep high-anchor regions, fade low-anchor regions toward white (soft heat map + mild mask).
 
     Per pixel: a = floor + (1 − floor)·heat, then a ← (1 − s)·a + s·[heat ≥ percentile], output =
     a·image + (1 − a)·white. The result keeps the original's size and stays a normal image.
+
+    ``geometry`` (``backbone.input_geometry(image.size)``) places the anchor's cells where the
+    processor took them from, so a centre-cropped LLaVA input is not stretched over the whole image.
+    Pixels the model never saw carry no anchor evidence either way: they get the mean weight of the
+    seen pixels (faded like an average seen pixel, neither kept nor erased). Without it the anchor is
+    stretched over the whole image, which is right when the model's input is the whole image (the
+    embedded model's square scenes, Qwen2.5-VL's resize).
     """
     cfg = cfg or EnhanceConfig()
     img = np.asarray(image.convert("RGB"), dtype=np.float32)
-    heat = upsample(anchor, image.size, cfg.blur)
-    keep = (heat >= np.percentile(heat, cfg.keep_percentile)).astype(np.float32)
+    heat, seen = heat_on_image(anchor, image.size, cfg.blur, geometry)
+    if not seen.any():
+        return image.convert("RGB").copy()
+    keep = (heat >= np.percentile(heat[seen], cfg.keep_percentile)).astype(np.float32)
     a = cfg.floor + (1.0 - cfg.floor) * heat
     a = (1.0 - cfg.mask_strength) * a + cfg.mask_strength * keep
+    if not seen.all():
+        a[~seen] = a[seen].mean()
     out = a[..., None] * img + (1.0 - a[..., None]) * 255.0
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 

@@ -163,3 +163,48 @@ def test_embedded_model_square_input_is_the_whole_image():
     assert geo.covers_whole_image()
     boxes = bb.cell_boxes((96, 96), (8, 8))
     assert boxes[0, 0] == pytest.approx((0, 0, 12, 12)) and boxes[7, 7] == pytest.approx((84, 84, 96, 96))
+
+
+# --- the anchor-guided image uses the same map --------------------------------------------------------
+
+def test_enhance_places_the_anchor_inside_llavas_centre_crop():
+    from transformers import CLIPImageProcessorPil
+
+    from adapt.config import EnhanceConfig
+    from adapt.enhance import enhance
+
+    bb = _llava(CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}))
+    size = (500, 375)
+    anchor = np.full((24, 24), 0.1)
+    anchor[0, 0] = 5.0  # the crop's top-left cell
+    grey = _image(size)
+    cfg = EnhanceConfig()
+    out = np.asarray(enhance(grey, anchor, cfg, geometry=bb.input_geometry(size)), dtype=float)[..., 0]
+    box = bb.cell_boxes(size, (24, 24))[0, 0]  # x 62.5 … 78.1, y 0 … 15.6
+    cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+    # grey 128 faded toward white by 1 − a: the hot cell stays darkest, where the crop really took it
+    r, c = np.unravel_index(int(np.argmin(out)), out.shape)
+    assert box[0] - 1 <= c < box[2] and box[1] <= r < box[3] and out.min() < 140 and out[cy, cx] < 150
+    assert out[cy, 10] > out[cy, cx] + 40, "the strip left of the crop must not take the hot cell's weight"
+    # the strips the crop removed hold one neutral weight: the mean of the seen pixels' weights
+    left, right = out[:, :62], out[:, 438:]
+    assert np.ptp(left) <= 1 and np.ptp(right) <= 1 and abs(left.mean() - right.mean()) <= 1
+    seen = out[:, 63:437]
+    assert seen.min() < left.mean() < seen.max()
+    # stretched over the whole image (no geometry) the hot cell lands at the image's own corner instead
+    stretched = np.asarray(enhance(grey, anchor, cfg), dtype=float)[..., 0]
+    r, c = np.unravel_index(int(np.argmin(stretched)), stretched.shape)
+    assert c < 21 and r < 16 and stretched[cy, cx] > stretched.min() + 40
+
+
+def test_enhance_unchanged_when_the_input_is_the_whole_image():
+    from adapt.backbones import load_backbone
+    from adapt.enhance import enhance
+
+    bb = load_backbone("embedded")
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    anchor = rng.random((8, 8))
+    a = np.asarray(enhance(img, anchor))
+    b = np.asarray(enhance(img, anchor, geometry=bb.input_geometry(img.size)))
+    assert np.array_equal(a, b)
