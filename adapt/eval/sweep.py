@@ -101,8 +101,9 @@ def default_grid() -> list[Setting]:
 def stage2_grid() -> list[Setting]:
     """The refinement written after stage 1 (:func:`default_grid`) showed ``mass-aware`` as the only
     ADAPT reading whose interval lies below zero, and its recall cost growing with the number of
-    steered layers: γ, α and the layer set between top-2 and all, and lower mass thresholds (fewer
-    firings). Same validation scenes, same rule."""
+    steered layers: γ, α and the layer set between top-2 and all, stronger anchor directions with the
+    mass restored on every layer, and lower mass thresholds (fewer firings). Same validation scenes,
+    same rule."""
     grid = []
     for trig in ({"asi.trigger": "mass", "asi.mass_tau": 0.8}, {"asi.trigger": "always"}):
         for gamma in (0.25, 0.35, 0.5):
@@ -115,6 +116,11 @@ def stage2_grid() -> list[Setting]:
         over = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": 0.8, "asi.alpha": 0.1,
                 "asi.gamma": 0.5, "asi.layers": layers}
         grid.append(Setting(_name(over), "adapt-tf", over))
+    for alpha in (0.5, 1.0):  # a stronger direction: does the anchor buy back the recall the mass costs?
+        for gamma in (0.35, 0.5):
+            over = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": 0.8, "asi.alpha": alpha,
+                    "asi.gamma": gamma, "asi.layers": "all"}
+            grid.append(Setting(_name(over), "adapt-tf", over))
     for mtau in (0.6, 0.7):
         for layers in ("top:4", "from:2", "all"):
             over = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": mtau, "asi.alpha": 0.25,
