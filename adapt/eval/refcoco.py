@@ -60,12 +60,15 @@ def load_items(path: str | Path) -> list[GroundingItem]:
 
 def box_mean(heat: np.ndarray, box: Sequence[float]) -> float:
     """Mean of a pixel-space map (H × W, the original image's size) inside ``(x0, y0, x1, y1)``; a box
-    smaller than a pixel takes the pixel it lies in."""
+    smaller than a pixel takes the pixel it lies in. NaN pixels (cropped away by the processor) are
+    left out; a box made only of them is ``-inf`` (it cannot win)."""
     h, w = heat.shape
     x0, y0, x1, y1 = box
     c0, r0 = int(np.clip(np.floor(x0), 0, w - 1)), int(np.clip(np.floor(y0), 0, h - 1))
     c1, r1 = int(np.clip(np.ceil(x1), c0 + 1, w)), int(np.clip(np.ceil(y1), r0 + 1, h))
-    return float(heat[r0:r1, c0:c1].mean())
+    vals = heat[r0:r1, c0:c1]
+    seen = ~np.isnan(vals)
+    return float(vals[seen].mean()) if seen.any() else float("-inf")
 
 
 def pick_box(heat: np.ndarray, candidates: Sequence[Sequence[float]]) -> int:

@@ -31,10 +31,15 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--parser", default=None, choices=list(pope.PARSERS),
                    help="yes/no answer parser (pope: original by default; amber: strict)")
     g.add_argument("--prompt-suffix", default="", help="pope: text added after each question")
+    g.add_argument("--items", help="refcoco: grounding items JSONL (image, expression, candidates, gold)")
+    g.add_argument("--grounding-prompt", default=None,
+                   help="refcoco: the question, with {expression} (default: 'Where is {expression} in the image?')")
+    g.add_argument("--scenes", type=int, default=200, help="world-grounding: world scenes whose items are scored")
 
 
-def build_task(args):
-    """The task the command line names, built from its options."""
+def build_task(args, config=None, cache=None):
+    """The task the command line names, built from its options (``config`` / ``cache``: the method
+    configuration and bias-map cache, for the tasks that build anchors themselves)."""
     from .tasks import get_task
 
     name = args.task
@@ -54,6 +59,13 @@ def build_task(args):
         return get_task(name, queries=args.queries, annotations=args.annotations, association=args.association,
                         images=args.images, safe_words=args.safe_words, parser=args.parser or "strict",
                         **({"max_new_tokens": tokens} if tokens else {}))
+    if name == "refcoco":
+        from .tasks.grounding import REFCOCO_PROMPT
+
+        return get_task(name, items=args.items, images=args.images, prompt=args.grounding_prompt or REFCOCO_PROMPT,
+                        config=config, cache=cache)
+    if name == "world-grounding":
+        return get_task(name, split=args.split, seed=args.seed, scenes=args.scenes, config=config, cache=cache)
     return get_task(name)  # raises: unknown task
 
 
@@ -66,8 +78,8 @@ def run_task_cli(args, load, build_config, cache) -> int:
 
     shard = Shard.from_env()
     try:
-        task = build_task(args)
         cfg = build_config(args)
+        task = build_task(args, cfg, cache(args))
         methods = get_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, cache(args))
         task.items()  # read the data before loading a model: a wrong path fails in a second
     except ValueError as exc:  # DataError and an unknown task / method / parser

@@ -7,6 +7,8 @@ name            what
 ``chair-coco``  CHAIR on a fixed sample of COCO images (:class:`.coco_tasks.ChairCoco`)
 ``pope``        POPE question files (:class:`.coco_tasks.Pope`)
 ``amber``       AMBER generative and yes/no queries (:class:`.coco_tasks.Amber`)
+``refcoco``     grounding from the anchor on RefCOCO-style items (:class:`.grounding.RefCoco`)
+``world-grounding``  the same on the world's grounding items (:class:`.grounding.WorldGrounding`)
 ==============  =====================================================================
 
 Data are read from local paths only; nothing is downloaded.
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 from .base import Task
 from .coco_tasks import Amber, ChairCoco, Pope
+from .grounding import RefCoco, WorldGrounding
 from .world import WorldTask
 
-TASKS: dict[str, type[Task]] = {"world": WorldTask, "chair-coco": ChairCoco, "pope": Pope, "amber": Amber}
+TASKS: dict[str, type[Task]] = {"world": WorldTask, "chair-coco": ChairCoco, "pope": Pope, "amber": Amber,
+                                "refcoco": RefCoco, "world-grounding": WorldGrounding}
 
 
 def get_task(name: str, **params) -> Task:
@@ -30,4 +34,4 @@ def get_task(name: str, **params) -> Task:
     return cls(**params)
 
 
-__all__ = ["TASKS", "Task", "get_task", "WorldTask", "ChairCoco", "Pope", "Amber"]
+__all__ = ["TASKS", "Task", "get_task", "WorldTask", "ChairCoco", "Pope", "Amber", "RefCoco", "WorldGrounding"]
