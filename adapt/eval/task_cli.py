@@ -21,7 +21,8 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--images", help="folder of the task's images (chair-coco, pope, amber)")
     g.add_argument("--annotations", help="chair-coco: folder with COCO instances_*.json and captions_*.json; "
                                          "amber: its annotations.json")
-    g.add_argument("--questions", help="pope: question JSONL file(s), comma-separated (one per split)")
+    g.add_argument("--questions", help="pope: question JSONL file(s), comma-separated (one per split); "
+                                       "mmhal: its response_template.json")
     g.add_argument("--queries", help="amber: its query JSON (query_all.json)")
     g.add_argument("--association", help="amber: its relation.json")
     g.add_argument("--safe-words", help="amber: its safe_words.txt")
@@ -35,6 +36,12 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grounding-prompt", default=None,
                    help="refcoco: the question, with {expression} (default: 'Where is {expression} in the image?')")
     g.add_argument("--scenes", type=int, default=200, help="world-grounding: world scenes whose items are scored")
+    g.add_argument("--judge-url", default=None,
+                   help="mmhal: an OpenAI-compatible API base (…/v1) or …/chat/completions URL; without it no judge is called")
+    g.add_argument("--judge-model", default=None, help="mmhal: the judge's model name (needed with --judge-url)")
+    g.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                   help="mmhal: the environment variable holding the judge's API key (sent as a bearer token if set)")
+    g.add_argument("--judge-timeout", type=float, default=60.0, help="mmhal: seconds per judge request")
 
 
 def build_task(args, config=None, cache=None):
@@ -66,6 +73,17 @@ def build_task(args, config=None, cache=None):
                         config=config, cache=cache)
     if name == "world-grounding":
         return get_task(name, split=args.split, seed=args.seed, scenes=args.scenes, config=config, cache=cache)
+    if name == "mmhal":
+        from .mmhal import Judge
+
+        judge = None
+        if args.judge_url:
+            if not args.judge_model:
+                raise DataError("task mmhal: --judge-url needs --judge-model")
+            judge = Judge(args.judge_url, args.judge_model, args.judge_key_env, args.judge_timeout)
+        q = (args.questions or "").strip()
+        return get_task(name, questions=q, images=args.images, judge=judge,
+                        **({"max_new_tokens": tokens} if tokens else {}))
     return get_task(name)  # raises: unknown task
 
 

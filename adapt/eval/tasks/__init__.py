@@ -9,6 +9,7 @@ name            what
 ``amber``       AMBER generative and yes/no queries (:class:`.coco_tasks.Amber`)
 ``refcoco``     grounding from the anchor on RefCOCO-style items (:class:`.grounding.RefCoco`)
 ``world-grounding``  the same on the world's grounding items (:class:`.grounding.WorldGrounding`)
+``mmhal``       MMHal-Bench answers rated by an LLM judge you configure (:class:`.mmhal.MMHal`)
 ==============  =====================================================================
 
 Data are read from local paths only; nothing is downloaded.
@@ -19,10 +20,11 @@ from __future__ import annotations
 from .base import Task
 from .coco_tasks import Amber, ChairCoco, Pope
 from .grounding import RefCoco, WorldGrounding
+from .mmhal import MMHal
 from .world import WorldTask
 
 TASKS: dict[str, type[Task]] = {"world": WorldTask, "chair-coco": ChairCoco, "pope": Pope, "amber": Amber,
-                                "refcoco": RefCoco, "world-grounding": WorldGrounding}
+                                "refcoco": RefCoco, "world-grounding": WorldGrounding, "mmhal": MMHal}
 
 
 def get_task(name: str, **params) -> Task:
@@ -34,4 +36,4 @@ def get_task(name: str, **params) -> Task:
     return cls(**params)
 
 
-__all__ = ["TASKS", "Task", "get_task", "WorldTask", "ChairCoco", "Pope", "Amber", "RefCoco", "WorldGrounding"]
+__all__ = ["TASKS", "Task", "get_task", "WorldTask", "ChairCoco", "Pope", "Amber", "RefCoco", "WorldGrounding", "MMHal"]
