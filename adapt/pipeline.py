@@ -19,7 +19,7 @@ from PIL import Image
 from .anchor import BiasCache, Fusion, bias_from_noise, debias, fuse, fuse_authors, halve_border, \
     model_target_entropy, noise_images, \
     query_target_entropy
-from .steering import ASIPolicy, amc, steering_weights
+from .steering import ASIPolicy, amc, references_from_maps, second_pass_applies, steering_weights
 from .backbones import Backbone, Generation
 from .config import AdaptConfig, parse_layers
 from .enhance import enhance
@@ -151,9 +151,12 @@ def answer_trace(gen: Generation, weights: np.ndarray, policy: ASIPolicy | None,
 
 
 def steered_generation(backbone: Backbone, image: Image.Image, question: str, anchor: Anchor,
-                       cfg: AdaptConfig, grid: tuple[int, int], enhanced: Image.Image | None = None):
+                       cfg: AdaptConfig, grid: tuple[int, int], enhanced: Image.Image | None = None,
+                       anchor_maps: np.ndarray | None = None):
     """Steps 3–4: decoding with ASI, on the anchor-guided image when ``enhance.enabled`` (made here
-    unless given). Returns ``(gen, policy, image_used, enhanced, layers)``."""
+    unless given). With ``anchor_maps`` (the anchor run's ``[T, L, n]``) and an answer the
+    ``asi.second_pass`` rule selects, steering starts at step 0 with that run's references.
+    Returns ``(gen, policy, image_used, enhanced, layers)``."""
     if enhanced is None and cfg.enhance.enabled:
         enhanced = enhance(image, anchor.anchor, cfg.enhance)
     used, image_used = (enhanced, "enhanced") if cfg.enhance.enabled else (image, "original")
@@ -161,7 +164,13 @@ def steered_generation(backbone: Backbone, image: Image.Image, question: str, an
     if prepared.span.grid != tuple(grid):
         raise ValueError("the enhanced image changed the image-token grid")
     layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
-    policy = ASIPolicy(backbone.num_layers, layers, cfg.asi, cfg.anchor.k, weights=steering_weights(anchor.anchor))
+    w = steering_weights(anchor.anchor)
+    k = cfg.anchor.k
+    if anchor_maps is not None and second_pass_applies(cfg.asi, k, question, anchor_maps.shape[0]):
+        refs = references_from_maps(anchor_maps, w, k, cfg.asi.ref_skip_step0)
+        policy = ASIPolicy(backbone.num_layers, layers, cfg.asi, k, refs=refs)
+    else:
+        policy = ASIPolicy(backbone.num_layers, layers, cfg.asi, k, weights=w)
     gen = backbone.generate(prepared, max_new_tokens=cfg.max_new_tokens, policy=policy)
     return gen, policy, image_used, enhanced, layers
 
@@ -197,7 +206,7 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
         progress(0.6, "answer with attention-supervised inference")
         t0 = time.perf_counter()
         gen, policy, used, _, layers = steered_generation(backbone, image, prepared.question, anchor, cfg, grid,
-                                                          enhanced)
+                                                          enhanced, anchor_maps=maps)
         timings["steered"] = time.perf_counter() - t0
         steered = answer_trace(gen, weights, policy, used)
         threshold = policy.thresholds()

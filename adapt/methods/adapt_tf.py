@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..anchor import BiasCache, is_open_description
+from ..anchor import BiasCache
 from ..config import AdaptConfig, parse_layers
 from ..enhance import enhance
 from ..pipeline import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps
-from ..steering import ASIPolicy, references_from_maps, stack_references, steering_weights
+from ..steering import ASIPolicy, references_from_maps, second_pass_applies, stack_references, steering_weights
 from .base import Answer, Method
 
 # named readings (dotted config overrides on top of the defaults); DESIGN §4 and the README say
@@ -141,15 +141,8 @@ class AdaptTF(Method):
         return answers
 
     def _second_pass_rows(self, lengths: list[int], questions: list[str]) -> list[int]:
-        mode = self.cfg.asi.second_pass
-        if mode == "all":
-            return list(range(len(lengths)))
-        short = [n <= self.cfg.anchor.k for n in lengths]
-        if mode == "pointed":  # the yes/no answer is decided by its first token, inside the anchor phase
-            return [b for b, q in enumerate(questions) if short[b] or not is_open_description(q)]
-        if mode == "short":
-            return [b for b in range(len(lengths)) if short[b]]
-        return []
+        return [b for b, (n, q) in enumerate(zip(lengths, questions))
+                if second_pass_applies(self.cfg.asi, self.cfg.anchor.k, q, n)]
 
 
 def _pad_steps(maps: np.ndarray, k: int) -> np.ndarray:

@@ -7,7 +7,7 @@ as operators, and the per-row policy that the attention hook points call.
 
 from .amc import amc, steering_weights
 from .operators import OPERATOR_INFO, apply_operator
-from .policy import ASIPolicy, References, references_from_maps, stack_references
+from .policy import ASIPolicy, References, references_from_maps, second_pass_applies, stack_references
 from .triggers import fire
 
-__all__ = ["amc", "steering_weights", "ASIPolicy", "References", "references_from_maps", "stack_references", "OPERATOR_INFO", "apply_operator", "fire"]
+__all__ = ["amc", "steering_weights", "ASIPolicy", "References", "references_from_maps", "second_pass_applies", "stack_references", "OPERATOR_INFO", "apply_operator", "fire"]

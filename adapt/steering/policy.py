@@ -41,6 +41,20 @@ class References:
     a_ref: torch.Tensor  # [L, B, n]
 
 
+def second_pass_applies(cfg: ASIConfig, k: int, question: str, answer_tokens: int) -> bool:
+    """Whether ``cfg.second_pass`` steers this answer again from step 0: ``"short"`` when it ended
+    within the anchor phase (ASI had no step to act on), ``"pointed"`` also for every question that is
+    not an open description (a yes/no is its first token), ``"all"`` always."""
+    from ..anchor import is_open_description
+
+    if cfg.second_pass == "all":
+        return True
+    if cfg.second_pass == "off":
+        return False
+    short = answer_tokens <= k
+    return short or (cfg.second_pass == "pointed" and not is_open_description(question))
+
+
 def references_from_maps(maps: np.ndarray, weights: np.ndarray, k: int, skip_step0: bool = False) -> References:
     """One row's references from its captured (unsteered) maps ``[T, L, n]``: the first min(T, K)
     steps, as the anchor phase of a live decoding would give them."""
