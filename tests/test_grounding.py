@@ -129,3 +129,14 @@ def test_refcoco_needs_its_items(capsys):
     assert main(["eval", "--task", "refcoco", "--images", "x", "--out", "/tmp/never"]) == 2
     err = capsys.readouterr().err
     assert "task refcoco needs --items" in err and err.count("\n") == 1
+
+
+def test_refcoco_task_refuses_repeated_ids_and_a_prompt_without_the_expression(tmp_path):
+    from adapt.eval.formats import DataError
+
+    line = {"id": "a", "image": "x.png", "expression": "e", "candidates": [[0, 0, 2, 2]], "gold": 0}
+    (tmp_path / "dup.jsonl").write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(DataError, match="item ids repeat"):
+        get_task("refcoco", items=str(tmp_path / "dup.jsonl"), images=str(tmp_path)).items()
+    with pytest.raises(ValueError, match="{expression}"):
+        get_task("refcoco", items=str(tmp_path / "dup.jsonl"), images=str(tmp_path), prompt="where?")
