@@ -57,7 +57,7 @@ def _name(over: dict) -> str:
              "asi.gamma": "g", "asi.layers": "L", "asi.boost": "c", "asi.mode": "", "asi.ref_skip_step0": "skip0"}
     parts = []
     for k, v in over.items():
-        v = str(v).replace(":", "")
+        v = str(v).replace(":", "").replace(",", "-")
         parts.append(f"{short.get(k, k)}{v}" if short.get(k, k) else v)
     return "_".join(parts)
 
@@ -129,7 +129,20 @@ def stage2_grid() -> list[Setting]:
     return grid
 
 
-GRIDS = {"stage1": default_grid, "stage2": stage2_grid}
+def stage3_grid() -> list[Setting]:
+    """Written after stage 2 showed that the gain comes from the first layers (``from:2`` and the
+    top-λ layers, which sit in the middle, change little; ``all`` does nearly everything): the
+    mass-aware operator on the first layers only, with the same strengths. Same scenes, same rule."""
+    grid = []
+    for layers in ("0", "0,1", "0,1,2", "1"):
+        for alpha, gamma in ((0.25, 0.5), (0.25, 1.0), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0), (0.0, 1.0)):
+            over = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": 0.8, "asi.alpha": alpha,
+                    "asi.gamma": gamma, "asi.layers": layers}
+            grid.append(Setting(_name(over), "adapt-tf", over))
+    return grid
+
+
+GRIDS = {"stage1": default_grid, "stage2": stage2_grid, "stage3": stage3_grid}
 
 
 def _config_for(base: AdaptConfig, s: Setting) -> AdaptConfig:
@@ -171,6 +184,8 @@ def collect(out: Path, settings: list[Setting], greedy_name: str = "greedy") -> 
         if not path.exists():
             continue
         items = load_items(path)
+        if not items:  # started, nothing written yet
+            continue
         pairs = [(by_seed[it["seed"]], it) for it in items if it["seed"] in by_seed]
         change = chair_i_change([b["mentioned"] for b, _ in pairs], [it["mentioned"] for _, it in pairs],
                                 [it["truth"] for _, it in pairs])
