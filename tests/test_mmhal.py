@@ -42,6 +42,7 @@ class FakeJudge:
 
     def __init__(self):
         self.requests, self.fail = [], []
+        self.verdict = VERDICTS.__getitem__  # answer text -> the judge's reply
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,7 +55,7 @@ class FakeJudge:
                     return
                 prompt = body["messages"][0]["content"]
                 answer = prompt.split("LMM answer: ", 1)[1].split("\n", 1)[0].strip()
-                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": VERDICTS[answer]}}]})
+                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": judge.verdict(answer)}}]})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -167,6 +168,30 @@ def test_without_a_judge_only_answers(tmp_path, images, judge):
     s = run_task(NoBackbone(), task, [ScriptedMethod(script)], tmp_path / "run")["scripted"]
     assert s["judged"] == 0 and s["n"] == 8 and s["score"] is None and "no judge" in s["note"]
     assert judge.requests == []
+
+
+def test_cli_runs_the_embedded_model_and_the_judge(tmp_path, judge, capsys):
+    import torch
+
+    from adapt.world import make_split
+
+    (tmp_path / "img").mkdir()
+    for i, scene in enumerate(make_split("test", 8)):
+        scene.image().save(tmp_path / "img" / f"fx{i:02d}.jpg")
+    judge.verdict = lambda answer: "Rating: 4" if "there is" in answer else "Rating: 2"
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["eval", "--task", "mmhal", "--questions", str(DATA / "response_template.json"), "--images",
+                   str(tmp_path / "img"), "--judge-url", judge.url, "--judge-model", "fake", "--method", "greedy",
+                   "--threads", "1", "--max-new-tokens", "16", "--out", str(tmp_path / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0 and len(judge.requests) == 8
+    recs = [json.loads(x) for x in (tmp_path / "run" / "items-greedy.jsonl").read_text().splitlines()]
+    ratings = [4 if "there is" in r["answer"] else 2 for r in recs]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())["greedy"]
+    assert [r["rating"] for r in recs] == ratings and s["score"] == pytest.approx(sum(ratings) / 8)
+    assert "| hallucination_rate |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [
