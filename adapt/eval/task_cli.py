@@ -18,7 +18,7 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("registered tasks (--task; without it: --benchmark world as before)")
     g.add_argument("--task", default=None, help=f"run a registered task through the resumable runner: "
                                                 f"{' | '.join(TASKS)}")
-    g.add_argument("--images", help="folder of the task's images (chair-coco, pope, amber)")
+    g.add_argument("--images", help="folder of the task's images (chair-coco, pope, amber, refcoco, mmhal)")
     g.add_argument("--annotations", help="chair-coco: folder with COCO instances_*.json and captions_*.json; "
                                          "amber: its annotations.json")
     g.add_argument("--questions", help="pope: question JSONL file(s), comma-separated (one per split); "
