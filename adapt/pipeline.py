@@ -158,7 +158,7 @@ def steered_generation(backbone: Backbone, image: Image.Image, question: str, an
     ``asi.second_pass`` rule selects, steering starts at step 0 with that run's references.
     Returns ``(gen, policy, image_used, enhanced, layers)``."""
     if enhanced is None and cfg.enhance.enabled:
-        enhanced = enhance(image, anchor.anchor, cfg.enhance)
+        enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.input_geometry(image.size))
     used, image_used = (enhanced, "enhanced") if cfg.enhance.enabled else (image, "original")
     prepared = backbone.prepare(used, question)
     if prepared.span.grid != tuple(grid):
@@ -199,7 +199,8 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     weights = steering_weights(anchor.anchor)
     unsteered = answer_trace(base, weights, None, "original")
     steered = None
-    enhanced = enhance(image, anchor.anchor, cfg.enhance)  # shown and exported even when not answered on
+    # shown and exported even when not answered on; the grid placed where the processor's crop took it
+    enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.input_geometry(image.size))
     layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
     threshold = np.full(backbone.num_layers, np.nan)
     if cfg.asi.enabled or cfg.enhance.enabled:
@@ -241,4 +242,4 @@ def anchor_image(backbone: Backbone, image: Image.Image, question: str, cfg: Ada
     """The anchor-guided image for export (Sec. 4.1.4) at ``image``'s own size; the model reads a copy
     of at most ``MAX_SIDE`` pixels on the longest side."""
     anchor, _ = probe_anchor(backbone, fit(image), question, cfg, cache)
-    return enhance(image, anchor.anchor, cfg.enhance), anchor
+    return enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.input_geometry(image.size)), anchor

@@ -95,7 +95,8 @@ class AdaptTF(Method):
             maps = np.stack([_pad_steps(g.maps.numpy(), k) for g in probe], axis=2)
             prefill = np.stack([g.prefill_maps.numpy() for g in probe], 1) if model_target else None
             anchor_fn(maps, prefill)
-            enhanced = [enhance(im, a.anchor, cfg.enhance) for im, a in zip(images, anchors)]
+            enhanced = [enhance(im, a.anchor, cfg.enhance, geometry=backbone.input_geometry(im.size))
+                        for im, a in zip(images, anchors)]
             prepared = backbone.prepare_batch(enhanced, questions)
             if prepared.span.grid != tuple(grid):
                 raise ValueError("the enhanced image changed the image-token grid")
