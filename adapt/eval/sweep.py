@@ -142,7 +142,24 @@ def stage3_grid() -> list[Setting]:
     return grid
 
 
-GRIDS = {"stage1": default_grid, "stage2": stage2_grid, "stage3": stage3_grid}
+def stage4_grid() -> list[Setting]:
+    """Written after stage 3 showed layer 0 alone as the best place (and, there, the anchor's direction
+    adding to the mass it restores): overshooting the anchor-phase mass (γ > 1), always on, and a lower
+    mass threshold (fewer firings). Same scenes, same rule; the last look at validation."""
+    grid = []
+    for trig in ({"asi.trigger": "mass", "asi.mass_tau": 0.8}, {"asi.trigger": "always"}):
+        for alpha in (0.5, 1.0):
+            for gamma in (1.5, 2.0):
+                over = {"asi.operator": "mass-aware", **trig, "asi.alpha": alpha, "asi.gamma": gamma, "asi.layers": "0"}
+                grid.append(Setting(_name(over), "adapt-tf", over))
+    for alpha in (0.5, 1.0):
+        over = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": 0.6, "asi.alpha": alpha,
+                "asi.gamma": 1.0, "asi.layers": "0"}
+        grid.append(Setting(_name(over), "adapt-tf", over))
+    return grid
+
+
+GRIDS = {"stage1": default_grid, "stage2": stage2_grid, "stage3": stage3_grid, "stage4": stage4_grid}
 
 
 def _config_for(base: AdaptConfig, s: Setting) -> AdaptConfig:
