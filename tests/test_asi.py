@@ -10,6 +10,11 @@ from adapt.config import ASIConfig
 from adapt.testing import tiny_llava
 
 
+def _paper(**kw):
+    """The paper's reading: relative AMC trigger, α·log(w + ε) over all keys (the defaults differ)."""
+    return ASIConfig(operator="logprior", trigger="amc", **kw)
+
+
 def test_amc_by_hand():
     a = np.array([0.5, 0.3, 0.2, 0.0])
     w = np.array([1.0, 0.5, 0.0, 0.0])
@@ -36,7 +41,7 @@ def _policy(cfg, layers, n=4, num_layers=3, k=2, w=(0.1, 0.2, 0.3, 1.0)):
 
 
 def test_relative_threshold_is_tau_times_mean_anchor_phase_amc():
-    p = _policy(ASIConfig(tau=0.5, alpha=0.5), layers=[0, 1, 2])
+    p = _policy(_paper(tau=0.5, alpha=0.5), layers=[0, 1, 2])
     attn = [torch.tensor([[0.1, 0.1, 0.1, 0.7]]), torch.tensor([[0.25, 0.25, 0.25, 0.25]])]
     for step, a in enumerate(attn):  # anchor phase: K = 2 steps, never steered
         for layer in range(3):
@@ -53,7 +58,7 @@ def test_relative_threshold_is_tau_times_mean_anchor_phase_amc():
 
 
 def test_unmonitored_layers_are_never_steered():
-    p = _policy(ASIConfig(tau=0.5, mode="absolute"), layers=[2], k=0)
+    p = _policy(_paper(tau=0.5, mode="absolute"), layers=[2], k=0)
     drifted = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
     assert p(0, 0, drifted) is None and p(1, 0, drifted) is None and p(2, 0, drifted) is not None
 
@@ -65,7 +70,7 @@ def test_steering_changes_only_the_triggered_layer_in_a_model(rand_image):
     plain = bb.generate(p, max_new_tokens=6, min_new_tokens=6)
     w = np.linspace(0.01, 1.0, n)
     # absolute τ = ∞ fires at every step after the anchor phase, on layer 1 only
-    policy = ASIPolicy(3, [1], ASIConfig(tau=float("inf"), mode="absolute", alpha=2.0), 2, weights=w)
+    policy = ASIPolicy(3, [1], _paper(tau=float("inf"), mode="absolute", alpha=2.0), 2, weights=w)
     steered = bb.generate(p, max_new_tokens=6, min_new_tokens=6, policy=policy)
     fired = policy.fired_matrix()
     assert fired[:2].sum() == 0 and fired[2:, 1].all() and not fired[:, [0, 2]].any()
@@ -84,7 +89,7 @@ def test_tau_zero_never_fires_and_equals_plain_decoding(rand_image):
     bb = LlavaBackbone(*tiny_llava(layers=3), "tiny")
     p = bb.prepare(rand_image, "describe the image")
     plain = bb.generate(p, max_new_tokens=8)
-    policy = ASIPolicy(3, [0, 1, 2], ASIConfig(tau=0.0), 2, weights=np.ones(p.span.n))
+    policy = ASIPolicy(3, [0, 1, 2], _paper(tau=0.0), 2, weights=np.ones(p.span.n))
     steered = bb.generate(p, max_new_tokens=8, policy=policy)
     assert steered.token_ids == plain.token_ids and not policy.fired_matrix().any()
     torch.testing.assert_close(steered.maps, plain.maps)

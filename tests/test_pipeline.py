@@ -57,7 +57,8 @@ def test_analyse_fills_every_part_of_the_trace(tiny, rand_image, tmp_path):
 
 
 def test_steering_off_equals_plain_answer(tiny, rand_image):
-    cfg = AdaptConfig().replace(**{"enhance.enabled": False, "asi.tau": 0.0, "max_new_tokens": 10})
+    cfg = AdaptConfig().replace(**{"enhance.enabled": False, "asi.trigger": "amc", "asi.tau": 0.0,
+                                   "max_new_tokens": 10})
     t = analyse(tiny, rand_image, "describe the image", cfg)
     assert t.steered.token_ids == t.unsteered.token_ids and t.steered.num_interventions == 0
     np.testing.assert_allclose(t.steered.maps, t.unsteered.maps, rtol=1e-5, atol=1e-7)

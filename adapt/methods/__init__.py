@@ -8,6 +8,7 @@ name                     what
 ``adapt-tf``             ADAPT-TF with the configuration given (the defaults of ``AdaptConfig``)
 ``adapt-tf:<variant>``   a named reading of the paper (:data:`adapt.methods.adapt_tf.VARIANTS`)
 ``pai``                  PAI's attention intervention (a baseline through the same hook points)
+``image-boost``          +0.5 on every image logit at every layer and step (PAI-like: no anchor)
 =======================  ===============================================================
 """
 
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 from ..anchor import BiasCache
 from ..config import AdaptConfig
-from .adapt_tf import VARIANTS, AdaptTF, variant_config
+from .adapt_tf import PAI_LIKE, VARIANTS, AdaptTF, variant_config
 from .base import Answer, Method
 from .greedy import Greedy
 from .pai import PAI, PAIConfig
 
-NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai"]
+NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai", *PAI_LIKE]
 
 
 def describe() -> dict[str, str]:
@@ -29,6 +30,8 @@ def describe() -> dict[str, str]:
            "adapt-tf": AdaptTF.description, "pai": PAI.description}
     for v, over in VARIANTS.items():
         out[f"adapt-tf:{v}"] = "ADAPT-TF, " + ", ".join(f"{k}={val}" for k, val in over.items())
+    for v, over in PAI_LIKE.items():
+        out[v] = "PAI-like (no anchor direction), " + ", ".join(f"{k}={val}" for k, val in over.items())
     return out
 
 
@@ -42,6 +45,8 @@ def get_method(name: str, cfg: AdaptConfig | None = None, cache: BiasCache | Non
         return Greedy(capture=False)
     if name == "pai":
         return PAI()
+    if name in PAI_LIKE:
+        return AdaptTF((cfg or AdaptConfig()).replace(**PAI_LIKE[name]), cache, name=name)
     if base == "adapt-tf":
         if variant and variant not in VARIANTS:
             raise ValueError(f"unknown method {name!r}; available: {', '.join(NAMES)}")

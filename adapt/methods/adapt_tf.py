@@ -35,8 +35,18 @@ VARIANTS: dict[str, dict] = {
     "mass-kept": {"asi.operator": "logprior-image"},
     "mass-aware": {"asi.operator": "mass-aware"},
     # the authors' public code: its five-criterion fusion and border halving, then its running modes
-    "authors-hhi": {"anchor.fusion": "authors", "asi.operator": "hhi", "asi.trigger": "always"},
-    "authors-quality": {"anchor.fusion": "authors", "asi.operator": "quality", "asi.trigger": "always"},
+    "authors-hhi": {"anchor.fusion": "authors", "asi.operator": "hhi", "asi.trigger": "always",
+                    "asi.second_pass": "off"},
+    "authors-quality": {"anchor.fusion": "authors", "asi.operator": "quality", "asi.trigger": "always",
+                        "asi.second_pass": "off"},
+}
+
+
+# Settings of the same machinery that drop the anchor's direction: PAI-like, never called ADAPT-TF.
+# "image-boost" is the validation sweep's pick among them (same rule as the ADAPT reading).
+PAI_LIKE: dict[str, dict] = {
+    "image-boost": {"asi.operator": "image-boost", "asi.trigger": "always", "asi.boost": 0.5, "asi.layers": "all",
+                    "asi.second_pass": "off"},
 }
 
 
