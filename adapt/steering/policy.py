@@ -71,6 +71,9 @@ def stack_references(refs: list[References]) -> References:
                       torch.cat([r.m_ref for r in refs], 1), torch.cat([r.a_ref for r in refs], 1))
 
 
+_FROM_RECORDER = object()  # an AMC left to compute from the recorder's maps after decoding
+
+
 class ASIPolicy:
     """Monitors each (step, layer) of each row, fires by ``cfg.trigger`` and writes ``cfg.operator``.
 
@@ -169,21 +172,24 @@ class ASIPolicy:
         if layer == 0:
             self.amc_log.append([None] * self.num_layers)
             self.fired_log.append({})
-        a = point.attn  # [B, n] head-mean, unsteered
         if step < self.start:
             if layer == 0:
                 self.phase.append([])
-            self.phase[-1].append(a)
+            self.phase[-1].append(point.attn)  # head-mean, unsteered [B, n]
             return None
         if not self.ready:
-            self._shape = tuple(a.shape)
+            self._shape = (point.probs.shape[0], point.probs.shape[-1])
             self._finalise()
+        if layer not in self.monitored or not self.cfg.enabled:
+            # nothing steers this layer, so the map the recorder keeps is the unsteered one: its AMC is
+            # computed after decoding (amc_matrix), off the hot path
+            self.amc_log[-1][layer] = _FROM_RECORDER
+            return None
+        a = point.attn
         dev = a.device
         w = self._on("w", layer, dev, lambda: self._w_cpu)
         score = amc(a, w)
         self.amc_log[-1][layer] = score
-        if layer not in self.monitored or not self.cfg.enabled:
-            return None
         refs = self._refs_cpu
         s_ref = self._on("s_ref", layer, dev, lambda: refs.s_ref[layer])
         m_ref = self._on("m_ref", layer, dev, lambda: refs.m_ref[layer])
@@ -219,7 +225,20 @@ class ASIPolicy:
     def amc_matrix(self, row: int = 0) -> np.ndarray:
         """[steps, layers] AMC of one batch row (before steering)."""
         self.references()
-        rows = [[float(x[row]) if x is not None else np.nan for x in r] for r in self.amc_log]
+        rec = self.recorder
+        w = None if self._w_cpu is None else self._w_cpu[min(row, self._w_cpu.shape[0] - 1)]
+        rows = []
+        for t, r in enumerate(self.amc_log):
+            vals = []
+            for layer, x in enumerate(r):
+                if x is _FROM_RECORDER and rec is not None and t < len(rec.steps) and layer < len(rec.steps[t]):
+                    m = rec.steps[t][layer][row].float().cpu()
+                    vals.append(float(amc(m.mean(0) if m.ndim == 2 else m, w)))
+                elif isinstance(x, torch.Tensor):
+                    vals.append(float(x[row]))
+                else:
+                    vals.append(np.nan)
+            rows.append(vals)
         return np.array(rows, dtype=np.float64).reshape(len(rows), self.num_layers)
 
     def fired_matrix(self, row: int = 0) -> np.ndarray:
