@@ -57,6 +57,14 @@ def test_charts_mark_threshold_and_interventions(trace):
     shade = [sh for sh in fig.layout.shapes if sh.type == "rect"]
     assert len(shade) == 1 and shade[0].x0 == -0.5 and shade[0].x1 == 2.5
     assert fig.layout.legend.y < 0  # under the axes, clear of the title
+    # a trigger that does not read AMC gets no threshold line, and the legend says what it reads
+    import copy
+
+    by_mass = copy.copy(trace)  # the fixture is shared by the module: change a copy
+    by_mass.config = {**trace.config, "asi": {**trace.config.get("asi", {}), "trigger": "mass", "mass_tau": 0.8}}
+    mass = [t.name or "" for t in F.amc_figure(by_mass).data]
+    assert "trigger: image mass < 0.8·M_ref (the anchor phase's), see the signals chart" in mass
+    assert not any(n.startswith("trigger τ") for n in mass)
     one = F.amc_figure(trace, layer=2, step=3)
     assert any("layer 2" in (t.name or "") for t in one.data)
     assert F.criteria_figure(trace).layout.legend.y < 0

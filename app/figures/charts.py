@@ -100,7 +100,14 @@ def amc_figure(trace, layer: int | None = None, step: int | None = None) -> go.F
                 marker=dict(symbol="x", size=8, color="#ff7f0e", line=dict(width=1)),
                 customdata=l_idx.tolist(),
                 hovertemplate="step %{x}, layer %{customdata}<br>AMC %{y:.4g}<extra>intervention</extra>"))
-    if threshold.size and n_steps:
+    trigger = asi.get("trigger", "amc")
+    if trigger not in ("amc", "amc+mass") and n_steps:
+        # the trigger does not read AMC: say what it reads instead of drawing a threshold that is not used
+        what = (f"image mass < {asi.get('mass_tau', 0.8):g}·M_ref (the anchor phase's), see the signals chart"
+                if trigger == "mass" else "every monitored step")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"trigger: {what}", legendrank=50,
+                                 line=dict(color="#ff7f0e", dash="dot", width=2)))
+    elif threshold.size and n_steps:
         thr = float(np.nanmean(threshold[monitored])) if layer is None else float(threshold[layer])
         label = "τ·S_ref" if asi.get("mode", "relative") == "relative" else "τ"
         label += f" (τ={tau:g})" if isinstance(tau, (int, float)) else ""
