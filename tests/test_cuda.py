@@ -87,7 +87,8 @@ def test_cuda_device_map_load_and_full_analysis(family, tmp_path, rand_image):
     proc.save_pretrained(tmp_path / "m")
     bb = load_backbone(str(tmp_path / "m"), dtype=torch.bfloat16, device_map="auto")
     assert isinstance(bb, cls) and bb.device.type == "cuda" and bb.model.dtype == torch.bfloat16
-    cfg = AdaptConfig().replace(max_new_tokens=16, **{"asi.tau": 10.0})  # τ high: every monitored step fires
+    # always on, on every layer: every monitored step fires, through the probability-write path
+    cfg = AdaptConfig().replace(max_new_tokens=16, **{"asi.trigger": "always", "asi.layers": "all"})
     cache = BiasCache(tmp_path / "cache")
     trace = analyse(bb, rand_image, "describe the image", cfg, bias_cache=cache)
     assert trace.steered is not None and trace.steered.steered.sum() > 0
