@@ -61,10 +61,10 @@ class ASIConfig:
     """
 
     enabled: bool = True
-    # The defaults are the validation sweep's pick (assets/results/sweep: 226 settings on 1 000 scenes,
+    # The defaults are the validation sweep's pick (assets/results/sweep: 233 settings on 1 000 scenes,
     # the rule in adapt.eval.sweep.select): mass-aware on layer 0, fired by the mass ratio. The paper's
-    # reading (logprior, relative AMC, α 0.5, all layers) is `adapt-tf:paper`; on the same scenes it
-    # raised CHAIR_i by 4-31 % whatever its τ, α and layers.
+    # reading (logprior, relative AMC, α 0.5, all layers) is `adapt-tf:paper`; on the same scenes the
+    # logprior operator changed CHAIR_i by +0.4 % … +31 % whatever its trigger, α and layers.
     operator: str = "mass-aware"
     trigger: str = "mass"
     # AMC trigger: AMC < τ · S_ref,l (relative) or n_img · AMC < τ (absolute: n_img · AMC is 1 for

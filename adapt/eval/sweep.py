@@ -159,7 +159,22 @@ def stage4_grid() -> list[Setting]:
     return grid
 
 
-GRIDS = {"stage1": default_grid, "stage2": stage2_grid, "stage3": stage3_grid, "stage4": stage4_grid}
+def stage5_grid() -> list[Setting]:
+    """The anchor's own free choices at the picked ASI setting: the fusion temperature T, the
+    model-intrinsic H*(q), the literal Eq. 7 bias map (noise λ) and the authors' fusion."""
+    pick = {"asi.operator": "mass-aware", "asi.trigger": "mass", "asi.mass_tau": 0.8, "asi.alpha": 0.5,
+            "asi.gamma": 1.5, "asi.layers": "0"}
+    grid = []
+    for extra in ({"anchor.temperature": 0.05}, {"anchor.temperature": 0.3}, {"anchor.temperature": 1.0},
+                  {"anchor.target_entropy": "model"}, {"anchor.bias_lambda": "noise"}, {"anchor.fusion": "authors"},
+                  {"anchor.debias": False}):
+        over = {**pick, **extra}
+        (key, value), = extra.items()
+        grid.append(Setting(_name(pick) + f"_{key.split('.')[1]}-{value}", "adapt-tf", over))
+    return grid
+
+
+GRIDS = {"stage1": default_grid, "stage2": stage2_grid, "stage3": stage3_grid, "stage4": stage4_grid, "stage5": stage5_grid}
 
 
 def _config_for(base: AdaptConfig, s: Setting) -> AdaptConfig:
