@@ -155,6 +155,7 @@ class AttentionRecorder:
         per_head: bool = False,
         capture_prefill: bool = False,
         cache: tuple[str, ...] = (),
+        lean: bool = False,
     ):
         unknown = set(cache) - set(HOOKS)
         if unknown:
@@ -163,6 +164,10 @@ class AttentionRecorder:
         self.num_layers = num_layers
         self.policy = policy
         self._intervene = getattr(policy, "intervene", None)
+        # lean: a (layer, step) the intervention says it does not read (``needs(layer, step)``) runs as
+        # plain SDPA and is not captured; maps() then holds the steps every layer was captured at
+        self._needs = getattr(policy, "needs", None) if lean else None
+        self._step = -1
         self.per_head = per_head
         self.capture_prefill = capture_prefill
         self.cache_logits = HOOK_LOGITS in cache
@@ -205,10 +210,20 @@ class AttentionRecorder:
             return self._stack(self.logit_steps)
         raise KeyError(f"hook point {hook!r} was not cached (pass cache=({hook!r},))")
 
+    def open_step(self) -> None:
+        """Called at layer 0 of every forward pass: layers run in order, so layer 0 opens a step."""
+        self._step += 1
+        self.steps.append([None] * self.num_layers)
+        if self.cache_logits:
+            self.logit_steps.append([None] * self.num_layers)
+
+    def skips(self, layer: int) -> bool:
+        return self._needs is not None and not self._needs(layer, self._step)
+
     def _stack(self, steps) -> torch.Tensor:
         if not steps:
             raise RuntimeError("nothing was captured: run a forward pass inside the recorder")
-        complete = [s for s in steps if len(s) == self.num_layers]
+        complete = [s for s in steps if all(t is not None for t in s)]
         return torch.stack([torch.stack([t.to("cpu") for t in s]) for s in complete]).float()
 
     # hot path helpers ----------------------------------------------------------------------
@@ -253,18 +268,14 @@ class AttentionRecorder:
         ``key``/``value`` are the un-repeated KV heads: with grouped-query attention the query
         heads of one KV head are stacked as rows of one matmul instead of copying K and V."""
         layer = module.layer_idx
-        if layer == 0:  # layers run in order: layer 0 opens a new decoding step
-            self.steps.append([])
-            if self.cache_logits:
-                self.logit_steps.append([])
-        step = len(self.steps) - 1
+        step = self._step
         logits = _grouped_logits(query[:, :, -1:, :], key) * scaling  # [B, H, 1, kv]
         if attention_mask is not None:
             logits = logits + attention_mask[:, :, -1:, : key.shape[-2]]
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         img = self._image_cols(probs)[:, :, 0, :]  # [B, H, n]
         if self.cache_logits:
-            self.logit_steps[step].append(self._image_cols(logits)[:, :, 0, :].float())
+            self.logit_steps[step][layer] = self._image_cols(logits)[:, :, 0, :].float()
         edit = None
         if self._intervene is not None:
             edit = self._intervene(AttentionPoint(layer, step, self._image_cols(logits)[:, :, 0, :].float(), img))
@@ -281,7 +292,7 @@ class AttentionRecorder:
             img = self._image_cols(probs)[:, :, 0, :]
         elif edit is not None:
             raise TypeError(f"an intervention returned {type(edit).__name__}; expected LogitBias, ImageProbs or None")
-        self.steps[step].append(img if self.per_head else img.mean(1))
+        self.steps[step][layer] = img if self.per_head else img.mean(1)
         return _grouped_output(probs.to(value.dtype), value)  # [B, H, 1, D]
 
     def prefill_text(self, module, query, key, attention_mask, scaling):
@@ -331,9 +342,15 @@ def adapt_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    if layer == 0:
+        rec.open_step()
+    q_len = query.shape[2]
+    if q_len == 1 and rec.skips(layer):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    q_len = query.shape[2]
     if q_len == 1:
         out = rec.last_row(module, query, key, value, attention_mask, scaling)
         return out.transpose(1, 2).contiguous(), None

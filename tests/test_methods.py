@@ -32,7 +32,12 @@ def test_one_pass_equals_two_pass(operator, tmp_path):
     cfg = AdaptConfig().replace(**ALWAYS, **{"asi.operator": operator, "anchor.k": 3, "max_new_tokens": 10})
     cache = BiasCache(tmp_path)
     image, q = _images(1)[0], "describe the image"
-    one = AdaptTF(cfg, cache).answer(bb, image, q, 10, min_new_tokens=10)
+    one = AdaptTF(cfg, cache, lean=False).answer(bb, image, q, 10, min_new_tokens=10)
+    lean = AdaptTF(cfg.replace(**{"asi.layers": "1"}), cache).answer(bb, image, q, 10, min_new_tokens=10)
+    full = AdaptTF(cfg.replace(**{"asi.layers": "1"}), cache, lean=False).answer(bb, image, q, 10, min_new_tokens=10)
+    # lean: the unmonitored layers run as plain SDPA after the anchor phase, same tokens and decisions
+    assert lean.token_ids == full.token_ids and lean.info == full.info
+    assert lean.generation.maps.shape[0] == 3 and full.generation.maps.shape[0] == 10
     anchor, grid = probe_anchor(bb, image, q, cfg, cache)
     two, policy, *_ = steered_generation(bb, image, q, anchor, cfg, grid)
     assert one.token_ids == two.token_ids

@@ -208,12 +208,15 @@ class Backbone(ABC):
 
     @torch.inference_mode()
     def generate_batch(self, prepared: Prepared, max_new_tokens: int = 64, policy=None, capture: bool = True,
-                       per_head: bool = False, capture_prefill: bool = False, **generate_kwargs) -> list[Generation]:
+                       per_head: bool = False, capture_prefill: bool = False, lean: bool = False,
+                       **generate_kwargs) -> list[Generation]:
         """Greedy decoding with KV cache, one :class:`Generation` per row; captures (and steers via
         ``policy``, an :class:`~adapt.attention.Intervention` or a bias callable) image attention.
 
         A policy with a ``bind(recorder)`` method is given the recorder before decoding starts (the
-        one-pass ADAPT-TF policy reads the prefill capture from it)."""
+        one-pass ADAPT-TF policy reads the prefill capture from it). ``lean``: (layer, step) pairs the
+        policy does not read (its ``needs``) run as plain SDPA and are not captured, so ``maps``
+        holds only the steps where every layer was read (for ADAPT-TF: the anchor phase)."""
         import time
 
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -222,7 +225,7 @@ class Backbone(ABC):
         t0 = time.perf_counter()
         if capture or policy is not None:
             rec = AttentionRecorder(prepared.span, self.num_layers, policy=policy, per_head=per_head,
-                                    capture_prefill=capture_prefill)
+                                    capture_prefill=capture_prefill, lean=lean)
             if hasattr(policy, "bind"):
                 policy.bind(rec)
             with rec:

@@ -61,8 +61,12 @@ def variant_config(base: AdaptConfig, variant: str | None) -> AdaptConfig:
 class AdaptTF(Method):
     description = "ADAPT-TF: visual anchor + attention-supervised inference, one decoding pass"
 
-    def __init__(self, cfg: AdaptConfig | None = None, cache: BiasCache | None = None, name: str = "adapt-tf"):
+    def __init__(self, cfg: AdaptConfig | None = None, cache: BiasCache | None = None, name: str = "adapt-tf",
+                 lean: bool = True):
+        """``lean``: after the anchor phase, layers ASI does not monitor run as plain SDPA, uncaptured
+        (an answer's ``generation.maps`` then holds the anchor phase only); ``False`` captures all."""
         self.cfg = (cfg or AdaptConfig()).validate()
+        self.lean = lean
         self.cache = cache
         self.name = name
         self.last_anchors: list[Anchor] = []  # of the last group answered (the app and tests read them)
@@ -117,7 +121,7 @@ class AdaptTF(Method):
             policy = ASIPolicy(backbone.num_layers, lambda info: self._layers(backbone, info), cfg.asi, k,
                                anchor_fn=anchor_fn)
         gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=policy,
-                                       capture_prefill=model_target, **generate_kwargs)
+                                       capture_prefill=model_target, lean=self.lean, **generate_kwargs)
         lengths = [len(g.token_ids) for g in gens]
         fired, monitored = policy.fire_counts(lengths)
         answers = [Answer(g.text, g.token_ids, {"tokens": n, "fired": int(f), "monitored": int(m), "pass": 1}, g)
@@ -142,7 +146,7 @@ class AdaptTF(Method):
             layers.append(parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam))
         policy = ASIPolicy(backbone.num_layers, lambda _info: layers, cfg.asi, k, refs=stack_references(refs))
         prepared = backbone.prepare_batch([images[b] for b in rows], [questions[b] for b in rows])
-        gens2 = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=policy)
+        gens2 = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=policy, lean=self.lean)
         lengths = [len(g.token_ids) for g in gens2]
         fired, monitored = policy.fire_counts(lengths)
         for j, b in enumerate(rows):

@@ -166,10 +166,15 @@ class ASIPolicy:
         self._row_mask = mask
         self.monitored = {int(l) for l in mask.any(1).nonzero()[:, 0]}
 
+    def needs(self, layer: int, step: int) -> bool:
+        """Whether the hook point of (layer, step) is read: the anchor phase everywhere, then only the
+        monitored layers (the recorder's lean mode leaves the others to plain SDPA)."""
+        return step < self.start or not self.ready or layer in self.monitored
+
     # the hook ---------------------------------------------------------------------------------------
     def intervene(self, point: AttentionPoint):
         layer, step = point.layer, point.step
-        if layer == 0:
+        while len(self.amc_log) <= step:  # by step, not by layer 0: a lean recorder may skip layer 0
             self.amc_log.append([None] * self.num_layers)
             self.fired_log.append({})
         if step < self.start:
@@ -183,20 +188,20 @@ class ASIPolicy:
         if layer not in self.monitored or not self.cfg.enabled:
             # nothing steers this layer, so the map the recorder keeps is the unsteered one: its AMC is
             # computed after decoding (amc_matrix), off the hot path
-            self.amc_log[-1][layer] = _FROM_RECORDER
+            self.amc_log[step][layer] = _FROM_RECORDER
             return None
         a = point.attn
         dev = a.device
         w = self._on("w", layer, dev, lambda: self._w_cpu)
         score = amc(a, w)
-        self.amc_log[-1][layer] = score
+        self.amc_log[step][layer] = score
         refs = self._refs_cpu
         s_ref = self._on("s_ref", layer, dev, lambda: refs.s_ref[layer])
         m_ref = self._on("m_ref", layer, dev, lambda: refs.m_ref[layer])
         fired = fire(self.cfg, score, point.mass, s_ref, m_ref, a.shape[-1])
         if self._row_mask is not None:
             fired = fired & self._on("mask", layer, dev, lambda: self._row_mask[layer])
-        self.fired_log[-1][layer] = fired
+        self.fired_log[step][layer] = fired
         if dev.type == "cpu" and not bool(fired.any()):
             return None  # nothing to re-normalise (on a GPU the check would cost a sync)
         a_ref = self._on("a_ref", layer, dev, lambda: refs.a_ref[layer])
@@ -231,7 +236,8 @@ class ASIPolicy:
         for t, r in enumerate(self.amc_log):
             vals = []
             for layer, x in enumerate(r):
-                if x is _FROM_RECORDER and rec is not None and t < len(rec.steps) and layer < len(rec.steps[t]):
+                if (x is _FROM_RECORDER and rec is not None and t < len(rec.steps)
+                        and rec.steps[t][layer] is not None):
                     m = rec.steps[t][layer][row].float().cpu()
                     vals.append(float(amc(m.mean(0) if m.ndim == 2 else m, w)))
                 elif isinstance(x, torch.Tensor):
