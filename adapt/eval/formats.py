@@ -14,17 +14,22 @@ class DataError(ValueError):
     """A data file that is missing, unreadable or not in the expected format."""
 
 
+def _open_error(path: Path, exc: Exception, expected: str, what: str) -> DataError:
+    """The one-line error for a data file that could not be opened or decoded."""
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path}: no such {what}")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{path}: is a folder, expected {expected}")
+    return DataError(f"{path}: cannot be read ({type(exc).__name__})")
+
+
 def read_json(path: str | Path, what: str = "file"):
     """The JSON document at ``path``."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such {what}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a JSON {what}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read ({type(exc).__name__})") from None
+        raise _open_error(path, exc, f"a JSON {what}", what) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -37,12 +42,8 @@ def iter_jsonl(path: str | Path, required: tuple[str, ...] = (), what: str = "fi
     path = Path(path)
     try:
         handle = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such {what}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a JSONL {what}") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({type(exc).__name__})") from None
+        raise _open_error(path, exc, f"a JSONL {what}", what) from None
     with handle:
         lineno = 0
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -21,7 +22,7 @@ class Answer:
     generation: Generation | None = None
 
 
-class Method:
+class Method(ABC):
     """A decoding method, looked up by name in :mod:`adapt.methods`.
 
     Subclasses implement :meth:`_answer_group` for pairs that share one image-token grid."""
@@ -45,8 +46,9 @@ class Method:
                **generate_kwargs) -> Answer:
         return self.answer_batch(backbone, [image], [question], max_new_tokens, **generate_kwargs)[0]
 
+    @abstractmethod
     def _answer_group(self, backbone, images, questions, max_new_tokens, **generate_kwargs) -> list[Answer]:
-        raise NotImplementedError
+        """Answers for pairs that share one image-token grid, in order."""
 
     def config_dict(self) -> dict:
         return {}

@@ -3,12 +3,13 @@ answers are scored and aggregated."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from ..formats import DataError
 
 
-class Task:
+class Task(ABC):
     """One registered benchmark task (dataset + prompt + scoring + aggregation).
 
     Subclasses set ``name`` and implement :meth:`items`, :meth:`run_batch` and :meth:`summarise`.
@@ -24,20 +25,20 @@ class Task:
         """What defines the task's data and prompts (in ``run.json`` and the config hash)."""
         return {}
 
+    @abstractmethod
     def items(self) -> list:
         """The task's items in a fixed order; each has a unique string :meth:`item_id`."""
-        raise NotImplementedError
 
     def item_id(self, item) -> str:
         return str(item["id"])
 
+    @abstractmethod
     def run_batch(self, backbone, method, items: list) -> list[dict]:
         """One record per item, in order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def summarise(self, records: list[dict]) -> dict:
         """One method's figures from its records."""
-        raise NotImplementedError
 
     def summarise_run(self, run_dir: Path, methods: list[str], records: dict[str, list[dict]]) -> dict:
         """Every method's figures; a task may compare methods here (the world does, against the first)."""
