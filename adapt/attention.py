@@ -274,11 +274,14 @@ class AttentionRecorder:
             logits = logits + attention_mask[:, :, -1:, : key.shape[-2]]
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         img = self._image_cols(probs)[:, :, 0, :]  # [B, H, n]
+        img_logits = None
+        if self.cache_logits or self._intervene is not None:
+            img_logits = self._image_cols(logits)[:, :, 0, :].float()
         if self.cache_logits:
-            self.logit_steps[step][layer] = self._image_cols(logits)[:, :, 0, :].float()
+            self.logit_steps[step][layer] = img_logits
         edit = None
         if self._intervene is not None:
-            edit = self._intervene(AttentionPoint(layer, step, self._image_cols(logits)[:, :, 0, :].float(), img))
+            edit = self._intervene(AttentionPoint(layer, step, img_logits, img))
         elif self.policy is not None:
             bias = self.policy(layer, step, img.mean(1))
             edit = None if bias is None else LogitBias(bias)

@@ -69,8 +69,6 @@ class AdaptTF(Method):
         self.lean = lean
         self.cache = cache
         self.name = name
-        self.last_anchors: list[Anchor] = []  # of the last group answered (the app and tests read them)
-        self.last_policy: ASIPolicy | None = None
 
     def config_dict(self) -> dict:
         return self.cfg.to_dict()
@@ -129,18 +127,21 @@ class AdaptTF(Method):
         rows = self._second_pass_rows(lengths, questions)
         if rows:
             answers = self._second_pass(backbone, rows, answers, gens, questions, grid, noise,
-                                        enhanced if cfg.enhance.enabled else images, max_new_tokens)
-        self.last_anchors, self.last_policy = list(anchors), policy
+                                        enhanced if cfg.enhance.enabled else images, max_new_tokens,
+                                        anchors if cfg.enhance.enabled else None)
         return answers
 
-    def _second_pass(self, backbone, rows, answers, gens, questions, grid, noise, images, max_new_tokens):
-        """Rows steered again from step 0 with their own first pass's anchor and references (built
-        from the steps each row really generated)."""
+    def _second_pass(self, backbone, rows, answers, gens, questions, grid, noise, images, max_new_tokens,
+                     anchors: list[Anchor] | None = None):
+        """Rows steered again from step 0 with their own first pass's anchor and references, built
+        from the steps each row really generated (``anchors``: the anchor-run anchors of the original
+        image, when the first pass answered on the enhanced one)."""
         cfg, k = self.cfg, self.cfg.anchor.k
         refs, layers = [], []
         for b in rows:
             maps = gens[b].maps.numpy()
-            anchor = anchor_from_maps(layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]])
+            anchor = anchors[b] if anchors is not None else anchor_from_maps(
+                layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]])
             w = steering_weights(anchor.anchor)
             refs.append(references_from_maps(maps, w, k, cfg.asi.ref_skip_step0))
             layers.append(parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam))
