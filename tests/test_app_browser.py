@@ -52,14 +52,19 @@ def page(url):
         browser.close()
 
 
+def _describe(page, image_path):
+    """Upload ``image_path`` and ask for a description."""
+    page.locator("#adapt-image input[type=file]").set_input_files(str(image_path))
+    page.wait_for_selector("#adapt-image img")
+    page.fill("#adapt-question textarea", "describe the image in detail.")
+    page.click("#adapt-run")
+
+
 def test_upload_analyse_and_see_answers_and_plots(page, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     img = tmp_path / "upload.png"
     Image.fromarray((np.random.RandomState(3).rand(60, 80, 3) * 255).astype("uint8")).save(img)
-    page.locator("#adapt-image input[type=file]").set_input_files(str(img))
-    page.wait_for_selector("#adapt-image img")
-    page.fill("#adapt-question textarea", "describe the image in detail.")
-    page.click("#adapt-run")
+    _describe(page, img)
     page.wait_for_selector("#adapt-amc .js-plotly-plot")
     for sel in ("#adapt-signals .js-plotly-plot", "#adapt-criteria .js-plotly-plot", "#adapt-layers img",
                 "#adapt-maps img", "#adapt-align table"):
@@ -132,10 +137,7 @@ def test_an_error_keeps_the_page_and_says_so(page, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     good = tmp_path / "good.png"
     Image.fromarray((np.random.RandomState(5).rand(50, 50, 3) * 255).astype("uint8")).save(good)
-    page.locator("#adapt-image input[type=file]").set_input_files(str(good))
-    page.wait_for_selector("#adapt-image img")
-    page.fill("#adapt-question textarea", "describe the image in detail.")
-    page.click("#adapt-run")
+    _describe(page, good)
     page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('good.png')")
     before = page.inner_text("#adapt-summary")
     bad = tmp_path / "broken.png"
@@ -169,10 +171,7 @@ def test_an_error_keeps_the_page_and_says_so(page, tmp_path):
 def test_upload_without_ground_truth_is_not_verified(page, tmp_path):
     img = tmp_path / "photo.png"
     Image.fromarray((np.random.RandomState(8).rand(64, 64, 3) * 255).astype("uint8")).save(img)
-    page.locator("#adapt-image input[type=file]").set_input_files(str(img))
-    page.wait_for_selector("#adapt-image img")
-    page.fill("#adapt-question textarea", "describe the image in detail.")
-    page.click("#adapt-run")
+    _describe(page, img)
     page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('photo.png')")
     assert "No ground truth for this image" in page.inner_text("#adapt-summary")
     assert page.locator("#adapt-align td.obj").count() == 0  # green means "checked and present"
