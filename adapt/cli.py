@@ -236,8 +236,12 @@ def cmd_eval(args) -> int:
         print(str(exc), file=sys.stderr)
         return 130
     bar.close()
-    print(format_summary(summary))
-    print(f"wrote {Path(args.out) / 'summary.json'}")
+    from .eval.tables import print_tables
+    from .eval.world_bench import TABLE_KEYS
+
+    print_tables(summary, TABLE_KEYS)
+    out = Path(args.out)
+    print(f"wrote {out / 'summary.json'}, {out / 'table.md'}, {out / 'efficiency.md'}, {out / 'summary.csv'}")
     return 0
 
 
@@ -261,30 +265,6 @@ def cmd_score(args) -> int:
         return run_score(args)
     except DataError as exc:
         raise UsageError(str(exc)) from None
-
-
-def format_summary(summary: dict) -> str:
-    keys = ["chair_s", "chair_i", "hallucinated_mentions", "mentions", "recall", "fire_rate", "trap_chair_i", "nontrap_chair_i", "partner_rate", "pope_random_acc",
-            "pope_popular_acc", "pope_adversarial_acc", "pope_adversarial_precision", "pope_adversarial_f1",
-            "yes_ratio", "mean_words", "tokens_per_item", "seconds_per_item", "n"]
-    methods = list(summary)
-    lines = [f"{'metric':28s}" + "".join(f"{m:>12s}" for m in methods)]
-    for k in keys:
-        vals = [summary[m].get(k) for m in methods]
-        if all(v is None for v in vals):
-            continue
-        lines.append(f"{k:28s}" + "".join(f"{v:12.4f}" if isinstance(v, float) else f"{str(v):>12s}"
-                                          for v in vals))
-    for m in methods[1:]:
-        key = f"chair_i_change_vs_{methods[0]}"
-        if summary[m].get(key) is not None:
-            lines.append(f"{m}: CHAIR_i {summary[m][key]:+.1%} vs {methods[0]} (paired bootstrap 95 % CI "
-                         f"{summary[m][key + '_ci_low']:+.1%} … {summary[m][key + '_ci_high']:+.1%})")
-        pkey = f"pope_adversarial_acc_diff_vs_{methods[0]}"
-        if summary[m].get(pkey) is not None:
-            lines.append(f"{m}: POPE adversarial accuracy {100 * summary[m][pkey]:+.1f} points vs {methods[0]} "
-                         f"(CI {100 * summary[m][pkey + '_ci_low']:+.1f} … {100 * summary[m][pkey + '_ci_high']:+.1f})")
-    return "\n".join(lines)
 
 
 def cmd_sweep(args) -> int:

@@ -3,7 +3,9 @@
 For every (task, method) one JSONL of records is written as it goes (``items-<method>.jsonl``): a crash
 or Ctrl-C loses at most the batch in flight, and a rerun with the same configuration answers only what
 is missing. ``run.json`` records the task, methods, full configuration, its hash, the git commit and
-the model's revision; ``summary.json``, ``summary.md`` and ``summary.csv`` hold the figures.
+the model's revision; ``summary.json`` holds the figures, ``table.md`` the results (paper Table 1's
+layout), ``efficiency.md`` seconds and tokens per answer against greedy (Table 2b), ``summary.md`` /
+``summary.csv`` the long form (:mod:`adapt.eval.tables`).
 
 Sharding: under ``accelerate launch`` (or any launcher that sets ``RANK`` / ``WORLD_SIZE``) process i of
 n answers the items i, i + n, i + 2n, … into ``items-<method>.shard-<i>-of-<n>.jsonl``; process 0 waits
@@ -12,9 +14,7 @@ until every shard has finished, merges them into ``items-<method>.jsonl`` and wr
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .formats import DataError, write_json
+from .tables import TimedMethod, cost_figures, write_tables
 from .tasks import Task
 
 WAIT_POLL_S = 0.5
@@ -152,9 +153,14 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
         path = _items_path(run_dir, method.name, shard if shard.count > 1 else None)
         _end_torn_line(path)
         with path.open("a", encoding="utf-8") as f:
+            timed = TimedMethod(method)
             for start in range(0, len(todo), bs):
                 batch = todo[start:start + bs]
-                for rec in task.run_batch(backbone, method, batch):
+                recs = task.run_batch(backbone, timed, batch)
+                cost = timed.take()
+                for rec in recs:
+                    if cost is not None:  # each record carries its share of the batch's long-form answers
+                        rec["cost"] = {k: v / len(recs) for k, v in cost.items()}
                     f.write(json.dumps(rec) + "\n")
                 f.flush()
                 done_n += len(batch)
@@ -166,9 +172,10 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
     _wait_for_shards(run_dir, shard.count)
     records = {m: _merge(run_dir, m, ids) for m in names}
     summary = task.summarise_run(run_dir, names, records)
+    for m in summary:
+        summary[m].update(cost_figures(records.get(m, [])))
     write_json(run_dir / "summary.json", summary)
-    (run_dir / "summary.md").write_text(markdown_table(summary, task.table_keys), encoding="utf-8")
-    (run_dir / "summary.csv").write_text(csv_table(summary, task.table_keys), encoding="utf-8")
+    write_tables(run_dir, summary, task.table_keys)
     return summary
 
 
@@ -226,36 +233,3 @@ def _merge(run_dir: Path, method: str, ids: list[str]) -> list[dict]:
         for p in shards:
             p.unlink()
     return [merged[k] for k in ids if k in merged]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return "" if v is None else str(v)
-
-
-def _rows(summary: dict, keys: tuple[str, ...]) -> list[tuple[str, list]]:
-    methods = list(summary)
-    keys = keys or tuple(sorted({k for s in summary.values() for k, v in s.items() if isinstance(v, (int, float))}))
-    # comparisons against the first method (the world's CHAIR_i change and its CI) follow the figures
-    keys = (*keys, *sorted({k for s in summary.values() for k in s if "_vs_" in k and k not in keys}))
-    return [(k, [summary[m].get(k) for m in methods]) for k in keys
-            if any(summary[m].get(k) is not None for m in methods)]
-
-
-def markdown_table(summary: dict, keys: tuple[str, ...] = ()) -> str:
-    """The summary as a Markdown table: one row per figure, one column per method."""
-    methods = list(summary)
-    lines = ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    lines += [f"| {k} | " + " | ".join(_fmt(v) for v in vals) + " |" for k, vals in _rows(summary, keys)]
-    return "\n".join(lines) + "\n"
-
-
-def csv_table(summary: dict, keys: tuple[str, ...] = ()) -> str:
-    """The summary as CSV: ``metric,<method>,...``."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["metric", *summary])
-    for k, vals in _rows(summary, keys):
-        w.writerow([k, *(_fmt(v) for v in vals)])
-    return buf.getvalue()

@@ -122,11 +122,11 @@ def run_task_cli(args, load, build_config, cache) -> int:
         print(f"process {shard.index} of {shard.count}: done; process 0 merges and writes the summary",
               file=sys.stderr)
         return 0
-    from .runner import markdown_table
+    from .tables import print_tables
 
-    print(markdown_table(summary, task.table_keys), end="")
+    print_tables(summary, task.table_keys)
     out = Path(args.out)
-    print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}, {out / 'summary.csv'}, per-item "
-          f"{out}/items-<method>.jsonl, {out / 'run.json'}")
+    print(f"wrote {out / 'summary.json'}, {out / 'table.md'}, {out / 'efficiency.md'}, {out / 'summary.csv'}, "
+          f"per-item {out}/items-<method>.jsonl, {out / 'run.json'}")
     return 0
 

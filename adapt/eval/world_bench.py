@@ -21,8 +21,12 @@ from ..backbones import Backbone
 from ..config import AdaptConfig
 from ..methods import Method, get_methods
 from .metrics import chair, chair_i_change, paired_mean_diff, parse_yes_no, pope_metrics
+from .tables import write_tables
 
 POPE_KINDS = ("random", "popular", "adversarial")
+# the results table's columns (paper Table 1's figures, then the world's own)
+TABLE_KEYS = ("chair_s", "chair_i", "hallucinated_mentions", "mentions", "recall", "pope_random_acc",
+              "pope_adversarial_acc", "pope_adversarial_precision", "fire_rate", "partner_rate", "n")
 POPE_MAX_TOKENS = 8
 SPLIT_SIZES = {"validation": 100, "test": 200}
 
@@ -152,6 +156,7 @@ def run_world(backbone: Backbone, methods: list[Method], run: WorldRun,
                     progress(done_count, total, method.name)
     summary = summarise(out, [m.name for m in methods], n)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_tables(out, summary, TABLE_KEYS)
     _write_progress(out, total, total, "done")
     return summary
 
@@ -207,6 +212,8 @@ def summarise_items(items: list[dict]) -> dict:
     s["mean_words"] = float(np.mean([len(it["description"].split()) for it in items]))
     s["seconds_per_item"] = float(np.mean([it["seconds"] for it in items]))
     s["tokens_per_item"] = float(np.mean([it["info"].get("tokens", 0) for it in items]))
+    # the tables' cost columns time the descriptions (paper Table 2b times answers of this kind)
+    s.update(seconds_per_answer=s["seconds_per_item"], tokens_per_answer=s["tokens_per_item"], answers=len(items))
     s["n"] = len(items)
     return s
 

@@ -14,9 +14,7 @@ class WorldTask(Task):
 
     name = "world"
     description = "exact CHAIR and POPE on the synthetic world (the embedded model's benchmark)"
-    table_keys = ("chair_s", "chair_i", "hallucinated_mentions", "mentions", "recall", "fire_rate", "trap_chair_i", "nontrap_chair_i", "partner_rate",
-                  "pope_random_acc", "pope_popular_acc", "pope_adversarial_acc", "yes_ratio", "mean_words",
-                  "seconds_per_item", "n")
+    table_keys = world_bench.TABLE_KEYS
 
     def __init__(self, split: str = "test", seed: int | None = None, seeds: list[int] | None = None,
                  limit: int | None = None, pope: bool = True, describe_tokens: int = 128, batch_size: int = 32):
