@@ -19,6 +19,21 @@ class Knobs:
     enhance: bool
     max_new_tokens: int
     asi_layers: str
+    # appended after the older knobs so that API clients passing the first ten keep working
+    operator: str = ""
+    trigger: str = ""
+    mass_tau: float | None = None
+    gamma: float | None = None
+
+    def __post_init__(self):
+        from adapt.config import AdaptConfig
+
+        asi = AdaptConfig().asi
+        # an empty value (an old client, a cleared box) is the library's default
+        self.operator = self.operator or asi.operator
+        self.trigger = self.trigger or asi.trigger
+        self.mass_tau = asi.mass_tau if self.mass_tau in (None, "") else self.mass_tau
+        self.gamma = asi.gamma if self.gamma in (None, "") else self.gamma
 
     @classmethod
     def defaults(cls) -> "Knobs":
@@ -27,7 +42,8 @@ class Knobs:
         c = AdaptConfig()
         return cls(k=c.anchor.k, tau=c.asi.tau, alpha=c.asi.alpha, w_spec=c.anchor.w_spec,
                    w_smooth=c.anchor.w_smooth, w_focus=c.anchor.w_focus, num_noise=c.anchor.num_noise,
-                   enhance=c.enhance.enabled, max_new_tokens=c.max_new_tokens, asi_layers=c.asi.layers)
+                   enhance=c.enhance.enabled, max_new_tokens=c.max_new_tokens, asi_layers=c.asi.layers,
+                   operator=c.asi.operator, trigger=c.asi.trigger, mass_tau=c.asi.mass_tau, gamma=c.asi.gamma)
 
     @classmethod
     def from_config(cls, config: dict | None) -> "Knobs":
@@ -42,12 +58,14 @@ class Knobs:
                    w_focus=anchor.get("w_focus", d.w_focus), num_noise=anchor.get("num_noise", d.num_noise),
                    enhance=bool(enh.get("enabled", d.enhance)),
                    max_new_tokens=config.get("max_new_tokens", d.max_new_tokens),
-                   asi_layers=layers if isinstance(layers, str) else ",".join(map(str, layers)))
+                   asi_layers=layers if isinstance(layers, str) else ",".join(map(str, layers)),
+                   operator=asi.get("operator", d.operator), trigger=asi.get("trigger", d.trigger),
+                   mass_tau=asi.get("mass_tau", d.mass_tau), gamma=asi.get("gamma", d.gamma))
 
     def values(self) -> list:
         """The values in the order of the tab's inputs."""
         return [self.k, self.tau, self.alpha, self.w_spec, self.w_smooth, self.w_focus, self.num_noise, self.enhance,
-                self.max_new_tokens, self.asi_layers]
+                self.max_new_tokens, self.asi_layers, self.operator, self.trigger, self.mass_tau, self.gamma]
 
     def config(self):
         """The :class:`adapt.config.AdaptConfig` of these knobs (raises ConfigError when invalid)."""
@@ -72,4 +90,8 @@ class Knobs:
             "max_new_tokens": num(self.max_new_tokens, "max new tokens", int),
             # an emptied box means "the default", not "every layer"
             "asi.layers": (self.asi_layers or "").strip() or AdaptConfig().asi.layers,
+            "asi.operator": str(self.operator).strip(),
+            "asi.trigger": str(self.trigger).strip(),
+            "asi.mass_tau": num(self.mass_tau, "mass τ", float),
+            "asi.gamma": num(self.gamma, "γ", float),
         })

@@ -69,7 +69,7 @@ def test_charts_mark_threshold_and_interventions(trace):
     assert any("layer 2" in (t.name or "") for t in one.data)
     assert F.criteria_figure(trace).layout.legend.y < 0
     sig = F.signals_figure(trace)
-    assert len([t for t in sig.data if t.name in ("unsteered", "steered")]) == 6
+    assert len([t for t in sig.data if t.name in ("greedy", "ADAPT-TF")]) == 6
     crit = F.criteria_figure(trace)
     assert {t.name for t in crit.data} >= {"λ_l (right axis)", "fused c_l"}
 
@@ -86,6 +86,52 @@ def test_answers_are_token_aligned_with_hallucinations(trace):
     labels = [lab for _, lab in F.highlighted(trace, "unsteered")]
     assert F.UNVERIFIED in labels and set(labels) <= {None, F.UNVERIFIED}  # never "in the image" unchecked
     assert "class='obj" not in F.alignment_html(trace) and "not verified" in F.alignment_html(trace)
+
+
+def test_a_compared_method_is_named_on_every_view(tmp_path):
+    """With another method in the unsteered slot (meta["compare"]), every view names it instead
+    of greedy, and a saved trace keeps the name."""
+    from adapt.trace import Trace
+
+    trace = synthetic_trace()
+    other = synthetic_trace()
+    other.meta[F.COMPARE_KEY] = "pai"
+    assert F.run_label(trace, "unsteered") == "greedy" and F.run_label(other, "unsteered") == "pai"
+    assert "<th class='run'>pai</th>" in F.alignment_html(other) and "<th class='run'>greedy</th>" not in \
+        F.alignment_html(other)
+    names = [t.name for t in F.amc_figure(other).data]
+    assert "pai: mean of monitored layers" in names and not any(n and n.startswith("greedy") for n in names)
+    assert {t.name for t in F.signals_figure(other).data} >= {"pai", "ADAPT-TF"}
+    assert F.step_map(other, "unsteered", 1)[1].startswith("pai · step 1")
+    summary = F.summary_markdown(other)
+    assert "**`pai` hallucinates:** `moon`" in summary and "Greedy" not in summary
+    from app.ui.views import answer_label
+
+    assert answer_label(other, "unsteered") == "pai (compared with ADAPT-TF)"
+    assert answer_label(trace, "unsteered") == "Greedy (unsteered)"
+    assert F.run_label(Trace.load(other.save(tmp_path / "t.zip")), "unsteered") == "pai"
+
+
+def test_knobs_carry_operator_and_trigger():
+    """The operator and trigger knobs start at the library's defaults, reach the config, come back
+    from a saved trace's config, and a bad name is refused with the choices."""
+    from adapt.config import OPERATORS, TRIGGERS, AdaptConfig, ConfigError
+
+    from app.knobs import Knobs
+    from app.ui.inspect import operator_choices, trigger_choices
+
+    d = Knobs.defaults()
+    assert (d.operator, d.trigger) == (AdaptConfig().asi.operator, AdaptConfig().asi.trigger)
+    assert [v for _, v in operator_choices()] == list(OPERATORS) and [v for _, v in trigger_choices()] == list(TRIGGERS)
+    values = d.values()
+    values[10:14] = ["logprior", "amc", 0.7, 2.0]
+    cfg = Knobs(*values).config()
+    assert (cfg.asi.operator, cfg.asi.trigger, cfg.asi.mass_tau, cfg.asi.gamma) == ("logprior", "amc", 0.7, 2.0)
+    assert Knobs.from_config(cfg.to_dict()).values() == Knobs(*values).values()
+    assert Knobs(*d.values()[:10]).operator == d.operator  # an old client's ten knobs: the defaults
+    values[10] = "boost-everything"
+    with pytest.raises(ConfigError, match="asi.operator must be one of"):
+        Knobs(*values).config().validate()
 
 
 def test_subword_object_tokens():
@@ -302,3 +348,70 @@ def test_admin_tables_keep_their_headers():
                                  "items-adapt-tf": [{"index": 0, "hallucinated": []}]})
     assert headers[0] == "method" and {r[0] for r in rows} == {"greedy", "adapt-tf"}
     assert items_table({"train_log": [{"step": 1}]})[0][0] == "file"
+
+
+# ---------------------------------------------------------------------------------- comparison
+def _embedded():
+    from adapt.backbones import BackboneError, load_backbone
+
+    try:
+        return load_backbone("embedded")
+    except BackboneError:
+        pytest.skip("assets/embedded not present")
+
+
+def test_compare_with_pai_shows_pais_answer():
+    """On the first shipped trap scene greedy names the absent diamond and PAI does not: with
+    compare="pai" the unsteered slot holds PAI's own answer (the registry's, word for word), its
+    hallucinations are recounted, and ADAPT-TF's answer is the same as beside greedy."""
+    from adapt.images import load_image
+    from adapt.methods import get_method
+
+    from app.analysis import analyse, compare_names
+    from app.examples import load_presets, register_presets
+    from app.knobs import Knobs
+    from app.scenes import SceneRegistry
+
+    presets = load_presets()
+    if not presets:
+        pytest.skip("no example scenes shipped yet")
+    bb = _embedded()
+    reg = SceneRegistry()
+    register_presets(reg, presets)
+    e = presets[0]
+    img = load_image(e["path"])
+    knobs = Knobs.defaults()
+    base = analyse(bb, img, e["question"], knobs, meta=reg.lookup(img))
+    vs_pai = analyse(bb, img, e["question"], knobs, meta=reg.lookup(img), compare="pai")
+    pai = get_method("pai").answer(bb, img, e["question"], knobs.max_new_tokens).text
+    assert vs_pai.unsteered.text == pai != base.unsteered.text
+    assert vs_pai.steered.text == base.steered.text
+    assert F.hallucinated_objects(base, "unsteered") == ["diamond"] and F.hallucinated_objects(vs_pai, "unsteered") == []
+    assert vs_pai.meta["compare"] == "pai" and "compare" not in base.meta
+    # token-aligned against ADAPT-TF, with its attention recorded at every step
+    assert vs_pai.unsteered.maps.shape[0] == len(vs_pai.unsteered.tokens) > 0
+    assert "<th class='run'>pai</th>" in F.alignment_html(vs_pai)
+    assert {"greedy", "pai", "image-boost", "adapt-tf:paper"} <= set(compare_names())
+    assert "adapt-tf" not in compare_names()  # with the tab's knobs it is the steered run itself
+
+
+def test_compare_with_a_method_that_records_no_attention():
+    """greedy:sdpa captures nothing: the text is shown and aligned, every view still draws."""
+    from adapt.config import ConfigError
+    from adapt.world.datasets import make_split
+
+    from app.analysis import analyse
+    from app.knobs import Knobs
+    from app.ui.views import render
+
+    bb = _embedded()
+    scene = make_split("test", 2)[-1]
+    knobs = Knobs.defaults()
+    knobs.max_new_tokens = 12
+    trace = analyse(bb, scene.image(), "describe the image in detail.", knobs, compare="greedy:sdpa")
+    assert trace.unsteered.maps.shape[0] == 0 and len(trace.unsteered.tokens) == len(trace.unsteered.token_ids) > 0
+    assert "no attention recorded" in F.step_map(trace, "unsteered", 0)[1]
+    views = render(trace)
+    assert "greedy:sdpa" in views[3]
+    with pytest.raises(ConfigError, match="unknown comparison method 'beam'; choose one of greedy"):
+        analyse(bb, scene.image(), "describe the image in detail.", knobs, compare="beam")

@@ -14,6 +14,23 @@ def answer(trace, run: str):
     return trace.steered if run == "steered" else trace.unsteered
 
 
+COMPARE_KEY = "compare"  # trace.meta key: the registered method in the unsteered slot (absent: greedy)
+
+
+def compared_method(trace) -> str:
+    """The registered method whose answer sits in the trace's unsteered slot ("greedy" unless the
+    Inspect tab was asked to compare ADAPT-TF with another one)."""
+    meta = trace.meta if isinstance(trace.meta, dict) else {}
+    name = meta.get(COMPARE_KEY)
+    return name if isinstance(name, str) and name.strip() else "greedy"
+
+
+def run_label(trace, run: str) -> str:
+    """How a run is named on every view: ADAPT-TF for the steered one, the compared method's
+    registry name for the other."""
+    return "ADAPT-TF" if run == "steered" else compared_method(trace)
+
+
 def num_steps(trace) -> int:
     steps = [len(a.tokens) for a in (trace.unsteered, trace.steered) if a is not None]
     return max([1, *steps])
@@ -149,7 +166,7 @@ def alignment_html(trace, step: int | None = None, per_row: int = 16) -> str:
                     tip += f"; '{info.category}' is not in the image"
                 cells.append(f"<td class='{' '.join(cls)}' title='{html.escape(tip, quote=True)}'>"
                              f"{html.escape(info.text.strip()) or '&nbsp;'}</td>")
-            label = "ADAPT-TF" if r == "steered" else "greedy"
+            label = run_label(trace, r)
             rows.append(f"<tr><th class='run'>{label}</th>{''.join(cells)}</tr>")
         blocks.append(f"<table>{''.join(rows)}</table>")
     if has_truth(trace):
@@ -195,9 +212,11 @@ def summary_markdown(trace) -> str:
     if meta.get("objects") is not None:
         objs = ", ".join(dict.fromkeys(meta["objects"])) or "nothing"
         lines.append(f"**In the image (ground truth):** {objs}")
-        for run, label in (("unsteered", "Greedy"), ("steered", "ADAPT-TF")):
+        for run in ("unsteered", "steered"):
             if answer(trace, run) is None:
                 continue
+            label = run_label(trace, run)
+            label = "Greedy" if label == "greedy" else label if run == "steered" else f"`{label}`"
             hal = hallucinated_objects(trace, run)
             errors = (meta.get("errors") or {}).get(run) or {}
             wrong = [f"wrong colour: {'; '.join(errors['colour'])}"] if errors.get("colour") else []

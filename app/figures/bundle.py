@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from .answers import ALIGN_CSS, alignment_html, summary_markdown
+from .answers import ALIGN_CSS, alignment_html, run_label, summary_markdown
 from .charts import amc_figure, criteria_figure, signals_figure
 from .overlays import anchor_gallery, display_image, layer_gallery
 
@@ -30,7 +30,7 @@ def figures_zip(trace, path) -> None:
 
     answers = "".join(
         f"<p><b>{label}:</b> {html.escape(a.text)}</p>"
-        for label, a in (("Greedy", trace.unsteered), ("ADAPT-TF", trace.steered)) if a is not None)
+        for label, a in ((run_label(trace, "unsteered"), trace.unsteered), ("ADAPT-TF", trace.steered)) if a is not None)
     enhanced = ("<h3>Anchor-guided image</h3><div class='tiles'><figure><img src='enhanced_image.png' "
                 "alt='anchor-guided image' width='288'></figure></div>") if trace.enhanced_image is not None else ""
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>ADAPT figures</title>"

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .answers import answer
+from .answers import answer, run_label
 
 DISPLAY_SIDE = 224  # longest side of overlay tiles (px): big enough to read, cheap to encode
 COLORMAP = cv2.COLORMAP_TURBO
@@ -142,10 +142,10 @@ def step_map(trace, run: str, step: int, layer: int | None = None) -> tuple[np.n
     the image that run saw, with a caption naming the step's token and whether ASI steered it."""
     a = answer(trace, run)
     if a is None:
-        return None, f"{run}: not run"
+        return None, f"{run_label(trace, run)}: not run"
     maps = np.asarray(a.maps)
     if maps.ndim != 3 or maps.shape[0] == 0:
-        return None, f"{run}: no attention recorded"
+        return None, f"{run_label(trace, run)}: no attention recorded (the method does not capture it)"
     t = int(np.clip(step, 0, maps.shape[0] - 1))
     flat = maps[t].mean(0) if layer is None else maps[t, layer]
     image = trace.enhanced_image if (a.image_used == "enhanced" and trace.enhanced_image is not None) else trace.image
@@ -156,4 +156,4 @@ def step_map(trace, run: str, step: int, layer: int | None = None) -> tuple[np.n
     n_steered = int(np.asarray(a.steered)[t].sum()) if t < len(a.steered) else 0
     steer = f" · ASI steered {n_steered} layer{'s' if n_steered != 1 else ''}" if n_steered else ""
     note = " (past its end)" if step >= maps.shape[0] else ""
-    return tile, f"{run} · step {t}{note} · token {token.strip()!r} · {where}{steer}"
+    return tile, f"{run_label(trace, run)} · step {t}{note} · token {token.strip()!r} · {where}{steer}"

@@ -37,7 +37,7 @@ def build(app: App | None = None) -> gr.Blocks:
     with gr.Blocks(title="ADAPT", fill_width=True, delete_cache=(3600, 6 * 3600), analytics_enabled=False) as demo:
         gr.Markdown(f"## {TITLE}\n"
                     "Upload an image (or pick a trap scene), ask a question, and compare the plain greedy answer "
-                    "with ADAPT-TF: the visual anchor built from the first decoding steps, the AMC drift "
+                    "(or another registered method: PAI, an ADAPT-TF reading, …) with ADAPT-TF: the visual anchor built from the first decoding steps, the AMC drift "
                     "index per step and layer, and attention steering where it drifts.")
         notice_text = model_notice(app.default_model)
         notice = gr.Markdown(notice_text, elem_id="adapt-notice", visible=bool(notice_text))

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from .. import figures as F
-from ..analysis import analyse
+from ..analysis import DEFAULT_COMPARE, analyse, check_compare, compare_choices
 from ..knobs import Knobs
 from ..scenes import add_hallucinations, random_trap_scene, scene_meta
 from ..scratch import scratch_dir
@@ -37,6 +37,12 @@ class InspectTab:
                                        sources=["upload", "clipboard"], elem_id="adapt-image")
                 self.question = gr.Textbox(label="Question", value=app.default_question(), lines=2,
                                            elem_id="adapt-question")
+                # any value reaches check_compare, whose refusal names the choices (Gradio's own
+                # check would log a traceback and answer in its words)
+                self.compare = gr.Dropdown(compare_choices(), value=DEFAULT_COMPARE, allow_custom_value=True,
+                                           label="Compare ADAPT-TF with", elem_id="adapt-compare",
+                                           info="a registered decoding method, answered on the same image "
+                                                "(greedy: the anchor run itself)")
                 with gr.Row():
                     self.run_btn = gr.Button("Analyse", variant="primary", elem_id="adapt-run", scale=3)
                     self.stop_btn = gr.Button("Stop", variant="stop", elem_id="adapt-stop", min_width=60, scale=1)
@@ -59,6 +65,15 @@ class InspectTab:
                     max_new = SafeSlider(4, 256, value=d.max_new_tokens, step=1, label="max new tokens")
                     asi_layers = gr.Textbox(d.asi_layers, label="ASI layers",
                                             info="all · top:N (highest λ) · from:i · 0,3,5 (empty: the default)")
+                    operator = gr.Dropdown(operator_choices(), value=d.operator, label="ASI operator (how it steers)",
+                                           allow_custom_value=True, elem_id="adapt-operator")
+                    trigger = gr.Dropdown(trigger_choices(), value=d.trigger, label="ASI trigger (when it steers)",
+                                          allow_custom_value=True, elem_id="adapt-trigger")
+                    with gr.Row():
+                        mass_tau = SafeNumber(d.mass_tau, label="mass τ (mass trigger: M_t < mass τ·M_ref)",
+                                              minimum=0, step=0.05)
+                        gamma = SafeNumber(d.gamma, label="γ (mass-aware: share of the drop given back)", minimum=0,
+                                           step=0.1)
                     self.reset_btn = gr.Button("Defaults", size="sm")
                 with gr.Accordion("Open a saved trace", open=False):
                     self.trace_in = gr.File(label="Trace file (.zip from the app or the CLI)", file_types=[".zip"],
@@ -68,7 +83,8 @@ class InspectTab:
                 self.status = gr.Markdown("", elem_id="adapt-status")
                 with gr.Column(elem_id="adapt-results") as self.results_box:
                     self._results_layout()
-        self.knobs = [k, tau, alpha, w_spec, w_smooth, w_focus, num_noise, enhance, max_new, asi_layers]
+        self.knobs = [k, tau, alpha, w_spec, w_smooth, w_focus, num_noise, enhance, max_new, asi_layers, operator,
+                      trigger, mass_tau, gamma]
         self.trace_state = gr.State(None)
         # API-only triggers: their events raise readable errors for clients (see the module doc)
         self.api_inspect = gr.Button(visible=False)
@@ -116,8 +132,9 @@ class InspectTab:
                 self.amc_plot, self.signals_plot, self.maps, self.enhanced, self.criteria_plot, self.layers_gal]
 
     # ------------------------------------------------------------------------------------ work
-    def analysis(self, image_path, question_text, backbone_name, *knob_values, progress=None):
-        """(status, trace, *results, trace download): raises on any error."""
+    def analysis(self, image_path, question_text, backbone_name, *values, progress=None):
+        """(status, trace, *results, trace download): raises on any error. ``values``: the knobs,
+        then the comparison method (last, so API clients that pass only the knobs still work)."""
         from adapt.images import load_image
         from adapt.prompts import clean_question, find_special_tokens
 
@@ -126,8 +143,11 @@ class InspectTab:
         problem = question_error(question_text)
         if problem:
             raise UserError(problem)
+        n = len(self.knobs)
+        knob_values, rest = values[:n], values[n:]
+        compare = check_compare(rest[0] if rest else None)
         knobs = Knobs(*knob_values)
-        knobs.config()  # settings errors before loading anything
+        knobs.config().validate()  # settings errors before loading anything
         img = load_image(image_path)
         if progress:
             progress(0.02, desc="loading the model")
@@ -140,9 +160,11 @@ class InspectTab:
             if progress:
                 progress(min(0.99, max(0.0, float(fraction))), desc=str(text))
 
-        trace = analyse(bb, img, question, knobs, meta=meta, progress=report)
+        trace = analyse(bb, img, question, knobs, meta=meta, progress=report, compare=compare)
         note = f" (removed the model's special token(s) {esc(', '.join(removed))} from the question)" if removed else ""
-        status = status_line(f"Showing the analysis of **{esc(image_name(image_path))}** · “{esc(question)}”{note}", "ok")
+        against = "" if compare == DEFAULT_COMPARE else f" · ADAPT-TF against **{esc(compare)}**"
+        status = status_line(f"Showing the analysis of **{esc(image_name(image_path))}** · “{esc(question)}”"
+                             f"{against}{note}", "ok")
         return (status, trace, *render(trace), gr.DownloadButton(value=save_trace(trace), interactive=True))
 
     def opened(self, path):
@@ -167,7 +189,7 @@ class InspectTab:
         status = status_line(f"Showing the saved trace **{name}** · “{esc(trace.question)}” (its image and "
                              "question are in the inputs: *Analyse* runs it again)", "ok")
         return (status, trace, *views, gr.DownloadButton(value=str(path), interactive=True), str(image_path),
-                trace.question, *knobs.values())
+                trace.question, *knobs.values(), F.compared_method(trace))
 
     # ----------------------------------------------------------------------------- page events
     def _page(self, work, n_inputs_extra: int = 0):
@@ -196,7 +218,7 @@ class InspectTab:
         outs = [self.status, self.results_box, self.figs_btn, self.figs_dl, self.trace_state, *self.results,
                 self.trace_dl]
         if work is self.opened:
-            outs += [self.image, self.question, *self.knobs]
+            outs += [self.image, self.question, *self.knobs, self.compare]
         return outs
 
     def figures(self, trace):
@@ -220,7 +242,7 @@ class InspectTab:
 
     def wire(self) -> None:
         app, d = self.app, self.defaults
-        ins = [self.image, self.question, self.backbone, *self.knobs]
+        ins = [self.image, self.question, self.backbone, *self.knobs, self.compare]
         page_run = self._page(self.analysis)
         run_outs = self._page_outputs(self.analysis)
         model_kw = dict(concurrency_id="model", concurrency_limit=1)
@@ -247,7 +269,8 @@ class InspectTab:
 
         api_open.__name__ = "open_trace"
         self.api_open.click(friendly(api_open), [self.trace_in],
-                            [self.trace_state, *self.results, self.trace_dl, self.image, self.question, *self.knobs],
+                            [self.trace_state, *self.results, self.trace_dl, self.image, self.question, *self.knobs,
+                             self.compare],
                             api_name="open_trace")
         view_outs = [self.align, self.step_u, self.step_s, self.amc_plot, self.signals_plot]
 
@@ -279,6 +302,31 @@ class InspectTab:
             return status_line("Stopped. The results below are those of the last finished analysis.", "note")
 
         self.stop_btn.click(stopped, None, [self.status], cancels=cancellable, **priv, queue=False)
+
+
+def operator_choices() -> list[tuple[str, str]]:
+    """(label, name) of the registered ASI operators (:data:`adapt.config.OPERATORS`), each with
+    what it writes (:data:`adapt.steering.OPERATOR_INFO`)."""
+    from adapt.config import OPERATORS
+    from adapt.steering import OPERATOR_INFO
+
+    out = []
+    for name in OPERATORS:
+        info = OPERATOR_INFO.get(name)
+        text = info[0] if isinstance(info, tuple) and info else ""
+        out.append((f"{name} — {text}" if text else name, name))
+    return out
+
+
+TRIGGER_ABOUT = {"amc": "AMC < τ·S_ref (the paper; τ above)", "mass": "image mass < mass τ·M_ref",
+                 "amc+mass": "both at once", "always": "every monitored step after the anchor phase"}
+
+
+def trigger_choices() -> list[tuple[str, str]]:
+    """(label, name) of the registered ASI triggers (:data:`adapt.config.TRIGGERS`)."""
+    from adapt.config import TRIGGERS
+
+    return [(f"{t} — {TRIGGER_ABOUT[t]}" if t in TRIGGER_ABOUT else t, t) for t in TRIGGERS]
 
 
 def example_label(e: dict) -> str:

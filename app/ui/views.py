@@ -59,13 +59,23 @@ def render(trace) -> tuple:
     )
 
 
+def answer_label(trace, run: str) -> str:
+    """The answer box's title: which method wrote it."""
+    if run == "steered":
+        return "ADAPT-TF (steered)"
+    name = F.compared_method(trace)
+    return "Greedy (unsteered)" if name == "greedy" else f"{name} (compared with ADAPT-TF)"
+
+
 def answer_text(trace, run: str):
     """One answer with its object words marked; the legend lists only the marks this trace can
     have (no "in the image" where nothing was checked)."""
+    label = answer_label(trace, run)
     if F.answer(trace, run) is None:
-        return gr.HighlightedText(value=[("(not run)", None)])
+        return gr.HighlightedText(value=[("(not run)", None)], label=label)
     labels = (F.HALLUCINATED, F.PRESENT) if F.has_truth(trace) else (F.UNVERIFIED,)
-    return gr.HighlightedText(value=F.highlighted(trace, run), color_map={k: F.HIGHLIGHT_COLOURS[k] for k in labels})
+    return gr.HighlightedText(value=F.highlighted(trace, run), color_map={k: F.HIGHLIGHT_COLOURS[k] for k in labels},
+                              label=label)
 
 
 def save_trace(trace) -> str:
