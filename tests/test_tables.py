@@ -69,3 +69,12 @@ def test_runner_times_every_method_on_the_same_items(tmp_path):
     ratio = summary["slow"]["seconds_per_answer"] / summary["greedy"]["seconds_per_answer"]
     assert f"| slow | {summary['slow']['seconds_per_answer']:.4f} | {ratio:.2f}× | 5.0 | 6 |" in eff
     assert (tmp_path / "run" / "table.md").read_text().splitlines()[2].startswith("| greedy | ")
+
+
+def test_summary_plot_draws_each_figure_and_the_cost(tmp_path):
+    from adapt.eval.plots import _interval, summary_plot
+
+    path = summary_plot(SUMMARY, ("chair_i", "recall", "n"), tmp_path / "s.png")
+    assert path.stat().st_size > 5000
+    assert _interval(SUMMARY, "adapt-tf", "chair_i", "greedy") == (pytest.approx(0.08 * 0.69), pytest.approx(0.08 * 0.81))
+    assert summary_plot({"a": {"n": 3}}, ("n",), tmp_path / "none.png") is None

@@ -180,7 +180,8 @@ def print_tables(summary: dict, keys: tuple[str, ...] = ()) -> None:
 
 def write_tables(run_dir, summary: dict, keys: tuple[str, ...] = ()) -> dict[str, str]:
     """``table.md`` (results, the figures ``keys``), ``efficiency.md`` (cost), ``summary.md`` /
-    ``summary.csv`` (every figure, long form) in ``run_dir``; returns the two tables' text."""
+    ``summary.csv`` (every figure, long form) and ``summary.png`` (:mod:`adapt.eval.plots`) in
+    ``run_dir``; returns the two tables' text."""
     from pathlib import Path
 
     run_dir = Path(run_dir)
@@ -189,4 +190,7 @@ def write_tables(run_dir, summary: dict, keys: tuple[str, ...] = ()) -> dict[str
     (run_dir / "efficiency.md").write_text(tables["efficiency"] + ratio_line(summary) + "\n", encoding="utf-8")
     (run_dir / "summary.md").write_text(figures_table(summary), encoding="utf-8")  # every figure
     (run_dir / "summary.csv").write_text(csv_table(summary), encoding="utf-8")
+    from .plots import summary_plot
+
+    summary_plot(summary, keys or tuple(k for k, _ in _rows(summary, ())), run_dir / "summary.png")
     return tables
