@@ -102,6 +102,30 @@ def test_inspect_returns_every_view(client, model_dir, files):
     assert trace.grid == (4, 4) and trace.steered is not None and len(trace.unsteered.tokens) <= 8
 
 
+def test_inspect_compares_with_a_chosen_method(client, model_dir, files):
+    """The comparison method is the last input: "pai" puts PAI's answer beside ADAPT-TF (named in
+    the token table and the answer box); operator and trigger knobs reach the saved trace."""
+    from adapt.trace import Trace
+
+    knobs = KNOBS + ["logprior", "amc", 0.8, 1.5]
+    out = client.predict(handle_file(str(files / "a.png")), "describe the image", model_dir, *knobs, "pai",
+                         api_name="/inspect")
+    hl_u, align, trace_dl = out[1], out[3], out[-1]
+    assert "<th class='run'>pai</th>" in align and "<th class='run'>greedy</th>" not in align
+    trace = Trace.load(trace_dl["value"])
+    assert trace.meta["compare"] == "pai"
+    assert (trace.config["asi"]["operator"], trace.config["asi"]["trigger"]) == ("logprior", "amc")
+    assert "".join(t["token"] for t in hl_u["value"]).replace(" ", "") == trace.unsteered.text.replace(" ", "")
+    msg = _error(lambda: client.predict(handle_file(str(files / "a.png")), "describe", model_dir, *knobs, "beam",
+                                        api_name="/inspect"))
+    assert "unknown comparison method 'beam'" in msg and "pai" in msg and "Traceback" not in msg
+    bad = list(knobs)
+    bad[11] = "sometimes"
+    msg = _error(lambda: client.predict(handle_file(str(files / "a.png")), "describe", model_dir, *bad, "greedy",
+                                        api_name="/inspect"))
+    assert "asi.trigger must be one of amc, mass" in msg
+
+
 @pytest.mark.parametrize("case", ["no image", "empty question", "corrupt image", "missing model", "folder",
                                   "bad number", "negative weight", "bad layers", "huge image"])
 def test_inspect_errors_are_readable(client, model_dir, files, tmp_path, case):
