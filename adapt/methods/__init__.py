@@ -9,6 +9,7 @@ name                     what
 ``adapt-tf:<variant>``   a named reading of the paper (:data:`adapt.methods.adapt_tf.VARIANTS`)
 ``pai``                  PAI's attention intervention (a baseline through the same hook points)
 ``image-boost``          +0.5 on every image logit at every layer and step (PAI-like: no anchor)
+``vcd``                  VCD: contrast with the image under forward noise, plausibility cutoff (greedy)
 =======================  ===============================================================
 """
 
@@ -20,14 +21,16 @@ from .adapt_tf import PAI_LIKE, VARIANTS, AdaptTF, variant_config
 from .base import Answer, Method
 from .greedy import Greedy
 from .pai import PAI, PAIConfig
+from .vcd import VCD, VCDConfig
 
-NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai", *PAI_LIKE]
+NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai", *PAI_LIKE, "vcd"]
 
 
 def describe() -> dict[str, str]:
     """One line per registered method (the CLI's help and the app's choice show them)."""
     out = {"greedy": Greedy().description, "greedy:sdpa": Greedy(capture=False).description,
-           "adapt-tf": AdaptTF.description, "pai": PAI.description}
+           "adapt-tf": AdaptTF.description, "pai": PAI.description,
+           "vcd": VCD.description}
     for v, over in VARIANTS.items():
         out[f"adapt-tf:{v}"] = "ADAPT-TF, " + ", ".join(f"{k}={val}" for k, val in over.items())
     for v, over in PAI_LIKE.items():
@@ -45,6 +48,8 @@ def get_method(name: str, cfg: AdaptConfig | None = None, cache: BiasCache | Non
         return Greedy(capture=False)
     if name == "pai":
         return PAI()
+    if name == "vcd":
+        return VCD()
     if name in PAI_LIKE:
         return AdaptTF((cfg or AdaptConfig()).replace(**PAI_LIKE[name]), cache, name=name)
     if base == "adapt-tf":
@@ -60,5 +65,5 @@ def get_methods(names: list[str] | str, cfg: AdaptConfig | None = None, cache: B
     return [get_method(n, cfg, cache) for n in names]
 
 
-__all__ = ["Answer", "Method", "Greedy", "AdaptTF", "PAI", "PAIConfig", "VARIANTS", "NAMES", "describe",
+__all__ = ["Answer", "Method", "Greedy", "AdaptTF", "PAI", "PAIConfig", "VCD", "VCDConfig", "VARIANTS", "NAMES", "describe",
            "get_method", "get_methods"]
