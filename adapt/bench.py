@@ -6,6 +6,13 @@ with capture on, and one-pass ADAPT-TF with its defaults (bias maps cached, as i
 the first per question), interleaved over several scenes; the last line reads
 ``method adapt-tf/greedy: 1.12x`` (ADAPT-TF over stock SDPA greedy).
 
+``python -m adapt.bench methods``: every registered method (variants of ADAPT-TF left out, ``adapt-tf``
+itself kept) on the same descriptions of the embedded model, one answer at a time, forced to the
+same length (``min_new_tokens``), interleaved over scenes; one line per method (seconds and tokens
+per answer, ratio to ``greedy``) and a last line ``methods vs greedy: adapt-tf 1.12x, ...`` (paper
+Table 2b's ratios, measured side by side in one run). ``--natural`` lets each method stop where it
+ends its answer (tokens per answer then differ: compare them beside the seconds).
+
 ``python -m adapt.bench overhead``: time to generate N tokens with stock SDPA, with capture on,
 and with capture + a bias on every step at every layer, as ratios over stock, on the tiny
 configs and on a mid-size random LLaVA (576 image tokens, hidden 1024, 12 layers). On a GPU,
@@ -130,6 +137,52 @@ def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
             "adapt-tf/greedy": med["adapt-tf"] / med["stock greedy"]}
 
 
+def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: int, natural: bool = False,
+                  seed: int = 7) -> dict[str, dict[str, float]]:
+    """Seconds and tokens per answer of each method on the embedded model's descriptions, and the
+    ratio of its seconds to ``greedy``'s (the registry's greedy: capture on, what every steered
+    method is compared with in the evaluation tables)."""
+    import tempfile
+
+    from .anchor import BiasCache
+    from .backbones import load_backbone
+    from .config import AdaptConfig
+    from .methods import NAMES, describe, get_method
+    from .world import DEFAULT_DESCRIBE_PROMPT, make_split
+
+    if names is None:  # the variants of ADAPT-TF are readings of one method: time adapt-tf alone
+        names = [n for n in NAMES if ":" not in n]
+    if "greedy" not in names:
+        names = ["greedy", *names]
+    bb = load_backbone("embedded")
+    images = [s.image() for s in make_split("validation", scenes, seed=seed)]
+    cache = BiasCache(tempfile.mkdtemp(prefix="adapt-bench-"))
+    methods = {n: get_method(n, AdaptConfig(), cache) for n in names}
+    kw = {} if natural else dict(min_new_tokens=tokens)
+    for m in methods.values():  # warm-up, and fills the bias-map cache
+        m.answer(bb, images[0], DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
+    secs = {n: [] for n in methods}
+    toks = {n: [] for n in methods}
+    for _ in range(repeats):
+        for im in images:  # interleaved, so drift of the machine hits every method alike
+            for n, m in methods.items():
+                t0 = time.perf_counter()
+                a = m.answer(bb, im, DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
+                secs[n].append(time.perf_counter() - t0)
+                toks[n].append(len(a.token_ids))
+    ref = statistics.mean(secs["greedy"])
+    out = {n: {"seconds": statistics.mean(secs[n]), "tokens": statistics.mean(toks[n]),
+               "ratio": statistics.mean(secs[n]) / ref} for n in methods}
+    print(f"embedded model, {scenes} scenes x {repeats}, one answer at a time, "
+          + (f"up to {tokens} new tokens (each stops where it ends)" if natural else f"{tokens} new tokens each")
+          + f", {torch.get_num_threads()} thread(s); mean per answer:", flush=True)
+    lines = describe()
+    for n, r in out.items():
+        print(f"  {n:<12} {r['seconds'] * 1000:8.1f} ms/answer  {r['tokens']:6.1f} tokens/answer  "
+              f"{r['ratio']:5.2f}x greedy   {lines.get(n, methods[n].description)}", flush=True)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m adapt.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,8 +199,26 @@ def main(argv=None) -> None:
     m.add_argument("--repeats", type=int, default=3)
     m.add_argument("--scenes", type=int, default=8)
     m.add_argument("--threads", type=int, default=1)
+    ms = sub.add_parser("methods", help="every registered method's time per answer over greedy, side by side")
+    ms.add_argument("--methods", default=None, help="comma-separated names (default: every registered method, "
+                                                    "ADAPT-TF's variants left out)")
+    ms.add_argument("--tokens", type=int, default=128)
+    ms.add_argument("--repeats", type=int, default=2)
+    ms.add_argument("--scenes", type=int, default=6)
+    ms.add_argument("--natural", action="store_true", help="no min_new_tokens: each method stops where it ends")
+    ms.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.what == "methods":
+        from .methods import NAMES
+
+        names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else None
+        unknown = [n for n in names or [] if n not in NAMES]
+        if unknown:
+            p.error(f"unknown method(s) {unknown}; available: {', '.join(NAMES)}")
+        out = bench_methods(names, args.tokens, args.repeats, args.scenes, args.natural)
+        print("methods vs greedy: " + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in out.items() if n != "greedy"))
+        return
     if args.what == "method":
         ratios = method_overhead(args.tokens, args.repeats, args.scenes)
         for name, value in ratios.items():
