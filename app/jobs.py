@@ -563,3 +563,9 @@ def _read_json(path: Path):
 
 def default_root() -> Path:
     return Path(os.environ.get("ADAPT_JOBS_DIR") or Path(__file__).resolve().parents[1] / "runs" / "jobs")
+
+
+# kinds kept in modules of their own (they import this one, so they are registered last)
+from .taskjob import task_kind  # noqa: E402
+
+register_kind(task_kind())

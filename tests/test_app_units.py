@@ -415,3 +415,49 @@ def test_compare_with_a_method_that_records_no_attention():
     assert "greedy:sdpa" in views[3]
     with pytest.raises(ConfigError, match="unknown comparison method 'beam'; choose one of greedy"):
         analyse(bb, scene.image(), "describe the image in detail.", knobs, compare="beam")
+
+
+# --------------------------------------------------------------------------- benchmark task jobs
+def test_task_job_with_a_missing_path_is_refused_before_it_starts(runner, tmp_path):
+    before = set(runner.root.iterdir())
+    for params, message in (
+            ({"task": "pope", "images": str(tmp_path)}, "task pope needs 'questions'"),
+            ({"task": "pope", "questions": str(tmp_path / "coco_pope_random.json"), "images": str(tmp_path)},
+             f"questions: '{tmp_path / 'coco_pope_random.json'}' does not exist on the server"),
+            ({"task": "chair-coco", "annotations": str(tmp_path / "none"), "images": str(tmp_path)},
+             "annotations: "),
+            ({"task": "world", "images": str(tmp_path)}, "task world does not read 'images'"),
+            ({"task": "coco-captions"}, "'coco-captions' is not one of world, "),
+    ):
+        with pytest.raises(J.JobError) as info:
+            runner.submit("eval-task", params)
+        assert message in str(info.value)
+    assert set(runner.root.iterdir()) == before  # nothing was started or recorded
+    (tmp_path / "q.json").write_text("")
+    argv = J.KINDS["eval-task"].build(J.KINDS["eval-task"].clean(
+        {"task": "pope", "questions": f"{tmp_path / 'q.json'}", "images": str(tmp_path), "methods": "greedy,pai",
+         "parser": "strict", "model": "some/model"}), J.Path("/tmp/x"))
+    assert argv[argv.index("--questions") + 1] == str(tmp_path / "q.json") and argv[argv.index("--parser") + 1] == "strict"
+    assert argv[argv.index("--backbone") + 1] == "some/model" and "--split" not in argv
+
+
+def test_world_task_runs_as_a_job_with_progress_and_results(runner):
+    """The task runner through the admin runner: progress.json from the runner's own callback,
+    one JSONL row per scene, summary.json as the results table."""
+    from app.ui.admin import summary_table
+
+    job = runner.submit("eval-task", {"task": "world", "methods": "greedy", "limit": 3, "pope": False,
+                                      "max_new_tokens": 12})
+    done = _wait(runner, job.id, ("finished", "failed"), timeout=120)
+    assert done.status == "finished", runner.log_tail(job.id)
+    assert runner.progress(job.id) == {"done": 3, "total": 3, "stage": "done"}
+    rows = runner.rows(job.id)["items-greedy"]
+    assert len(rows) == 3 and all(len(r["description"].split()) <= 12 for r in rows)
+    summary = runner.summary(job.id)
+    headers, table = summary_table(summary)
+    assert headers == ["metric", "greedy"] and ["n", 3] in table
+    found = [len(set(r["mentioned"]) & set(r["truth"])) for r in rows]
+    truth = [len(set(r["truth"])) for r in rows]
+    assert summary["greedy"]["recall"] == pytest.approx(sum(found) / sum(truth), abs=1e-3)  # pooled
+    per_scene = sum(f / t for f, t in zip(found, truth)) / 3  # the live plot: running mean over scenes
+    assert list(F.running_metric_figure(runner.rows(job.id), "recall").data[0].y)[-1] == pytest.approx(per_scene)
