@@ -1,4 +1,4 @@
-"""Command line: ``python -m adapt {run, export-anchors, eval, score, sweep, diagnose}``."""
+"""Command line: ``python -m adapt {run, export-anchors, eval, score, sweep, diagnose, train}``."""
 
 from __future__ import annotations
 
@@ -325,6 +325,17 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """``train vag-dpo|dpo``: preference tuning (adapt/train/cli.py)."""
+    from .train.cli import run
+    from .train.config import TrainError
+
+    try:
+        return run(args)
+    except TrainError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -398,6 +409,10 @@ def parser() -> argparse.ArgumentParser:
     _backbone_args(d)
     _config_args(d)
     d.set_defaults(fn=cmd_diagnose)
+
+    from .train.cli import add_parser as add_train_parser
+
+    add_train_parser(sub).set_defaults(fn=cmd_train)
     return p
 
 
