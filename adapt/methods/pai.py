@@ -1,15 +1,30 @@
 """PAI, "Paying More Attention to Image" (Liu et al., ECCV 2024): a baseline through the same hook points.
 
-At every decoding step, in every decoder layer from ``start_layer`` on, the newest query row's
-pre-softmax logits at the image keys are amplified: z ← z + α·|z| (per head), then the softmax
-runs over all keys. Public defaults for LLaVA-1.5: α = 0.5, layers 2…end. PAI's second part, a
-classifier-free-guidance-style logit contrast with a text-only branch (γ = 1.1), needs a second KV
-cache per row and is not implemented here: this is PAI's attention intervention alone.
+Two parts, both at every decoding step:
+
+1. **Image attention amplified** (the paper's Eq. 4): in every decoder layer from ``start_layer`` on,
+   the newest query row's pre-softmax logits at the image keys become z + α·|z| (per head), then the
+   softmax runs over all keys.
+2. **Guidance away from the language prior** (the paper's Eq. 6): with log-probabilities
+   c = log p(y | v, x) of the steered model and u = log p(y | x) of the same model without the image,
+   the next token comes from γ·c − (γ − 1)·u = c + (γ − 1)·(c − u), restricted to the tokens with
+   p(y | v, x) ≥ β·max p (the public code's cutoff, β = 0.1). The text-only branch is not amplified.
+
+Public defaults (the authors' CHAIR and POPE scripts): α = 0.2, layers 2…end, γ = 1.1; γ = 1 leaves
+the attention part alone (``pai:attn``). The guidance step is VCD's contrast with α = γ − 1, so it
+shares VCD's one-forward layout: the text-only branch is the same prompt as extra batch rows whose
+image tokens are masked out of the attention, which on LLaVA equals the prompt without image tokens
+(generation positions follow the mask; tested to float rounding on the embedded model); on
+Qwen2.5-VL the masked rows keep the image's 3-D rope positions for the text after it. The original
+samples (nucleus); here the step is greedy, as every method of the registry, unless asked otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+import torch
+from transformers import LogitsProcessorList
 
 from ..attention import AttentionPoint, LogitBias
 from .base import Answer, Method
@@ -17,32 +32,70 @@ from .base import Answer, Method
 
 @dataclass
 class PAIConfig:
-    alpha: float = 0.5  # amplification of the image-key logits
+    alpha: float = 0.2  # amplification of the image-key logits (Eq. 4)
     start_layer: int = 2  # first decoder layer amplified (0-based, as the public code's 2)
+    gamma: float = 1.1  # guidance strength (Eq. 6); 1 = attention part only
+    beta: float = 0.1  # plausibility cutoff of the guided step
 
 
 class PAIPolicy:
-    def __init__(self, cfg: PAIConfig):
-        self.cfg = cfg
+    """The attention part on the first ``rows`` rows of the batch (all when None)."""
+
+    def __init__(self, cfg: PAIConfig, rows: int | None = None):
+        self.cfg, self.rows = cfg, rows
 
     def intervene(self, point: AttentionPoint):
         if point.layer < self.cfg.start_layer:
             return None
-        return LogitBias(self.cfg.alpha * point.logits.abs())
+        bias = self.cfg.alpha * point.logits.abs()
+        if self.rows is not None:  # the text-only rows stay as the model has them
+            bias[self.rows:] = 0
+        return LogitBias(bias)
 
 
 class PAI(Method):
     name = "pai"
-    description = "PAI: image-key logits amplified by α·|logit| at layers ≥ 2 (attention part only)"
+    description = "PAI: image-key logits amplified by α·|logit| at layers ≥ 2, guided away from the text-only prior (γ)"
 
-    def __init__(self, cfg: PAIConfig | None = None):
+    def __init__(self, cfg: PAIConfig | None = None, name: str = "pai"):
         self.cfg = cfg or PAIConfig()
+        self.name = name
+        if self.cfg.gamma == 1:
+            self.description = "PAI's attention part alone: image-key logits amplified by α·|logit| at layers ≥ 2"
 
     def _answer_group(self, backbone, images, questions, max_new_tokens, **generate_kwargs):
-        prepared = backbone.prepare_batch(images, questions)
-        gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=PAIPolicy(self.cfg),
-                                       **generate_kwargs)
-        return [Answer(g.text, g.token_ids, {"tokens": len(g.token_ids)}, g) for g in gens]
+        cfg, n = self.cfg, len(images)
+        if cfg.gamma == 1:
+            prepared = backbone.prepare_batch(images, questions)
+            gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=PAIPolicy(cfg),
+                                           **generate_kwargs)
+            return [Answer(g.text, g.token_ids, {"tokens": len(g.token_ids)}, g) for g in gens]
+        from .vcd import VCDLogitsProcessor
+
+        prepared = backbone.prepare_batch(list(images) * 2, list(questions) * 2)
+        inputs = prepared.inputs
+        mask = inputs["attention_mask"].clone()
+        mask[n:][inputs["input_ids"][n:] == backbone.image_token_id] = 0  # rows n…2n−1: the text alone
+        inputs["attention_mask"] = mask
+        procs = LogitsProcessorList([*generate_kwargs.pop("logits_processor", []),
+                                     VCDLogitsProcessor(n, cfg.gamma - 1, cfg.beta, None)])
+        # VCD's processor contrasts raw logits; on log-probabilities (the paper's form) the two
+        # differ by a per-row constant, which changes no token
+        gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=PAIPolicy(cfg, rows=n),
+                                       logits_processor=procs, **generate_kwargs)
+        answers = []
+        for g in gens[:n]:
+            g.seconds *= 2  # the batch time was shared over 2n rows for n answers
+            answers.append(Answer(g.text, g.token_ids, {"tokens": len(g.token_ids)}, g))
+        return answers
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+
+def attention_only(cfg: PAIConfig | None = None) -> PAIConfig:
+    """PAI's attention part alone (γ = 1): the ``pai:attn`` method."""
+    return PAIConfig(**{**asdict(cfg or PAIConfig()), "gamma": 1.0})
+
+
+__all__ = ["PAI", "PAIConfig", "PAIPolicy", "attention_only"]
