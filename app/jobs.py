@@ -92,6 +92,11 @@ class JobKind:
     description: str
     params: tuple[Param, ...]
     build: Callable[[dict, Path], list[str]]  # (clean params, out dir) → argv
+    # None: a stopped job cannot be continued; else the arguments added to its argv when it is
+    # resumed in its own output folder (() for commands that resume by being run again)
+    resume_args: tuple[str, ...] | None = None
+    # how long a cancelled job gets after SIGTERM before SIGKILL (a trainer checkpoints first)
+    stop_seconds: float = 5.0
 
     def defaults(self) -> dict:
         return {p.name: p.default for p in self.params}
@@ -390,6 +395,24 @@ class JobRunner:
                 self._schedule()
             return job
 
+    def resume(self, job_id: str) -> Job:
+        """Queue a cancelled, failed or interrupted job again, in its own output folder, with its
+        kind's resume arguments (the trainer's ``--resume``); its record and log carry on."""
+        with self._lock:
+            job = self.get(job_id)
+            kind = KINDS.get(job.kind)
+            if kind is None or kind.resume_args is None:
+                raise JobError(f"jobs of kind {job.kind!r} cannot be resumed; start a new one")
+            if job.status in ACTIVE or job.status == "finished":
+                raise JobError(f"job {job.id} is {job.status}: there is nothing to resume")
+            job.argv = job.argv + [a for a in kind.resume_args if a not in job.argv]
+            job.status, job.started, job.ended, job.pid, job.pid_start, job.returncode = \
+                "queued", None, None, None, None, None
+            job.message = "resumed"
+            self._write(job)
+            self._schedule()
+            return self.get(job_id)
+
     def _kill(self, job: Job) -> None:
         proc = self._procs.get(job.id)
         if proc is None and not _alive(job.pid, job.pid_start):
@@ -398,7 +421,8 @@ class JobRunner:
             os.killpg(job.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError, TypeError):
             return
-        deadline = time.time() + 5
+        kind = KINDS.get(job.kind)
+        deadline = time.time() + (kind.stop_seconds if kind is not None else 5.0)
         while time.time() < deadline:
             if proc is not None and proc.poll() is not None:
                 return
@@ -566,6 +590,8 @@ def default_root() -> Path:
 
 
 # kinds kept in modules of their own (they import this one, so they are registered last)
+from . import trainjob  # noqa: E402
 from .taskjob import task_kind  # noqa: E402
 
 register_kind(task_kind())
+trainjob.register()

@@ -17,8 +17,11 @@ EMBEDDED = "embedded"
 class Models:
     """Loaded backbones, least recently used first out (at most ``capacity`` in memory)."""
 
-    def __init__(self, default: str = EMBEDDED, capacity: int = 2):
+    def __init__(self, default: str = EMBEDDED, capacity: int = 2, resolve=None):
+        """``resolve``: name → what :func:`adapt.backbones.load_backbone` loads (the app's names for
+        tuned models, such as ``job:<id>``, stand for server folders it does not show)."""
         self.default = default or EMBEDDED
+        self.resolve = resolve or (lambda name: name)
         self.capacity = max(1, capacity)
         self._loaded: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
@@ -38,8 +41,9 @@ class Models:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
+            source = self.resolve(key)
             try:
-                bb = load_backbone(key)
+                bb = load_backbone(source)
             except BackboneError as exc:
                 self.errors[key] = str(exc)
                 raise

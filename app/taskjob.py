@@ -136,6 +136,7 @@ def task_kind() -> JobKind:
             *KNOB_PARAMS,
         ),
         build=task_argv,
+        resume_args=(),  # the runner resumes a folder written with the same configuration
     )
 
 

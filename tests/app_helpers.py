@@ -164,3 +164,56 @@ def selftest_kind():
                 Param("delay", 0.2, "seconds per row", minimum=0.0, maximum=60.0)),
         build=_selftest_argv,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# a stand-in for `python -m adapt train` that keeps its file contract (tests of the training job
+# kinds that must not depend on the trainer itself)
+# --------------------------------------------------------------------------------------------
+FAKE_TRAIN = r'''
+import json, os, signal, sys, time
+from pathlib import Path
+a = sys.argv[1:]
+assert a[0] == "train" and a[1] in ("vag-dpo", "dpo"), a
+def opt(name, default=None):
+    return a[a.index(name) + 1] if name in a else default
+out, steps, delay = Path(opt("--out")), int(opt("--steps", 6)), float(os.environ.get("FAKE_TRAIN_DELAY", "0.05"))
+ckpt = out / "checkpoints"
+start = 0
+if "--resume" in a:
+    done = sorted(int(p.name.split("-")[1]) for p in ckpt.glob("step-*"))
+    start = done[-1] if done else 0
+elif ckpt.exists():
+    print("error: already holds a training run; pass --resume", file=sys.stderr); sys.exit(2)
+ckpt.mkdir(parents=True, exist_ok=True)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+log = out / "train_log.jsonl"
+keep = [l for l in (log.read_text().splitlines() if log.exists() else []) if json.loads(l)["step"] <= start]
+log.write_text("".join(l + "\n" for l in keep))
+for step in range(start + 1, steps + 1):
+    time.sleep(delay)
+    row = {"step": step, "loss": round(0.7 / step, 6), "margin": 0.1 * step, "accuracy": min(1.0, 0.2 * step),
+           "lr": 1e-5, "seconds": step * delay}
+    with open(log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    (out / "progress.json").write_text(json.dumps({"done": step, "total": steps, "stage": "train"}))
+    print(f"step {step}", flush=True)
+    if stop:
+        (ckpt / f"step-{step}").mkdir()
+        print(f"stopped at step {step}", flush=True); sys.exit(130)
+(ckpt / f"step-{steps}").mkdir(exist_ok=True)
+(out / "model").mkdir(exist_ok=True)
+(out / "model" / "config.json").write_text("{}")
+(out / "summary.json").write_text(json.dumps({"objective": a[1], "steps": steps, "resumed_from": start}))
+(out / "progress.json").write_text(json.dumps({"done": steps, "total": steps, "stage": "done"}))
+'''
+
+
+def fake_train_command(tmp_path) -> list[str]:
+    """``[python, fake_train.py]``: takes the place of ``python -m adapt`` in the training kinds."""
+    import sys
+
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    return [sys.executable, "-u", str(script)]

@@ -10,12 +10,13 @@ from .answers import (ALIGN_CSS, COMPARE_KEY, HALLUCINATED, HIGHLIGHT_COLOURS, P
                       token_infos)
 from .bundle import figures_zip
 from .charts import amc_figure, criteria_figure, signals_figure
-from .metrics import default_metric, numeric_keys, row_metrics, running_metric_figure
+from .metrics import (default_metric, is_training_log, numeric_keys, row_metrics, running_metric_figure,
+                      training_figure)
 from .overlays import (anchor_gallery, display_image, enlarged, heat, layer_gallery, overlay, step_map, titled,
                        with_scale)
 
 __all__ = ["ALIGN_CSS", "COMPARE_KEY", "compared_method", "run_label", "HALLUCINATED", "HIGHLIGHT_COLOURS", "PRESENT", "UNVERIFIED", "alignment_html", "amc_figure",
            "anchor_gallery", "answer", "criteria_figure", "default_metric", "display_image", "enlarged",
            "figures_zip", "hallucinated_objects", "has_truth", "heat", "highlighted", "layer_gallery", "num_steps",
-           "numeric_keys", "overlay", "row_metrics", "running_metric_figure", "signals_figure", "step_map",
+           "numeric_keys", "is_training_log", "training_figure", "overlay", "row_metrics", "running_metric_figure", "signals_figure", "step_map",
            "summary_markdown", "titled", "token_infos", "with_scale"]

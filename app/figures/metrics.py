@@ -86,3 +86,58 @@ def running_metric_figure(rows_by_file: dict[str, list[dict]], metric: str | Non
     fig.update_xaxes(title_text="items done")
     fig.update_yaxes(title_text=metric or "")
     return fig
+
+
+# ------------------------------------------------------------------------------------- training
+TRAIN_CURVES = (("loss", "loss"), ("margin", "reward margin"), ("accuracy", "accuracy (chosen reward > rejected)"))
+SMOOTH_STEPS = 10
+
+
+def is_training_log(rows: list[dict]) -> bool:
+    """Rows of a ``train_log.jsonl``: a step and a loss each."""
+    return bool(rows) and all(isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))
+                              for r in rows[:20])
+
+
+def training_figure(rows: list[dict], smooth: int = SMOOTH_STEPS) -> go.Figure:
+    """Loss, reward margin and accuracy per logged step (each logged value a point, thin; a running
+    mean over ``smooth`` rows on top), one panel each; one line per stage where the log has stages
+    (the world model's vision and language steps count from 1 each)."""
+    from plotly.subplots import make_subplots
+
+    keys = [(k, t) for k, t in TRAIN_CURVES if any(isinstance(r.get(k), (int, float)) for r in rows)]
+    keys = keys or [("loss", "loss")]
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[t for _, t in keys], horizontal_spacing=0.08)
+    stages = list(dict.fromkeys(r.get("stage") for r in rows))
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    for col, (key, _) in enumerate(keys, start=1):
+        for si, stage in enumerate(stages):
+            pts = [(r["step"], float(r[key])) for r in rows
+                   if r.get("stage") == stage and isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float))]
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            y = np.array([p[1] for p in pts])
+            name = f"{stage}: " if stage is not None else ""
+            colour = palette[si % len(palette)]
+            fig.add_trace(go.Scatter(x=x, y=y.tolist(), mode="lines+markers" if len(x) <= 60 else "lines",
+                                     name=f"{name}per step", legendgroup=f"{name}-raw", showlegend=col == 1,
+                                     opacity=0.45, line=dict(color=colour, width=1), marker=dict(size=4),
+                                     hovertemplate=f"step %{{x}}<br>{key} %{{y:.4g}}<extra>{stage or ''}</extra>"),
+                          row=1, col=col)
+            if len(y) > 1:
+                c = np.cumsum(np.insert(y, 0, 0.0))
+                n = np.minimum(np.arange(1, len(y) + 1), smooth)
+                mean = (c[1:] - c[np.arange(1, len(y) + 1) - n]) / n
+                fig.add_trace(go.Scatter(x=x, y=mean.tolist(), mode="lines", name=f"{name}mean of {smooth}",
+                                         legendgroup=f"{name}-mean", showlegend=col == 1,
+                                         line=dict(color=colour, width=3), hoverinfo="skip"),
+                              row=1, col=col)
+    last = rows[-1] if rows else {}
+    title = "training: no step logged yet" if not rows else \
+        f"training: step {last.get('step')}" + "".join(
+            f" · {k} {float(last[k]):.4g}" for k, _ in keys if isinstance(last.get(k), (int, float)))
+    fig.update_layout(title=dict(text=title, font=dict(size=14)),
+                      **dict(PLOT_LAYOUT, margin=dict(l=45, r=20, t=70, b=40)))
+    fig.update_xaxes(title_text="step")
+    return fig

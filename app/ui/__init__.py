@@ -11,6 +11,7 @@ import gradio as gr
 
 from .. import figures as F
 from ..models import model_notice
+from .errors import message
 from .state import App
 
 __all__ = ["App", "CSS", "TITLE", "build"]
@@ -60,6 +61,15 @@ def build(app: App | None = None) -> gr.Blocks:
             text = model_notice(app.default_model)
             return gr.Markdown(value=text, visible=bool(text))
 
+        def refresh_backbones():
+            # a training job that finished since the server started offers its model on the next load
+            try:
+                return gr.Dropdown(choices=app.backbone_choices())
+            except Exception as exc:  # an unreadable job record: keep the choices built at start
+                message(exc, "refresh_backbones")
+                return gr.skip()
+
         demo.load(refresh_notice, None, [notice], api_visibility="private", queue=False)
+        demo.load(refresh_backbones, None, [inspect.backbone], api_visibility="private", queue=False)
     demo.adapt_app = app  # for tests and the launcher
     return demo

@@ -77,6 +77,19 @@ def items_table(rows_by_file: dict, n: int = 15) -> tuple[list[str], list[list]]
     return ["method" if by_method else "file"] + present, out
 
 
+def tuned_note(runner: JobRunner, job) -> str:
+    """Where a finished training job's model is offered (the Inspect tab's backbone box)."""
+    from ..trainjob import JOB_PREFIX, tuned_models
+
+    if job.status != "finished" or not job.kind.startswith("train-"):
+        return ""
+    for label, value in tuned_models(runner):
+        if value == JOB_PREFIX + job.id:
+            return (f"  \nTuned model: **{esc(label)}** in the Inspect tab's backbone box (reload the page), "
+                    "to compare with its base on the same image.")
+    return ""
+
+
 def _fmt(v):
     if isinstance(v, float):
         return round(v, 4)
@@ -118,6 +131,7 @@ class AdminTab:
                 with gr.Row():
                     self.job_sel = gr.Dropdown([], label="Job", allow_custom_value=True, scale=3)
                     self.cancel = gr.Button("Cancel job", variant="stop", scale=1)
+                    self.resume = gr.Button("Resume job", scale=1, elem_id="adapt-admin-resume")
                     self.zip_btn = gr.Button("Zip outputs", scale=1)
                     self.zip_dl = gr.DownloadButton("Download outputs", value=None, interactive=False, scale=1)
                 self.job_info = gr.Markdown()
@@ -132,6 +146,7 @@ class AdminTab:
             self.timer = gr.Timer(2.0, active=False)
             self.api_start = gr.Button(visible=False)
             self.api_cancel = gr.Button(visible=False)
+            self.api_resume = gr.Button(visible=False)
             self.api_outputs = gr.Button(visible=False)
 
     @property
@@ -156,11 +171,16 @@ class AdminTab:
                 + (f" · {job.duration:.0f} s" if job.duration is not None else "")
                 + (f"  \n{esc(scrub(job.message, runner.root))}" if job.message else "")
                 + f"  \n`{command}`")
+        info += tuned_note(runner, job)
         rows = runner.rows(job_id)
         keys = F.numeric_keys(rows)
         if metric_name not in keys:
             metric_name = F.default_metric(keys)
-        fig = F.running_metric_figure(rows, metric_name) if rows else None
+        train_log = rows.get("train_log") or []
+        if F.is_training_log(train_log):  # per step, not a running mean over items
+            fig = F.training_figure(train_log)
+        else:
+            fig = F.running_metric_figure(rows, metric_name) if rows else None
         headers, table = summary_table(runner.summary(job_id))
         item_headers, item_rows = items_table(rows)
         return (info, runner.log_tail(job_id, 12_000), fig, gr.Dataframe(value=table, headers=headers),
@@ -193,6 +213,14 @@ class AdminTab:
             raise UserError("Select a job first.")
         job = self.runner.cancel(job_id)
         return f"**{job.id}** is {job.status}.", job_rows(self.runner), *self.detail(job_id, None)
+
+    def resumed(self, tok, job_id):
+        self.app.check_admin(tok)
+        if not job_id:
+            raise UserError("Select a job first.")
+        job = self.runner.resume(job_id)
+        return f"**{job.id}** is {job.status} again (resumed in its own folder).", job_rows(self.runner), \
+            *self.detail(job_id, None)
 
     def zipped(self, tok, job_id):
         self.app.check_admin(tok)
@@ -241,6 +269,8 @@ class AdminTab:
         cancel_ins, cancel_outs = [self.token, self.job_sel], [self.status, self.jobs_df, *detail]
         self.cancel.click(reporting(self.cancelled, len(cancel_outs) - 1), cancel_ins, cancel_outs, **priv)
         self.api_cancel.click(friendly(self.cancelled), cancel_ins, cancel_outs, api_name="admin_cancel")
+        self.resume.click(reporting(self.resumed, len(cancel_outs) - 1), cancel_ins, cancel_outs, **priv)
+        self.api_resume.click(friendly(self.resumed), cancel_ins, cancel_outs, api_name="admin_resume")
         zip_outs = [self.status, self.zip_dl]
         self.zip_btn.click(reporting(self.zipped, 1), cancel_ins, zip_outs, **priv)
         self.api_outputs.click(friendly(self.zipped), cancel_ins, zip_outs, api_name="admin_outputs")

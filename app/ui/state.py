@@ -24,7 +24,7 @@ class App:
         from ..examples import load_presets, register_presets
 
         self.default_model = Models.key(model or os.environ.get(MODEL_ENV) or EMBEDDED)
-        self.models = Models(self.default_model)
+        self.models = Models(self.default_model, resolve=self.resolve_backbone)
         self.scenes = SceneRegistry()
         self.presets = load_presets()
         register_presets(self.scenes, self.presets)
@@ -43,9 +43,27 @@ class App:
                     examples.append((e["path"], e["question"]))
             self.models.warm(examples)
 
-    def backbone_choices(self) -> list[str]:
+    def backbone_choices(self) -> list[tuple[str, str]]:
+        """(label, value): the default, the embedded model, ``$ADAPT_BACKBONES``, then the tuned
+        models (shipped, and those of finished training jobs) to compare with their base."""
+        from ..trainjob import tuned_models
+
         extra = [x.strip() for x in os.environ.get(BACKBONES_ENV, "").split(",") if x.strip()]
-        return list(dict.fromkeys([self.default_model, EMBEDDED, *extra]))
+        plain = [(n, n) for n in dict.fromkeys([self.default_model, EMBEDDED, *extra])]
+        seen = {v for _, v in plain}
+        return plain + [(label, v) for label, v in tuned_models(self.runner) if v not in seen]
+
+    def resolve_backbone(self, name: str) -> str:
+        """What the model cache loads for a backbone choice (a tuned model's name → its folder)."""
+        from adapt.backbones import BackboneError
+
+        from ..jobs import JobError
+        from ..trainjob import resolve
+
+        try:
+            return resolve(name, self.runner)
+        except JobError as exc:
+            raise BackboneError(str(exc)) from None
 
     def token_ok(self, token: str | None) -> bool:
         return bool(self.admin_token and self.runner and token
