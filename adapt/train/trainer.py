@@ -343,12 +343,13 @@ def train_loop(backbone: Backbone, pairs: PairSet, cfg: TrainConfig, out: Path, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     # the scheduler is not handed to accelerate: it would step once per process per step
     model, optimizer = accelerator.prepare(model, optimizer)
-    start = 0
+    start, elapsed = 0, 0.0
     if resume:
         ck = latest_checkpoint(out)
         if ck is not None:
             state = load_checkpoint(ck, accelerator.unwrap_model(model), optimizer.optimizer, scheduler, cfg)
             start = state["step"]
+            elapsed = state.get("seconds", 0.0)
             files.truncate_log(start)
             if main:
                 print(f"resumed from {ck} (step {start} of {cfg.steps})", flush=True)
@@ -356,7 +357,7 @@ def train_loop(backbone: Backbone, pairs: PairSet, cfg: TrainConfig, out: Path, 
         (out / "train_log.jsonl").unlink()
     n = len(pairs)
     per_micro = cfg.batch * world
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - elapsed  # "seconds" in the log counts on across a resume
     bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.objective}", unit="step", disable=not (main and show_bar))
     stopped = False
     step = start
@@ -411,7 +412,8 @@ def train_loop(backbone: Backbone, pairs: PairSet, cfg: TrainConfig, out: Path, 
             if done % cfg.save_every == 0 or done == cfg.steps or want_stop:
                 if main:
                     save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer.optimizer, scheduler, cfg,
-                                    {"samples_seen": done * cfg.grad_accum * per_micro, "processes": world})
+                                    {"samples_seen": done * cfg.grad_accum * per_micro, "processes": world,
+                                     "seconds": round(time.perf_counter() - t0, 2)})
                 accelerator.wait_for_everyone()
             if want_stop and done < cfg.steps:
                 stopped = True
