@@ -1,0 +1,188 @@
+"""Tables for the training stage: world-benchmark runs of several models side by side, each against a
+base run on the same scenes (paired-bootstrap CHAIR_i change), and the general-ability checks
+(object recall, attribute questions, POPE on present objects).
+
+    python -m adapt.train.report --row "base greedy=runs/x/items-greedy.jsonl" --row "VAG-DPO=runs/y/items-greedy.jsonl" \
+        --out assets/results/train/table.json
+    python -m adapt.train.report attributes --backbone DIR --split validation --seeds 1,2,3,4 --per-seed 125
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..eval.metrics import chair_i_change, paired_mean_diff, pope_metrics
+from ..eval.world_bench import load_items, summarise_items
+
+
+def compare(rows: list[tuple[str, Path]]) -> dict:
+    """Per labelled items file: the benchmark's figures and, after the first, the paired change vs the first."""
+    items = {label: load_items(path) for label, path in rows}
+    labels = list(items)
+    base = {it["index"]: it for it in items[labels[0]]}
+    out = {}
+    for label in labels:
+        its = items[label]
+        s = summarise_items(its)
+        pope = [p for it in its for p in it["pope"]]
+        present = [p for p in pope if p["label"] == "yes"]
+        if present:
+            s["pope_present_acc"] = float(np.mean([p["pred"] == "yes" for p in present]))
+        for kind in ("random", "adversarial"):
+            ps = [p for p in pope if p["kind"] == kind]
+            if ps:
+                s[f"pope_{kind}_precision"] = pope_metrics([p["pred"] for p in ps], [p["label"] for p in ps])["precision"]
+        if label != labels[0]:
+            pairs = [(base[it["index"]], it) for it in its if it["index"] in base]
+            c = chair_i_change([b["mentioned"] for b, _ in pairs], [it["mentioned"] for _, it in pairs],
+                               [it["truth"] for _, it in pairs])
+            s.update(chair_i_change=c["change"], chair_i_ci_low=c["ci_low"], chair_i_ci_high=c["ci_high"])
+
+            def per_scene_recall(it):
+                t = set(it["truth"])
+                return [c in set(it["mentioned"]) for c in sorted(t)]
+            d = paired_mean_diff([per_scene_recall(b) for b, _ in pairs], [per_scene_recall(it) for _, it in pairs])
+            s.update(recall_diff=d["diff"], recall_diff_ci_low=d["ci_low"], recall_diff_ci_high=d["ci_high"])
+            if pope:
+                for kind in ("random", "adversarial"):
+                    corr = [([p["pred"] == p["label"] for p in b["pope"] if p["kind"] == kind],
+                             [p["pred"] == p["label"] for p in it["pope"] if p["kind"] == kind]) for b, it in pairs]
+                    if any(x for x, _ in corr):
+                        d = paired_mean_diff([x for x, _ in corr], [y for _, y in corr])
+                        s.update({f"pope_{kind}_acc_diff": d["diff"], f"pope_{kind}_acc_diff_ci_low": d["ci_low"],
+                                  f"pope_{kind}_acc_diff_ci_high": d["ci_high"]})
+        out[label] = s
+    return out
+
+
+def markdown(table: dict) -> str:
+    """Paper Table 1's layout: CHAIR_s, CHAIR_i (counts, change with CI), recall, POPE."""
+    lines = ["| model / decoding | CHAIR_s | CHAIR_i (hallucinated / mentions) | change vs first (95 % CI) | recall "
+             "| POPE random acc / prec | POPE adversarial acc / prec | POPE present-object acc |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, s in table.items():
+        ch = (f"{s['chair_i_change']:+.0%} ({s['chair_i_ci_low']:+.0%} … {s['chair_i_ci_high']:+.0%})"
+              if s.get("chair_i_change") is not None else "–")
+        pr = (f"{s['pope_random_acc']:.3f} / {s['pope_random_precision']:.3f}" if "pope_random_acc" in s else "–")
+        pa = (f"{s['pope_adversarial_acc']:.3f} / {s['pope_adversarial_precision']:.3f}"
+              if "pope_adversarial_acc" in s else "–")
+        pp = f"{s['pope_present_acc']:.3f}" if "pope_present_acc" in s else "–"
+        lines.append(f"| {label} | {s['chair_s']:.3f} | {s['chair_i']:.4f} ({s['hallucinated_mentions']} / "
+                     f"{s['mentions']}) | {ch} | {s['recall']:.3f} | {pr} | {pa} | {pp} |")
+    return "\n".join(lines)
+
+
+# --- attribute questions -------------------------------------------------------------------------------
+
+def _key(text: str) -> tuple:
+    """What an attribute answer asserts: colours, numbers, shapes and positions it names (positions read
+    longest phrase first, so "at the top left" is not also "at the top")."""
+    from ..world.language import COLOUR_NAMES, NUMBER_WORDS, POSITION_PHRASES, read_objects, words
+
+    ws = words(text)
+    t = " " + " ".join(ws) + " "
+    found = []
+    for phrase, pos in sorted(((ph, p) for p, phs in POSITION_PHRASES.items() for ph in phs), key=lambda x: -len(x[0])):
+        while f" {phrase} " in t:
+            found.append(pos)
+            t = t.replace(f" {phrase} ", " | ", 1)
+    return (tuple(w for w in ws if w in COLOUR_NAMES), tuple(w for w in ws if w in NUMBER_WORDS),
+            tuple(sorted(set(read_objects(text)))), tuple(sorted(found)))
+
+
+def _asked(question: str) -> int:
+    """Which part of :func:`_key` the question asks for: colour 0, number 1, shape 2, position 3."""
+    q = question.lower()
+    if "color" in q:
+        return 0
+    if q.startswith("how many"):
+        return 1
+    if q.startswith("where"):
+        return 3
+    return 2  # "what is at …": the shape there
+
+
+def attribute_accuracy(backbone, scenes, method, per_scene: int = 2, batch: int = 32) -> dict:
+    """Exact-content accuracy on the world's attribute questions (colour, position, count, what is where):
+    an answer is right when it names the same colours (colour questions), numbers (counts), positions
+    (where is …) or shapes (what is at …) as the reference answer."""
+    from ..world.language import attribute_qa
+
+    qs = []
+    for s in scenes:
+        rng = random.Random(s.seed * 7 + 11)
+        seen = set()
+        for _ in range(per_scene * 3):
+            q, a = attribute_qa(s, rng)
+            if q not in seen:
+                seen.add(q)
+                qs.append((s, q, a))
+            if len(seen) == per_scene:
+                break
+    right = []
+    for start in range(0, len(qs), batch):
+        chunk = qs[start:start + batch]
+        answers = method.answer_batch(backbone, [s.image() for s, _, _ in chunk], [q for _, q, _ in chunk], 24)
+        right += [_key(ans.text)[_asked(q)] == _key(ref)[_asked(q)] for (_, q, ref), ans in zip(chunk, answers)]
+    return {"attribute_acc": float(np.mean(right)), "n_questions": len(right)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    t = sub.add_parser("table", help="compare items files")
+    t.add_argument("--row", action="append", required=True, help="LABEL=path/to/items-METHOD.jsonl (first: the base)")
+    t.add_argument("--out", required=True, help="JSON file (a .md beside it)")
+    a = sub.add_parser("attributes", help="attribute-question accuracy of a model")
+    a.add_argument("--backbone", default="embedded")
+    a.add_argument("--method", default="greedy")
+    a.add_argument("--split", default="validation")
+    a.add_argument("--seeds", default="1,2,3,4")
+    a.add_argument("--per-seed", type=int, default=125)
+    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    if args.cmd == "table":
+        rows = []
+        for r in args.row:
+            label, sep, path = r.partition("=")
+            if not sep or not Path(path).exists():
+                print(f"error: --row {r!r}: expected LABEL=existing items file", file=sys.stderr)
+                return 2
+            rows.append((label, Path(path)))
+        table = compare(rows)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(table, indent=1))
+        out.with_suffix(".md").write_text(markdown(table) + "\n")
+        print(markdown(table))
+        return 0
+    if args.cmd == "attributes":
+        import torch
+
+        from ..backbones import load_backbone
+        from ..methods import get_method
+        from ..pipeline import default_bias_cache
+        from ..world import make_split
+
+        torch.set_num_threads(args.threads)
+        bb = load_backbone(args.backbone)
+        scenes = [s for seed in args.seeds.split(",") for s in make_split(args.split, args.per_seed, seed=int(seed))]
+        res = attribute_accuracy(bb, scenes, get_method(args.method, None, default_bias_cache()))
+        res.update(backbone=args.backbone, method=args.method, split=args.split, seeds=args.seeds, per_seed=args.per_seed)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        print(json.dumps(res))
+        return 0
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
