@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .jobs import KNOB_PARAMS, METHODS, MODEL, JobError, JobKind, Param, _method_args, python_module
+# app.jobs imports this module to register its kind: this one imports app.jobs inside its
+# functions, so that either can be imported first
 
 # What each registered task reads from the server's disk: parameter → (CLI flag, "dir" | "file" |
 # "files", what it is). Tasks registered later and not listed here still run; only the paths they
@@ -50,6 +51,8 @@ def task_names() -> tuple[str, ...]:
 
 
 def _check_path(param: str, value: str, kind: str) -> None:
+    from .jobs import JobError
+
     for one in ([v.strip() for v in value.split(",") if v.strip()] if kind == "files" else [value]):
         p = Path(one).expanduser()
         if not p.exists():
@@ -65,6 +68,8 @@ def _check_path(param: str, value: str, kind: str) -> None:
 def check_task_params(p: dict) -> None:
     """A readable refusal before the job starts: the task's data paths missing, wrong or given to a
     task that does not read them."""
+    from .jobs import JobError
+
     task = p["task"]
     needs = NEEDS.get(task)
     given = {k for k in PATHS if p.get(k)}
@@ -83,6 +88,8 @@ def check_task_params(p: dict) -> None:
 
 
 def task_argv(p: dict, out: Path) -> list[str]:
+    from .jobs import _method_args, python_module
+
     check_task_params(p)
     argv = python_module("app.taskjob", "--task", p["task"], "--method", p["methods"], "--out", str(out))
     for k, (flag, _, _) in PATHS.items():
@@ -108,8 +115,10 @@ def task_argv(p: dict, out: Path) -> list[str]:
     return argv + _method_args(p)
 
 
-def task_kind() -> JobKind:
+def task_kind():
     from adapt.eval.pope import PARSERS
+
+    from .jobs import KNOB_PARAMS, METHODS, MODEL, JobKind, Param
 
     return JobKind(
         name="eval-task",

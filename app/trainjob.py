@@ -13,7 +13,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from .jobs import MODEL, JobError, JobKind, Param, python_module
+# app.jobs imports this module to register its kinds: this one imports app.jobs inside its
+# functions, so that either can be imported first
 
 OBJECTIVES = {"vag-dpo": ("VAG-DPO", "chosen answer on the anchor-guided image, rejected on the noise image "
                                      "(paper Eq. 12)"),
@@ -29,6 +30,8 @@ def kind_name(objective: str) -> str:
 
 def check_data(spec: str) -> None:
     """``world`` or ``rlaif-v:PATH`` / ``rlhf-v:PATH`` with PATH on the server."""
+    from .jobs import JobError
+
     spec = (spec or "").strip()
     if spec == "world":
         return
@@ -43,6 +46,8 @@ def train_argv(objective: str, command: list[str] | None = None):
     """The argv builder of one objective; ``command`` replaces ``python -m adapt`` (tests)."""
 
     def build(p: dict, out: Path) -> list[str]:
+        from .jobs import JobError, python_module
+
         check_data(p["data"])
         if p["images"] and not Path(p["images"]).expanduser().is_dir():
             raise JobError(f"images: {p['images']!r} is not a folder on the server")
@@ -71,7 +76,9 @@ def train_argv(objective: str, command: list[str] | None = None):
     return build
 
 
-def train_kind(objective: str, command: list[str] | None = None) -> JobKind:
+def train_kind(objective: str, command: list[str] | None = None):
+    from .jobs import MODEL, JobKind, Param
+
     label, about = OBJECTIVES[objective]
     return JobKind(
         name=kind_name(objective),
@@ -106,7 +113,7 @@ def train_kind(objective: str, command: list[str] | None = None) -> JobKind:
     )
 
 
-def register(command: list[str] | None = None) -> list[JobKind]:
+def register(command: list[str] | None = None) -> list:
     from .jobs import register_kind
 
     return [register_kind(train_kind(o, command)) for o in OBJECTIVES]
@@ -139,6 +146,8 @@ def tuned_models(runner) -> list[tuple[str, str]]:
 def resolve(name: str, runner) -> str:
     """The folder behind a tuned model's name (other names unchanged). Raises JobError for a job
     that has no model."""
+    from .jobs import JobError
+
     name = (name or "").strip()
     if name in SHIPPED_TUNED:
         path = SHIPPED_TUNED[name]

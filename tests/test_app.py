@@ -72,7 +72,7 @@ def _error(fn):
 def test_api_lists_the_endpoints(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/inspect", "/open_trace", "/export", "/admin_start", "/admin_jobs", "/admin_job",
-            "/admin_cancel"} <= names
+            "/admin_cancel", "/admin_resume"} <= names
 
 
 def test_inspect_returns_every_view(client, model_dir, files):
@@ -227,6 +227,29 @@ def test_admin_runs_and_cancels_jobs(client, server):
                                                      api_name="/admin_start"))
     assert "unknown job kind 'nope'" in _error(lambda: client.predict(TOKEN, "nope", "{}", api_name="/admin_start"))
     assert "not valid JSON" in _error(lambda: client.predict(TOKEN, "selftest", "{", api_name="/admin_start"))
+
+
+def test_admin_task_and_training_jobs_refuse_bad_paths(client, server, tmp_path):
+    """A benchmark task or training job with a path the server does not have is refused with the
+    reason before anything starts; nothing is left in the jobs folder."""
+    before = {p.name for p in server["jobs"].iterdir()}
+    missing = str(tmp_path / "coco_pope_adversarial.json")
+    msg = _error(lambda: client.predict(TOKEN, "eval-task", json.dumps({"task": "pope", "questions": missing,
+                                                                        "images": str(tmp_path)}),
+                                        api_name="/admin_start"))
+    assert f"questions: '{missing}' does not exist on the server" in msg
+    msg = _error(lambda: client.predict(TOKEN, "eval-task", json.dumps({"task": "chair-coco"}),
+                                        api_name="/admin_start"))
+    assert "task chair-coco needs 'annotations'" in msg
+    msg = _error(lambda: client.predict(TOKEN, "train-vag-dpo", json.dumps({"data": f"rlhf-v:{missing}"}),
+                                        api_name="/admin_start"))
+    assert "does not exist on the server" in msg and "Traceback" not in msg
+    assert {p.name for p in server["jobs"].iterdir()} == before
+    # a finished job has nothing to resume; a job of a kind that cannot resume says so
+    out = client.predict(TOKEN, "selftest", json.dumps({"items": 1, "delay": 0}), api_name="/admin_start")
+    job_id = out[2]["value"]
+    _wait_status(client, job_id, ("finished",))
+    assert "cannot be resumed" in _error(lambda: client.predict(TOKEN, job_id, api_name="/admin_resume"))
 
 
 def test_no_admin_without_the_secret(model_dir, tmp_path):
