@@ -20,6 +20,12 @@ While no :class:`AttentionRecorder` is active the function is plain SDPA. Inside
   that token is computed from the edited weights. The readings of Eq. 11 built on these are in
   :mod:`adapt.steering.operators`.
 
+A third hook point, :data:`HOOK_TEXT_WINDOW`, reads attention among the *text*: inside
+``with TextWindowCapture(window, layers):`` the newest query row's probabilities over its last
+``window`` keys are kept for the chosen layers (one ``[B, window]`` row per layer, replaced at every
+forward pass: memory O(B · window · layers) whatever the length of the decoding). OPERA's
+over-trust penalty reads it. It only reads: the layer's output is unchanged.
+
 Everything stays on the device; the policy gets tensors and returns tensors, so nothing on
 the hot path forces a host sync.
 """
@@ -40,6 +46,9 @@ ATTN_IMPL = "adapt"
 _ACTIVE: contextvars.ContextVar["AttentionRecorder | None"] = contextvars.ContextVar(
     "adapt_active_recorder", default=None
 )
+_WINDOW: contextvars.ContextVar["TextWindowCapture | None"] = contextvars.ContextVar(
+    "adapt_active_text_window", default=None
+)
 
 
 class SteeringPolicy(Protocol):
@@ -58,6 +67,9 @@ class SteeringPolicy(Protocol):
 HOOK_LOGITS = "attn.image_logits"  # before the softmax: scaled q·k (+ mask) at the image keys, [B, H, n]
 HOOK_PROBS = "attn.image_probs"  # after it: probabilities over *all* keys, image columns, [B, H, n]
 HOOKS = (HOOK_LOGITS, HOOK_PROBS)
+# the newest row's probabilities over its last `window` keys (any keys: the generated text's, for
+# OPERA), reduced over heads, at chosen layers; kept by TextWindowCapture, not by the recorder
+HOOK_TEXT_WINDOW = "attn.text_window"
 
 
 @dataclass
@@ -311,6 +323,59 @@ class AttentionRecorder:
         self.prefill_text_maps[module.layer_idx] = self._image_cols(probs).mean(dim=(1, 2))
 
 
+class TextWindowCapture:
+    """Context manager for :data:`HOOK_TEXT_WINDOW`: at each layer in ``layers`` and every forward pass,
+    the newest query row's attention over the last ``window`` keys, ``rows[layer]``: ``[B, w]`` float32
+    with w = min(window, keys).
+
+    ``reduce`` says how the heads become one row: ``"mean"`` (a distribution over all keys, sliced), or
+    ``"max"``, the per-key maximum over heads renormalised over all keys (OPERA's public code).
+    ``image_positions`` (``[n]`` key positions shared by every row) adds ``image_mass[layer]``, ``[B]``:
+    the reduced row's total on those keys. Only the latest pass is kept, so memory stays
+    O(B · window · layers); it reads the unsteered probabilities and changes nothing. It can be active
+    together with an :class:`AttentionRecorder`."""
+
+    def __init__(self, window: int, layers: tuple[int, ...] | list[int], reduce: str = "max",
+                 image_positions: torch.Tensor | None = None):
+        if window < 1:
+            raise ValueError(f"window must be ≥ 1, got {window}")
+        if reduce not in ("max", "mean"):
+            raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+        self.window = window
+        self.layers = frozenset(int(x) for x in layers)
+        self.reduce = reduce
+        self.image_positions = image_positions
+        self.rows: dict[int, torch.Tensor] = {}
+        self.image_mass: dict[int, torch.Tensor] = {}
+        self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> "TextWindowCapture":
+        if _WINDOW.get() is not None:
+            raise RuntimeError("another TextWindowCapture is already active")
+        self._token = _WINDOW.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _WINDOW.reset(self._token)
+        self._token = None
+        self.rows, self.image_mass = {}, {}  # nothing outlives the decoding that needed it
+
+    def capture(self, module, query, key, attention_mask, scaling) -> None:
+        layer = module.layer_idx
+        logits = _grouped_logits(query[:, :, -1:, :], key) * scaling  # [B, H, 1, kv]
+        if attention_mask is not None:
+            logits = logits + attention_mask[:, :, -1:, : key.shape[-2]]
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)[:, :, 0, :]  # [B, H, kv]
+        if self.reduce == "max":
+            row = probs.max(1).values
+            row = row / row.sum(-1, keepdim=True)
+        else:
+            row = probs.mean(1)
+        self.rows[layer] = row[:, -self.window:]
+        if self.image_positions is not None:
+            self.image_mass[layer] = row.index_select(-1, self.image_positions.to(row.device)).sum(-1)
+
+
 def _grouped_logits(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """``query[B, H, q, D] @ key[B, Hkv, kv, D]ᵀ`` → ``[B, H, q, kv]`` without repeating K:
     query head h uses KV head h // (H / Hkv), as ``repeat_kv`` lays them out."""
@@ -341,6 +406,9 @@ def adapt_attention_forward(
     """The registered attention function (transformers' signature; returns ``(out[B,q,H,D], None)``)."""
     rec = _ACTIVE.get()
     layer = getattr(module, "layer_idx", None)
+    win = _WINDOW.get()
+    if win is not None and layer in win.layers:
+        win.capture(module, query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling)
     if rec is None or layer is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs

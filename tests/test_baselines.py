@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from adapt.backbones import LlavaBackbone, Qwen2_5_VLBackbone, load_backbone
+from adapt.attention import TextWindowCapture
 from adapt.methods import get_method
+from adapt.methods.opera import OPERA, OPERAConfig, opera_search, over_trust
 from adapt.methods.vcd import VCD, VCDConfig, VCDLogitsProcessor, contrast, noise_pixels, plausible
 from adapt.testing import tiny_llava, tiny_qwen2_5_vl
 
@@ -107,3 +109,124 @@ def test_vcd_on_the_embedded_model(embedded):
     again = VCD(VCDConfig(sample=True, seed=1)).answer_batch(embedded, images, [DEFAULT_DESCRIBE_PROMPT] * 2, 96)
     assert [a.token_ids for a in sampled] == [a.token_ids for a in again]
     assert [a.token_ids for a in sampled] != [a.token_ids for a in vcd]
+
+
+# OPERA -----------------------------------------------------------------------------------------
+
+def test_text_window_hook_matches_eager_attention(rand_image):
+    """The hook's row is the last layer's newest query row over the last `window` keys, as stock eager
+    attention gives it (max over heads renormalised, or the head mean), and only the latest is kept."""
+    ours = LlavaBackbone(*tiny_llava(layers=2), "ours")
+    eager, _ = tiny_llava(layers=2, attn="eager")  # same seed: same weights
+    prepared = ours.prepare(rand_image, "describe the image")
+    with torch.inference_mode():
+        ref = eager(**prepared.inputs, output_attentions=True).attentions[1][:, :, -1, :]  # [1, H, kv]
+        for reduce, want in (("max", ref.max(1).values / ref.max(1).values.sum(-1, keepdim=True)),
+                             ("mean", ref.mean(1))):
+            pos = prepared.span.positions[0]
+            with TextWindowCapture(7, (1,), reduce=reduce, image_positions=pos) as cap:
+                ours.model(**prepared.inputs)
+                assert set(cap.rows) == {1} and cap.rows[1].shape == (1, 7)
+                torch.testing.assert_close(cap.rows[1], want[:, -7:], atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(cap.image_mass[1], want[:, pos].sum(-1), atol=1e-6, rtol=1e-5)
+            assert cap.rows == {}  # freed with the context
+
+
+def test_over_trust_column_products():
+    cfg = OPERAConfig(scale_factor=50.0, window=3)
+    prev = torch.log(torch.tensor([[2.0, 3.0, 0.5]]))  # three generated columns so far, one beam
+    rows = torch.tensor([[0.9, 0.02, 0.1, 0.04], [0.9, 0.01, 0.2, 0.5]])  # two candidates, last key = itself
+    logprod, first = over_trust(prev, rows, step=3, cfg=cfg, k=2)
+    # window 3: the oldest column (2.0) falls out; columns 2, 3 and the candidate's own
+    assert first == 1
+    want = torch.tensor([[3.0 * 1.0, 0.5 * 5.0, 2.0], [3.0 * 0.5, 0.5 * 10.0, 25.0]])
+    torch.testing.assert_close(logprod.exp(), want)
+
+
+@pytest.mark.parametrize("min_new", [0, 12])
+def test_opera_without_penalty_is_transformers_beam_search(min_new, llava):
+    images = _images(3, seed=6)
+    plain = OPERA(OPERAConfig(penalty_weight=0.0, rollback=False))
+    for im in images:
+        prepared = llava.prepare(im, "describe the image")
+        ref = llava.generate_batch(prepared, 12, capture=False, num_beams=5, min_new_tokens=min_new)[0]
+        greedy = llava.generate_batch(prepared, 12, capture=False, min_new_tokens=min_new)[0]
+        assert plain.answer(llava, im, "describe the image", 12, min_new_tokens=min_new).token_ids == ref.token_ids
+    assert ref.token_ids != greedy.token_ids  # beam search is not greedy here: the comparison can fail
+
+
+def test_opera_without_penalty_is_beam_search_on_the_embedded_model(embedded):
+    """Real descriptions that end with the end-of-sequence token: finished hypotheses, length penalty
+    and the stopping rule as transformers'."""
+    from adapt.world import DEFAULT_DESCRIBE_PROMPT, make_split
+
+    image = make_split("validation", 1, seed=3)[0].image()
+    prepared = embedded.prepare(image, DEFAULT_DESCRIBE_PROMPT)
+    ref = embedded.generate_batch(prepared, 128, capture=False, num_beams=5)[0]
+    plain = OPERA(OPERAConfig(penalty_weight=0.0, rollback=False)).answer(embedded, image, DEFAULT_DESCRIBE_PROMPT, 128)
+    assert plain.token_ids == ref.token_ids and len(ref.token_ids) < 128
+    full = get_method("opera").answer(embedded, image, DEFAULT_DESCRIBE_PROMPT, 128)
+    assert full.text and full.info["tokens"] == len(full.token_ids)
+    assert full.token_ids != plain.token_ids  # the penalty and rollback do act on this description
+    short = get_method("opera").answer_batch(embedded, [image] * 2, ["is there a star ?", DEFAULT_DESCRIBE_PROMPT], 8)
+    assert [len(a.token_ids) for a in short][1] == 8 and short[0].text
+
+
+class ScriptedDecoder:
+    """A decoder with fixed logits whose attention rows give response token 12 σ·ω = 25 from every
+    later query (0.5 at σ = 50) and every other generated column 0.5 (0.01): the over-trust pattern."""
+
+    def __init__(self, vocab=40, column=12):
+        self.logits = torch.linspace(3.0, -3.0, vocab)[None]
+        self.column = column
+        self.length = 0
+
+    def prefill(self):
+        self.length = 0
+        return self.logits.clone()
+
+    def candidates(self, tokens, repeat):
+        s, rows_n = self.length, tokens.shape[0]
+        row = torch.full((rows_n, s + 1), 0.01)
+        if s >= self.column:
+            row[:, self.column] = 0.5
+        self.length += 1
+        return self.logits.expand(rows_n, -1).clone(), row, torch.zeros(rows_n)
+
+    def select(self, rows):
+        pass
+
+    def refeed(self, sequences):
+        self.length = sequences.shape[1]
+        return self.logits.expand(sequences.shape[0], -1).clone()
+
+
+@pytest.mark.parametrize("threshold", [15, 10])
+def test_constructed_over_trust_column_triggers_the_rollback(threshold):
+    """The maximum sits on column 12 from step 12 on, so its count reaches r at step 12 + r − 1; decoding
+    rolls back to the token after it (13) until that position has had its N_can = 5 rollbacks, then to
+    12 itself, five times, then goes on."""
+    cfg = OPERAConfig(threshold=threshold)
+    n = 12 + threshold + 2
+    tokens, info = opera_search(ScriptedDecoder(), cfg, eos=[39], max_new_tokens=n, min_new_tokens=n)
+    at = 12 + threshold - 1
+    assert info["rollbacks"] == [[at, 13]] * 5 + [[at, 12]] * 5
+    plain, plain_info = opera_search(ScriptedDecoder(), OPERAConfig(threshold=threshold, rollback=False), eos=[39],
+                                     max_new_tokens=n, min_new_tokens=n)
+    assert plain_info["rollbacks"] == [] and len(tokens) == len(plain) == n
+    assert tokens != plain  # the rejected continuations changed the answer
+    # no pattern, no rollback: every column at 0.01 (a factor 0.5) never stays the maximum
+    flat = ScriptedDecoder(column=10 ** 6)
+    assert opera_search(flat, cfg, eos=[39], max_new_tokens=n, min_new_tokens=n)[1]["rollbacks"] == []
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_every_baseline_runs_on_tiny_backbones(family, llava, qwen):
+    bb = llava if family == "llava" else qwen
+    images = _images(1, size=(56, 28)) + _images(1, size=(28, 56)) if family == "qwen" else _images(2)
+    qs = ["describe the image", "is there a dog ?"]
+    for name in ("vcd", "opera"):
+        out = get_method(name).answer_batch(bb, images, qs, 6, min_new_tokens=6)
+        assert [len(a.token_ids) for a in out] == [6, 6] and all(a.info["tokens"] == 6 for a in out), name
+        single = get_method(name).answer(bb, images[1], qs[1], 6, min_new_tokens=6)
+        assert single.token_ids == out[1].token_ids, name

@@ -7,9 +7,11 @@ name                     what
 ``greedy:sdpa``          greedy decoding with stock SDPA
 ``adapt-tf``             ADAPT-TF with the configuration given (the defaults of ``AdaptConfig``)
 ``adapt-tf:<variant>``   a named reading of the paper (:data:`adapt.methods.adapt_tf.VARIANTS`)
-``pai``                  PAI's attention intervention (a baseline through the same hook points)
+``pai``                  PAI: image attention amplified, guided away from the text-only prior (public defaults)
+``pai:attn``             PAI's attention part alone (γ = 1)
 ``image-boost``          +0.5 on every image logit at every layer and step (PAI-like: no anchor)
 ``vcd``                  VCD: contrast with the image under forward noise, plausibility cutoff (greedy)
+``opera``                OPERA: beam search with the over-trust penalty and rollback (retrospection)
 =======================  ===============================================================
 """
 
@@ -20,17 +22,19 @@ from ..config import AdaptConfig
 from .adapt_tf import PAI_LIKE, VARIANTS, AdaptTF, variant_config
 from .base import Answer, Method
 from .greedy import Greedy
-from .pai import PAI, PAIConfig
+from .opera import OPERA, OPERAConfig
+from .pai import PAI, PAIConfig, attention_only
 from .vcd import VCD, VCDConfig
 
-NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai", *PAI_LIKE, "vcd"]
+NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai", "pai:attn", *PAI_LIKE, "vcd", "opera"]
 
 
 def describe() -> dict[str, str]:
     """One line per registered method (the CLI's help and the app's choice show them)."""
     out = {"greedy": Greedy().description, "greedy:sdpa": Greedy(capture=False).description,
            "adapt-tf": AdaptTF.description, "pai": PAI.description,
-           "vcd": VCD.description}
+           "pai:attn": PAI(attention_only()).description,
+           "vcd": VCD.description, "opera": OPERA.description}
     for v, over in VARIANTS.items():
         out[f"adapt-tf:{v}"] = "ADAPT-TF, " + ", ".join(f"{k}={val}" for k, val in over.items())
     for v, over in PAI_LIKE.items():
@@ -48,8 +52,12 @@ def get_method(name: str, cfg: AdaptConfig | None = None, cache: BiasCache | Non
         return Greedy(capture=False)
     if name == "pai":
         return PAI()
+    if name == "pai:attn":
+        return PAI(attention_only(), name=name)
     if name == "vcd":
         return VCD()
+    if name == "opera":
+        return OPERA()
     if name in PAI_LIKE:
         return AdaptTF((cfg or AdaptConfig()).replace(**PAI_LIKE[name]), cache, name=name)
     if base == "adapt-tf":
@@ -65,5 +73,5 @@ def get_methods(names: list[str] | str, cfg: AdaptConfig | None = None, cache: B
     return [get_method(n, cfg, cache) for n in names]
 
 
-__all__ = ["Answer", "Method", "Greedy", "AdaptTF", "PAI", "PAIConfig", "VCD", "VCDConfig", "VARIANTS", "NAMES", "describe",
-           "get_method", "get_methods"]
+__all__ = ["Answer", "Method", "Greedy", "AdaptTF", "PAI", "PAIConfig", "VCD", "VCDConfig", "OPERA",
+           "OPERAConfig", "VARIANTS", "NAMES", "describe", "get_method", "get_methods"]
