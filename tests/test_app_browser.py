@@ -255,3 +255,70 @@ def test_reopened_trace_fills_the_inputs(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('crafted.zip')")
     assert "crafted.zip is not a readable trace" in _status(page) and "Something went wrong" not in _status(page)
     assert _error_badges(page) == 0
+
+
+# ------------------------------------------------------------- issue 15: ADAPT-TF against a chosen method
+def _option_name(text: str) -> str:
+    """An option's value from its label ("pai — PAI: …"); the selected one carries a check mark."""
+    return text.replace("✓", "").split(" —")[0].strip()
+
+
+def _choose(page, elem_id: str, name: str):
+    """Pick the option whose value is ``name`` in the dropdown ``elem_id`` (labels start with it)."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(name)  # the list narrows to the labels with the name; Enter takes the first, which is it
+    page.wait_for_timeout(300)
+    box.press("Enter")
+    page.locator("#adapt-question textarea").click()
+    page.wait_for_function("([id, v]) => document.querySelector('#' + id + ' input').value.startsWith(v)",
+                           arg=[elem_id, name])
+
+
+def test_compare_with_a_chosen_method(page):
+    """Comparing with PAI on a trap scene: PAI's answer sits beside ADAPT-TF's, named in its box,
+    the token table and the summary (hallucinations marked against the scene's truth); the
+    registry's later methods are in the choice; back to greedy, greedy is named again."""
+    labels = page.evaluate("() => document.querySelector('#adapt-compare').innerText")
+    assert "Compare ADAPT-TF with" in labels
+    page.click("#adapt-compare input")
+    options = page.locator("#adapt-compare [role=option]").all_inner_texts()
+    from adapt.methods import NAMES
+
+    assert {n for n in NAMES if n != "adapt-tf"} <= {_option_name(o) for o in options}
+    page.keyboard.press("Escape")
+    _choose(page, "adapt-compare", "pai")
+    page.click("#adapt-trap")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('against pai')")
+    summary = page.inner_text("#adapt-summary")
+    assert "In the image (ground truth):" in summary and "pai hallucinates" in summary
+    assert "ADAPT-TF hallucinates" in summary and "Greedy hallucinates" not in summary
+    assert "pai (compared with ADAPT-TF)" in page.inner_text("#adapt-answer-unsteered")
+    heads = page.locator("#adapt-align th.run").all_inner_texts()
+    assert "pai" in heads and "greedy" not in heads and "ADAPT-TF" in heads
+    assert page.locator("#adapt-align td.hal, #adapt-align td.obj").count() > 0  # checked against the truth
+    legend = page.locator("#adapt-amc g.legend").first.text_content()
+    assert "pai: mean of monitored layers" in legend
+    page.screenshot(path=str(ARTIFACTS / "app-compare-pai.png"), full_page=True)
+    _choose(page, "adapt-compare", "greedy")
+    page.click("#adapt-run")
+    page.wait_for_function("() => !document.querySelector('#adapt-status').innerText.includes('against pai')"
+                           " && document.querySelector('#adapt-status').innerText.includes('Showing the analysis')")
+    assert "Greedy hallucinates" in page.inner_text("#adapt-summary")
+    assert "greedy" in page.locator("#adapt-align th.run").all_inner_texts()
+
+
+def test_operator_and_trigger_knobs(page):
+    """The operator and trigger boxes start at the library's defaults and offer its registries."""
+    from adapt.config import OPERATORS, TRIGGERS, AdaptConfig
+
+    page.get_by_text("Method settings").first.click()
+    asi = AdaptConfig().asi
+    assert page.input_value("#adapt-operator input").startswith(asi.operator)
+    assert page.input_value("#adapt-trigger input").startswith(asi.trigger)
+    for elem_id, names in (("adapt-operator", OPERATORS), ("adapt-trigger", TRIGGERS)):
+        page.click(f"#{elem_id} input")
+        options = {_option_name(o) for o in page.locator(f"#{elem_id} [role=option]").all_inner_texts()}
+        assert options == set(names)
+        page.keyboard.press("Escape")
+    page.get_by_text("Method settings").first.click()
