@@ -591,3 +591,21 @@ def test_real_training_job_on_the_embedded_model(runner):
     (value,) = [v for _, v in tuned_models(runner) if v == f"job:{job.id}"]
     bb = load_backbone(resolve(value, runner))
     assert bb.family == "llava" and bb.num_layers == 6
+
+
+def test_task_job_resumes_after_a_cancel(runner):
+    """A cancelled task job continues in its own folder: the items it had are not answered again."""
+    job = runner.submit("eval-task", {"task": "world", "methods": "greedy", "limit": 24, "pope": False,
+                                      "batch_size": 2})
+    deadline = time.time() + 60
+    while len(runner.rows(job.id).get("items-greedy", [])) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    runner.cancel(job.id)
+    kept = [r["id"] for r in runner.rows(job.id)["items-greedy"]]
+    assert 4 <= len(kept) < 24, "the job finished before it could be cancelled"
+    assert runner.resume(job.id).argv == job.argv  # the same command: the runner skips what is on disk
+    done = _wait(runner, job.id, ("finished", "failed"), timeout=120)
+    assert done.status == "finished", runner.log_tail(job.id)
+    ids = [r["id"] for r in runner.rows(job.id)["items-greedy"]]
+    assert sorted(ids, key=int) == [str(i) for i in range(24)] and ids[:len(kept)] == kept
+    assert runner.summary(job.id)["greedy"]["n"] == 24
