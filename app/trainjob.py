@@ -55,7 +55,9 @@ def train_argv(objective: str, command: list[str] | None = None):
             extra = shlex.split(p["extra"] or "")
         except ValueError as exc:
             raise JobError(f"parameter 'extra': {exc}") from None
-        reserved = {"--out", "--resume", "--backbone", "--data"}
+        # --model-out: the tuned model stays in the job's folder, where the backbone choice finds it
+        # (and a web form never writes over a shipped model)
+        reserved = {"--out", "--resume", "--backbone", "--data", "--model-out"}
         clash = [a for a in extra if a.split("=")[0] in reserved]
         if clash:
             raise JobError(f"parameter 'extra' may not set {clash[0].split('=')[0]} (it has its own parameter "

@@ -558,6 +558,8 @@ def test_training_params_are_checked_before_the_job_starts(runner, tmp_path):
     for params, message in (({"data": f"rlaif-v:{tmp_path / 'missing.parquet'}"}, "does not exist on the server"),
                             ({"data": "coco"}, "is not world, rlaif-v:PATH or rlhf-v:PATH"),
                             ({"extra": "--out elsewhere"}, "may not set --out"),
+                            ({"extra": "--sft-weight 1 --model-out=assets/embedded"}, "may not set --model-out"),
+                            ({"extra": "--lora-r '16"}, "parameter 'extra': No closing quotation"),
                             ({"steps": 0}, "must be ≥ 1")):
         with pytest.raises(J.JobError, match=message):
             runner.submit("train-dpo", params)
