@@ -611,3 +611,29 @@ def test_task_job_resumes_after_a_cancel(runner):
     ids = [r["id"] for r in runner.rows(job.id)["items-greedy"]]
     assert sorted(ids, key=int) == [str(i) for i in range(24)] and ids[:len(kept)] == kept
     assert runner.summary(job.id)["greedy"]["n"] == 24
+
+
+def test_admin_detail_of_a_training_job(fake_trainer, monkeypatch, tmp_path):
+    """What the Admin tab shows for a finished training job: the per-step plot of its log rows
+    (the metric box hidden: it has no say there), the summary without server paths, and where
+    its tuned model is offered."""
+    import gradio as gr
+
+    from app.ui.admin import AdminTab
+    from app.ui.state import App
+
+    monkeypatch.setenv("FAKE_TRAIN_DELAY", "0")
+    app = App(admin_token="secret", jobs_root=tmp_path / "admin-jobs", warm=False)  # its own runner
+    runner = app.runner
+    with gr.Blocks():
+        tab = AdminTab(app)
+    job = runner.submit("train-dpo", {"steps": 4})
+    assert _wait(app.runner, job.id, ("finished", "failed")).status == "finished"
+    (runner.out_dir(job.id) / "summary.json").write_text(json.dumps({"model": str(runner.out_dir(job.id) / "model")}))
+    info, log, fig, results, metric, items = tab.detail(job.id, None)
+    assert f"Tuned model: **DPO-tuned embedded · job {job.id}**" in info
+    loss = [t for t in fig.data if t.name == "per step" and t.xaxis == "x"][0]
+    assert list(loss.x) == [1, 2, 3, 4] and list(loss.y) == [round(0.7 / s, 6) for s in range(1, 5)]
+    assert metric.visible is False
+    assert results.value["data"] == [["model", "model"]]
+    app.runner.shutdown()

@@ -177,14 +177,19 @@ class AdminTab:
         if metric_name not in keys:
             metric_name = F.default_metric(keys)
         train_log = rows.get("train_log") or []
-        if F.is_training_log(train_log):  # per step, not a running mean over items
+        training = F.is_training_log(train_log)
+        if training:  # per step, not a running mean over items (the metric box has no say in it)
             fig = F.training_figure(train_log)
         else:
             fig = F.running_metric_figure(rows, metric_name) if rows else None
         headers, table = summary_table(runner.summary(job_id))
+        # results name files by where they were written (a tuned model's folder): not the server's layout
+        table = [[scrub(c, runner.out_dir(job_id), runner.root) if isinstance(c, str) else c for c in row]
+                 for row in table]
         item_headers, item_rows = items_table(rows)
         return (info, runner.log_tail(job_id, 12_000), fig, gr.Dataframe(value=table, headers=headers),
-                gr.Dropdown(choices=keys, value=metric_name), gr.Dataframe(value=item_rows, headers=item_headers))
+                gr.Dropdown(choices=keys, value=metric_name, visible=not training),
+                gr.Dataframe(value=item_rows, headers=item_headers))
 
     def unlocked(self, tok):
         self.app.check_admin(tok)
