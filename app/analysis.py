@@ -58,6 +58,7 @@ def analyse(backbone, image: Image.Image, question: str, knobs: Knobs, meta: dic
         trace.meta = dict(trace.meta or {})
         trace.meta["compare"] = compare
         trace.meta["compare_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
+        trace.meta["compare_about"] = compare_description(compare)  # kept in a saved trace
         report(1.0, "done")
     if meta:
         trace.meta = dict(trace.meta or {})
@@ -82,6 +83,13 @@ def compare_choices() -> list[tuple[str, str]]:
     about = describe()
     names = [DEFAULT_COMPARE] + [n for n in NAMES if n not in (DEFAULT_COMPARE, "adapt-tf")]
     return [(f"{n} — {_short(about.get(n, ''))}" if about.get(n) else n, n) for n in names]
+
+
+def compare_description(name: str) -> str:
+    """The registry's one line for ``name`` ('' when it has none)."""
+    from adapt.methods import describe
+
+    return " ".join(str(describe().get(name, "")).split())
 
 
 def _short(text: str, n: int = 80) -> str:

@@ -396,6 +396,8 @@ def test_compare_with_pai_shows_pais_answer():
     assert F.hallucinated_objects(vs_pai, "unsteered") == absent
     assert F.hallucinated_objects(base, "unsteered") == e["hallucinated"]["unsteered"]
     assert vs_pai.meta["compare"] == "pai" and "compare" not in base.meta
+    assert f"**Compared with** `pai`: {get_method('pai').description}" in F.summary_markdown(vs_pai)
+    assert "Compared with" not in F.summary_markdown(base)
     # token-aligned against ADAPT-TF, with its attention recorded at every step
     assert vs_pai.unsteered.maps.shape[0] == len(vs_pai.unsteered.tokens) > 0
     assert "<th class='run'>pai</th>" in F.alignment_html(vs_pai)

@@ -209,6 +209,14 @@ def summary_markdown(trace) -> str:
         + (f" · {st.num_interventions} interventions" if st is not None else "")
         + (f" · bias map {'cached' if trace.bias_cache_hit else 'computed'}" if trace.bias is not None else "")
         + (f" · {total:.2f} s" if total else ""))
+    if compared_method(trace) != "greedy":
+        about = str(meta.get("compare_about") or "")
+        info = meta.get("compare_info") if isinstance(meta.get("compare_info"), dict) else {}
+        fired = (f" · fired on {info['fired']} of {info['monitored']} monitored (step, layer) pairs"
+                 if isinstance(info.get("fired"), int) and isinstance(info.get("monitored"), int) else "")
+        seconds = timings.get("compare")
+        lines.append(f"**Compared with** `{compared_method(trace)}`" + (f": {html.escape(about)}" if about else "")
+                     + fired + (f" · {seconds:.2f} s" if isinstance(seconds, (int, float)) else ""))
     if meta.get("objects") is not None:
         objs = ", ".join(dict.fromkeys(meta["objects"])) or "nothing"
         lines.append(f"**In the image (ground truth):** {objs}")
