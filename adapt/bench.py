@@ -7,11 +7,14 @@ the first per question), interleaved over several scenes; the last line reads
 ``method adapt-tf/greedy: 1.12x`` (ADAPT-TF over stock SDPA greedy).
 
 ``python -m adapt.bench methods``: every registered method (variants of ADAPT-TF left out, ``adapt-tf``
-itself kept) on the same descriptions of the embedded model, one answer at a time, forced to the
-same length (``min_new_tokens``), interleaved over scenes; one line per method (seconds and tokens
-per answer, ratio to ``greedy``) and a last line ``methods vs greedy: adapt-tf 1.12x, ...`` (paper
-Table 2b's ratios, measured side by side in one run). ``--natural`` lets each method stop where it
-ends its answer (tokens per answer then differ: compare them beside the seconds).
+itself kept) on the same descriptions of the embedded model, one answer at a time, interleaved
+over scenes; one line per method (seconds and tokens per answer, ratio to ``greedy`` per answer
+and per token) and a last line ``methods vs greedy: adapt-tf 1.12x, ...`` (paper Table 2b's
+per-answer ratios, measured side by side in one run). Each method ends its answer where it ends it
+(the paper times real answers; tokens per answer are printed beside the seconds). ``--forced``
+makes every answer ``--tokens`` long (``min_new_tokens``) instead; past its natural end the model
+writes degenerate text, in which OPERA's over-trust pattern keeps firing rollbacks, so forced
+lengths measure that loop rather than OPERA on real answers.
 
 ``python -m adapt.bench overhead``: time to generate N tokens with stock SDPA, with capture on,
 and with capture + a bias on every step at every layer, as ratios over stock, on the tiny
@@ -137,7 +140,7 @@ def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
             "adapt-tf/greedy": med["adapt-tf"] / med["stock greedy"]}
 
 
-def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: int, natural: bool = False,
+def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: int, forced: bool = False,
                   seed: int = 7) -> dict[str, dict[str, float]]:
     """Seconds and tokens per answer of each method on the embedded model's descriptions, and the
     ratio of its seconds to ``greedy``'s (the registry's greedy: capture on, what every steered
@@ -158,7 +161,7 @@ def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: in
     images = [s.image() for s in make_split("validation", scenes, seed=seed)]
     cache = BiasCache(tempfile.mkdtemp(prefix="adapt-bench-"))
     methods = {n: get_method(n, AdaptConfig(), cache) for n in names}
-    kw = {} if natural else dict(min_new_tokens=tokens)
+    kw = dict(min_new_tokens=tokens) if forced else {}
     for m in methods.values():  # warm-up, and fills the bias-map cache
         m.answer(bb, images[0], DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
     secs = {n: [] for n in methods}
@@ -171,15 +174,18 @@ def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: in
                 secs[n].append(time.perf_counter() - t0)
                 toks[n].append(len(a.token_ids))
     ref = statistics.mean(secs["greedy"])
+    ref_tok = sum(secs["greedy"]) / max(sum(toks["greedy"]), 1)
     out = {n: {"seconds": statistics.mean(secs[n]), "tokens": statistics.mean(toks[n]),
-               "ratio": statistics.mean(secs[n]) / ref} for n in methods}
+               "ratio": statistics.mean(secs[n]) / ref,
+               "ratio_per_token": sum(secs[n]) / max(sum(toks[n]), 1) / ref_tok} for n in methods}
     print(f"embedded model, {scenes} scenes x {repeats}, one answer at a time, "
-          + (f"up to {tokens} new tokens (each stops where it ends)" if natural else f"{tokens} new tokens each")
+          + (f"{tokens} new tokens each (forced)" if forced else f"up to {tokens} new tokens (each ends its answer)")
           + f", {torch.get_num_threads()} thread(s); mean per answer:", flush=True)
     lines = describe()
     for n, r in out.items():
         print(f"  {n:<12} {r['seconds'] * 1000:8.1f} ms/answer  {r['tokens']:6.1f} tokens/answer  "
-              f"{r['ratio']:5.2f}x greedy   {lines.get(n, methods[n].description)}", flush=True)
+              f"{r['ratio']:5.2f}x greedy ({r['ratio_per_token']:5.2f}x per token)   {lines.get(n, methods[n].description)}",
+              flush=True)
     return out
 
 
@@ -205,7 +211,7 @@ def main(argv=None) -> None:
     ms.add_argument("--tokens", type=int, default=128)
     ms.add_argument("--repeats", type=int, default=2)
     ms.add_argument("--scenes", type=int, default=6)
-    ms.add_argument("--natural", action="store_true", help="no min_new_tokens: each method stops where it ends")
+    ms.add_argument("--forced", action="store_true", help="every answer --tokens long (min_new_tokens)")
     ms.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -216,7 +222,7 @@ def main(argv=None) -> None:
         unknown = [n for n in names or [] if n not in NAMES]
         if unknown:
             p.error(f"unknown method(s) {unknown}; available: {', '.join(NAMES)}")
-        out = bench_methods(names, args.tokens, args.repeats, args.scenes, args.natural)
+        out = bench_methods(names, args.tokens, args.repeats, args.scenes, args.forced)
         print("methods vs greedy: " + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in out.items() if n != "greedy"))
         return
     if args.what == "method":
