@@ -1,17 +1,13 @@
 """Benchmark tasks as admin jobs: ``python -m adapt eval --task NAME`` with its data on the server.
 
 The job kind checks the data paths before anything starts (a wrong path is one line in the
-admin tab, not a failed job); the job itself runs this module, ``python -m app.taskjob <eval
-arguments>``, which is the CLI's ``eval`` plus a ``progress.json`` written from the runner's own
-progress callback (the CLI's bar is off when its output is a log file, so the job would otherwise
-show nothing until the summary).
+admin tab, not a failed job); the job runs the CLI itself, whose runner writes the
+``progress.json`` the job view reads.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 
 # app.jobs imports this module to register its kind: this one imports app.jobs inside its
@@ -91,7 +87,7 @@ def task_argv(p: dict, out: Path) -> list[str]:
     from .jobs import _method_args, python_module
 
     check_task_params(p)
-    argv = python_module("app.taskjob", "--task", p["task"], "--method", p["methods"], "--out", str(out))
+    argv = python_module("adapt", "eval", "--task", p["task"], "--method", p["methods"], "--out", str(out))
     for k, (flag, _, _) in PATHS.items():
         if p.get(k):
             argv += [flag, str(Path(p[k]).expanduser()) if k != "questions" else
@@ -147,47 +143,3 @@ def task_kind():
         build=task_argv,
         resume_args=(),  # the runner resumes a folder written with the same configuration
     )
-
-
-# ----------------------------------------------------------------------------- the job itself
-def _write_progress(out: Path, done: int, total: int, stage: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".progress.json.tmp"
-    tmp.write_text(json.dumps({"done": int(done), "total": int(total), "stage": str(stage)}))
-    tmp.replace(out / "progress.json")
-
-
-def main(argv=None) -> int:
-    """``python -m adapt eval`` with ``argv``, writing ``progress.json`` into its ``--out``."""
-    from adapt import cli
-    from adapt.eval import runner
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = cli.parser().parse_args(["eval", *argv])  # exits 2 with the CLI's one line on a bad argv
-    out = Path(args.out)
-    _write_progress(out, 0, 0, "loading the data and the model")
-    original = runner.run_task
-    seen = {"total": 0}
-
-    def run_task(*a, progress=None, **kw):
-        def both(done, total, stage):
-            seen["total"] = total
-            _write_progress(out, done, total, stage)
-            if progress is not None:
-                progress(done, total, stage)
-
-        return original(*a, progress=both, **kw)
-
-    # the task CLI imports run_task from the runner module when it runs, so this is what it calls
-    runner.run_task = run_task
-    try:
-        rc = cli.main(["eval", *argv])
-    finally:
-        runner.run_task = original
-    if rc == 0:
-        _write_progress(out, seen["total"], seen["total"], "done")
-    return rc
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def test_runner_times_every_method_on_the_same_items(tmp_path):
     ratio = summary["slow"]["seconds_per_answer"] / summary["greedy"]["seconds_per_answer"]
     assert f"| slow | {summary['slow']['seconds_per_answer']:.4f} | {ratio:.2f}× | 5.0 | 6 |" in eff
     assert (tmp_path / "run" / "table.md").read_text().splitlines()[2].startswith("| greedy | ")
+    assert json.loads((tmp_path / "run" / "progress.json").read_text()) == {"done": 12, "total": 12, "stage": "done"}
 
 
 def test_summary_plot_draws_each_figure_and_the_cost(tmp_path):
@@ -78,3 +80,14 @@ def test_summary_plot_draws_each_figure_and_the_cost(tmp_path):
     assert path.stat().st_size > 5000
     assert _interval(SUMMARY, "adapt-tf", "chair_i", "greedy") == (pytest.approx(0.08 * 0.69), pytest.approx(0.08 * 0.81))
     assert summary_plot({"a": {"n": 3}}, ("n",), tmp_path / "none.png") is None
+
+
+def test_a_comparison_without_an_interval_is_shown_plain_and_drawn_without_bars(tmp_path):
+    from adapt.eval.plots import summary_plot
+
+    s = {"greedy": {"chair_i": 0.0, "n": 2},
+         "pai": {"chair_i": 0.0, "n": 2, "chair_i_change_vs_greedy": None, "chair_i_change_vs_greedy_ci_low": None,
+                 "chair_i_change_vs_greedy_ci_high": None, "pope_random_acc_diff_vs_greedy": 0.02,
+                 "pope_random_acc_diff_vs_greedy_ci_low": None, "pope_random_acc_diff_vs_greedy_ci_high": None}}
+    assert results_table(s, ("chair_i",)).splitlines()[3] == "| pai | 0.0000 |  | +2.0 pts |"
+    assert summary_plot(s, ("chair_i",), tmp_path / "p.png").exists()

@@ -14,13 +14,14 @@ SKIP = {"n", "answers", "mentions", "hallucinated_mentions", "judged", "unknown"
 def _interval(summary: dict, method: str, key: str, base: str) -> tuple[float, float] | None:
     """The figure's 95 % interval in its own units, from the comparison the task computed."""
     s = summary[method]
-    if key == "chair_i" and f"chair_i_change_vs_{base}_ci_low" in s:  # relative change → absolute CHAIR_i
-        b = summary[base]["chair_i"]
-        return b * (1 + s[f"chair_i_change_vs_{base}_ci_low"]), b * (1 + s[f"chair_i_change_vs_{base}_ci_high"])
-    diff = f"{key.removesuffix('_acc')}_acc_diff_vs_{base}"
-    if key.endswith("_acc") and diff + "_ci_low" in s:
-        b = summary[base][key]
-        return b + s[diff + "_ci_low"], b + s[diff + "_ci_high"]
+    if key == "chair_i":  # a relative change → absolute CHAIR_i
+        lo, hi = s.get(f"chair_i_change_vs_{base}_ci_low"), s.get(f"chair_i_change_vs_{base}_ci_high")
+        b = summary[base].get("chair_i")
+        return (b * (1 + lo), b * (1 + hi)) if None not in (lo, hi, b) else None
+    if key.endswith("_acc"):
+        diff = f"{key.removesuffix('_acc')}_acc_diff_vs_{base}"
+        lo, hi, b = s.get(diff + "_ci_low"), s.get(diff + "_ci_high"), summary[base].get(key)
+        return (b + lo, b + hi) if None not in (lo, hi, b) else None
     return None
 
 

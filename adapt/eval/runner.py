@@ -3,7 +3,8 @@
 For every (task, method) one JSONL of records is written as it goes (``items-<method>.jsonl``): a crash
 or Ctrl-C loses at most the batch in flight, and a rerun with the same configuration answers only what
 is missing. ``run.json`` records the task, methods, full configuration, its hash, the git commit and
-the model's revision; ``summary.json`` holds the figures, ``table.md`` the results (paper Table 1's
+the model's revision; ``progress.json`` the items done so far (what the app's job view reads);
+``summary.json`` holds the figures, ``table.md`` the results (paper Table 1's
 layout), ``efficiency.md`` seconds and tokens per answer against greedy (Table 2b), ``summary.md`` /
 ``summary.csv`` the long form (:mod:`adapt.eval.tables`).
 
@@ -146,10 +147,17 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
     bs = max(1, batch_size or task.batch_size)
     total = len(mine) * len(methods)
     done_n = 0
+
+    def report(stage: str) -> None:
+        if shard.main:  # what the app's job view reads; the main process speaks for the run
+            write_json(run_dir / "progress.json", {"done": done_n, "total": total, "stage": stage})
+        if progress is not None:
+            progress(done_n, total, stage)
     for method in methods:
         done = _done_ids(run_dir, method.name)
         todo = [it for i, it in mine if task.item_id(it) not in done]
         done_n += len(mine) - len(todo)
+        report(method.name)
         path = _items_path(run_dir, method.name, shard if shard.count > 1 else None)
         _end_torn_line(path)
         with path.open("a", encoding="utf-8") as f:
@@ -164,8 +172,7 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
                     f.write(json.dumps(rec) + "\n")
                 f.flush()
                 done_n += len(batch)
-                if progress is not None:
-                    progress(done_n, total, method.name)
+                report(method.name)
     marker.write_text(str(time.time()))
     if not shard.main:
         return None
@@ -176,6 +183,7 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
         summary[m].update(cost_figures(records.get(m, [])))
     write_json(run_dir / "summary.json", summary)
     write_tables(run_dir, summary, task.table_keys)
+    report("done")
     return summary
 
 

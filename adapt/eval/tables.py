@@ -82,8 +82,9 @@ def _with_ci(s: dict, key: str) -> str:
         return ""
     v, lo, hi = s[key], s.get(key + "_ci_low"), s.get(key + "_ci_high")
     if key.startswith("chair_i_change"):  # relative change
-        return f"{v:+.1%} [{lo:+.1%}, {hi:+.1%}]"
-    return f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] pts"  # accuracy difference in points
+        return f"{v:+.1%}" + (f" [{lo:+.1%}, {hi:+.1%}]" if None not in (lo, hi) else "")
+    ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if None not in (lo, hi) else ""
+    return f"{100 * v:+.1f}{ci} pts"  # accuracy difference in points
 
 
 def _label(key: str) -> str:
