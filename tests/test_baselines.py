@@ -241,3 +241,24 @@ def test_every_baseline_runs_on_tiny_backbones(family, llava, qwen):
         assert [len(a.token_ids) for a in out] == [6, 6] and all(a.info["tokens"] == 6 for a in out), name
         single = get_method(name).answer(bb, images[1], qs[1], 6, min_new_tokens=6)
         assert single.token_ids == out[1].token_ids, name
+
+
+def test_opera_capture_is_one_layer_and_the_window_only(llava):
+    """What the hook keeps per step: one layer, beams × candidates rows, at most `window` keys; gone after."""
+    from adapt.methods.opera import ModelDecoder
+
+    cfg = OPERAConfig(window=4, threshold=3, image_steps=2)
+    prepared = llava.prepare(_images(1, seed=8)[0], "describe the image")
+    seen = []
+
+    class Watching(ModelDecoder):
+        def candidates(self, tokens, repeat):
+            out = super().candidates(tokens, repeat)
+            seen.append((set(self.capture.rows), tuple(out[1].shape)))
+            return out
+
+    with torch.inference_mode(), Watching(llava, prepared, cfg) as dec:
+        tokens, info = opera_search(dec, cfg, eos=[2], max_new_tokens=12, min_new_tokens=12)
+    assert len(tokens) == 12 and len(seen) == info["forwards"] - 1 - len(info["rollbacks"])
+    assert all(layers == {llava.num_layers - 1} and shape == (25, 4) for layers, shape in seen)
+    assert dec.capture.rows == {} and dec.cache is None

@@ -28,8 +28,10 @@ beams' KV cache is repeated N_can times, every beam × candidate row is fed its 
 beams are chosen the cache keeps the chosen rows and nothing is recomputed (the public code runs
 N_can + 1 forwards per step). Column products are kept per beam as running log sums, one per
 column of the window: the capture is O(beams · candidates · window) floats per step, replaced at
-every step, and a beam's state O(window). A rollback crops the cache to the prompt (all beams
-share it) and feeds the restored beams' tokens in one forward. Transformers is not patched and
+every step, a beam's state O(window), and the rollback history keeps that state for the steps a
+rollback can reach (the last ``window``), O(beams · window) each; all of it goes with the answer.
+A rollback crops the cache to the prompt (all beams share it) and feeds the restored beams'
+tokens in one forward. Transformers is not patched and
 its beam search is not called: the loop below reproduces its scoring, length penalty, finished
 hypotheses and stopping rule (``early_stopping=False``), so with α = 0 and no rollback it gives
 transformers' ``num_beams`` beam search (tested), as long as no beam needs more continuations than
@@ -70,6 +72,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..attention import TextWindowCapture
+from ..backbones import Generation
 from .base import Answer, Method
 
 NEG = float("-inf")  # impossible beams / not-finished slots (transformers uses −1e9: penalties go far below it)
@@ -286,15 +289,23 @@ class OPERA(Method):
 
     def _answer_group(self, backbone, images, questions, max_new_tokens, min_new_tokens: int = 0, **generate_kwargs):
         """One beam search per pair (a rollback rewinds one answer; the beams are the batch)."""
+        if generate_kwargs:
+            raise TypeError(f"OPERA runs its own beam search; it takes min_new_tokens, not {sorted(generate_kwargs)}")
+        import time
+
         eos = backbone.model.generation_config.eos_token_id
         eos = [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
         answers = []
         for image, question in zip(images, questions):
+            t0 = time.perf_counter()
             prepared = backbone.prepare_batch([image], [question])
             with torch.inference_mode(), ModelDecoder(backbone, prepared, self.cfg) as decoder:
                 tokens, info = opera_search(decoder, self.cfg, eos, max_new_tokens, min_new_tokens or 0)
             ids = backbone._strip_eos(tokens)
-            answers.append(Answer(backbone.decode(ids), ids, {"tokens": len(ids), **info}))
+            text = backbone.decode(ids)
+            gen = Generation(token_ids=ids, text=text, tokens=backbone.token_pieces(ids),
+                             seconds=time.perf_counter() - t0)
+            answers.append(Answer(text, ids, {"tokens": len(ids), **info}, gen))
         return answers
 
     def config_dict(self) -> dict:
