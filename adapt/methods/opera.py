@@ -1,6 +1,9 @@
 """OPERA (Huang et al., CVPR 2024): beam search with an over-trust penalty and retrospection-allocation.
 
-**Over-trust penalty (Sec. 3.2, Eq. 3–6).** Hallucinations follow "summary tokens": a generated
+Cited by the paper's section titles (its equation numbers were not checked against its text, which
+this repository does not hold).
+
+**Over-trust logit penalty.** Hallucinations follow "summary tokens": a generated
 token that the following tokens all attend to strongly, a column in the self-attention among the
 generated text. For a candidate next token, take its attention row (the newest query) together
 with the rows of the tokens generated before it, over the local window of generated tokens
@@ -12,7 +15,7 @@ Each beam's top-N_can tokens are the candidates; a candidate's beam-search score
 log p(x_t | x_<t) − α·φ(ω_≤t) (α the penalty weight), the other tokens are not considered, and the
 beams are kept as in beam search.
 
-**Retrospection-allocation (Sec. 3.3).** When the location c of φ's maximum has been the same for
+**Retrospection-allocation strategy.** When the location c of φ's maximum has been the same for
 ``threshold`` steps of a beam's history (the location overlap count reaches r), decoding rolls back
 to that summary token and chooses the token after it again, excluding the continuations chosen
 there before. A position is rolled back to at most N_can times; after that the position before it

@@ -1,14 +1,16 @@
 """VCD, Visual Contrastive Decoding (Leng et al., CVPR 2024): a baseline that contrasts the image
 with a distorted copy of itself.
 
-At every decoding step, with l(x, v) the next-token logits given the image v and l(x, v′) those
-given v′, the image under diffusion-style forward noise (the paper's Eq. 2–3; the noise schedule
-and its step are :mod:`adapt.noise`'s, applied to the processor's normalized pixel tensor as the
-public code does)::
+Cited by the paper's section titles ("Visual Uncertainty Amplifies Hallucinations", "Visual
+Contrastive Decoding", "Adaptive Plausibility Constraints"; its equation numbers were not checked
+against the paper's text, which this repository does not hold). At every decoding step, with
+l(x, v) the next-token logits given the image v and l(x, v′) those given v′, the image under
+diffusion-style forward noise (the noise schedule and its step are :mod:`adapt.noise`'s, applied to
+the processor's normalized pixel tensor as the public code does)::
 
-    p_vcd(y | x, v, v′) = softmax[(1 + α)·l(x, v) − α·l(x, v′)]          (Eq. 4)
+    p_vcd(y | x, v, v′) = softmax[(1 + α)·l(x, v) − α·l(x, v′)]
 
-restricted by the adaptive plausibility constraint (Eq. 5–6)::
+restricted by the adaptive plausibility constraint::
 
     V_head = {y : p(y | x, v) ≥ β · max_w p(w | x, v)}, p_vcd(y) = 0 for y ∉ V_head,
 
@@ -48,8 +50,8 @@ from .base import Answer, Method
 
 @dataclass
 class VCDConfig:
-    alpha: float = 1.0  # contrast strength α of Eq. 4
-    beta: float = 0.1  # adaptive plausibility β of Eq. 5 (0 keeps every token)
+    alpha: float = 1.0  # contrast strength α
+    beta: float = 0.1  # adaptive plausibility β (0 keeps every token)
     noise_step: int = DEFAULT_STEP  # forward-noise step of v′ (of adapt.noise.NUM_STEPS)
     sample: bool = False  # draw from p_vcd (the original) instead of taking its argmax
     seed: int = 0  # noise (and sampling) seed; each answer's generator also folds in its image
@@ -65,7 +67,7 @@ class VCDConfig:
 
 
 def plausible(logits: torch.Tensor, beta: float) -> torch.Tensor:
-    """The adaptive plausibility set (Eq. 5): ``p ≥ β·max p`` under ``logits`` (``[..., V]``), as a mask.
+    """The adaptive plausibility set: ``p ≥ β·max p`` under ``logits`` (``[..., V]``), as a mask.
     Tokens already at −inf (masked by another processor) are never plausible."""
     finite = torch.isfinite(logits)
     if beta <= 0:
@@ -75,7 +77,7 @@ def plausible(logits: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def contrast(logits: torch.Tensor, noised: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """(1 + α)·l − α·l′ on the plausible set of ``logits``, −inf elsewhere (Eq. 4–6)."""
+    """(1 + α)·l − α·l′ on the plausible set of ``logits``, −inf elsewhere."""
     keep = plausible(logits, beta)
     # written as l + α(l − l′) so α = 0 returns l exactly
     out = logits + alpha * (logits - noised)
