@@ -11,9 +11,8 @@ with the rows of the tokens generated before it, over the local window of genera
 
     φ(ω_≤t) = max_c  ∏_{i=c}^{t} σ · ω_{i,c}
 
-Each beam's top-N_can tokens are the candidates; a candidate's beam-search score is
-log p(x_t | x_<t) − α·φ(ω_≤t) (α the penalty weight), the other tokens are not considered, and the
-beams are kept as in beam search.
+Each beam's top-N_can tokens are the candidates, each penalised by α·φ(ω_≤t) (α the penalty
+weight); the other tokens are not considered, and the beams are kept as in beam search.
 
 **Retrospection-allocation strategy.** When the location c of φ's maximum has been the same for
 ``threshold`` steps of a beam's history (the location overlap count reaches r), decoding rolls back
@@ -52,9 +51,11 @@ its N_can candidates (only possible when an end-of-sequence token is among them)
   be penalised. The product is computed in float32 from log sums (the public code keeps it in
   float16, where anything above 65 504 becomes infinite); the exponent is capped at 80 so a huge
   penalty stays finite.
-- Where the penalty goes: subtracted from the full-vocabulary log-probability (the paper's
-  formula). The public code subtracts it from the candidates' logits and renormalises over the
-  candidates, which is not beam search even with α = 0.
+- Where the penalty goes: by default a candidate's score is log p(x_t | x_<t) − α·φ, the
+  full-vocabulary log-probability, so that with α = 0 OPERA *is* beam search. The paper writes
+  softmax[H(h_t) − α·φ] over the candidate set and the public code does that (logits minus the
+  penalty, renormalised over the candidates), which is not beam search even with α = 0: each beam's
+  scores lose its log-normaliser over the vocabulary. ``candidate_softmax=True`` gives that reading.
 - First tokens: for the first ``image_steps`` = 10 generated tokens the public code replaces φ by
   minus the candidate's attention mass on the image (a bonus for looking at it) and never rolls
   back onto them; kept (``image_steps=0`` gives the paper's rule from the first token).
@@ -95,6 +96,7 @@ class OPERAConfig:
     head_reduce: str = "max"  # "max" (public code, renormalised) or "mean" over the heads
     layer: int = -1  # decoder layer whose attention is read (−1: the last)
     length_penalty: float = 1.0  # transformers' default: finished scores divided by length ** this
+    candidate_softmax: bool = False  # score = log softmax over the candidates of (logit − α·φ): paper / public code
 
     def validate(self) -> "OPERAConfig":
         if self.num_beams < 1 or self.num_candidates < 1 or self.window < 1 or self.threshold < 1:
@@ -210,7 +212,10 @@ def opera_search(decoder, cfg: OPERAConfig, eos: list[int], max_new_tokens: int,
             penalty = -img_mass.double()
         else:
             penalty = cfg.product_scale * torch.exp(best.double().clamp(max=80.0))
-        scores = cand_lp.reshape(-1).double() - cfg.penalty_weight * penalty  # [nb·k]
+        if cfg.candidate_softmax:  # the logits differ from cand_lp by one constant per beam: same softmax
+            scores = torch.log_softmax(cand_lp.double() - cfg.penalty_weight * penalty.view(nb, k), -1).reshape(-1)
+        else:
+            scores = cand_lp.reshape(-1).double() - cfg.penalty_weight * penalty  # [nb·k]
         beam_loc = locs.mode(-1).values  # [nb]
 
         target = _rollback_target(cfg, step, beam_loc, hist, rollbacks, snapshots) if cfg.rollback else None
