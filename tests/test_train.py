@@ -294,7 +294,8 @@ def test_two_accelerate_processes_equal_one(tmp_path, pairs):
     base = ["-m", "adapt", "train", "vag-dpo", "--data", RLAIF, "--pairs", str(pairs.root), "--steps", "3",
             "--lr", "1e-3", "--warmup-steps", "1", "--save-every", "2", "--threads", "1", "--no-bar"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ADAPT_CACHE": str(tmp_path / "cache")}
-    one = subprocess.run([sys.executable, *base, "--batch", "2", "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
+    one = subprocess.run([sys.executable, *base, "--batch", "2", "--out", str(tmp_path / "one"),
+                          "--model-out", str(tmp_path / "shipped")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=200)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -311,6 +312,8 @@ def test_two_accelerate_processes_equal_one(tmp_path, pairs):
     assert json.loads((tmp_path / "one" / "progress.json").read_text()) == {"done": 3, "total": 3, "stage": "done"}
     assert (tmp_path / "one" / "training_curves.png").stat().st_size > 1000
     assert (tmp_path / "one" / "adapter" / "adapter_config.json").exists()
-    bb = load_backbone(str(tmp_path / "one" / "model"))
+    report = json.loads((tmp_path / "shipped" / "train_report.json").read_text())
+    assert report["command"].startswith("python -m adapt train vag-dpo") and report["sides"] == ["enhanced", "noise"]
+    bb = load_backbone(str(tmp_path / "shipped"))
     assert bb.model.dtype == torch.float32 and bb.generate(bb.prepare(pairs.image(pairs.pairs[0], "original"),
                                                                       "describe the image in detail."), 8).text

@@ -61,6 +61,7 @@ def add_parser(sub, parser_class=None) -> argparse.ArgumentParser:
     t.add_argument("--gradient-checkpointing", action="store_true")
     t.add_argument("--eval-scenes", type=int, default=DEFAULTS.eval_scenes,
                    help="after training, score the model on N world validation scenes of seed 1 (0: skip)")
+    t.add_argument("--model-out", default=None, help="where the final model goes (default DIR/model)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
     t.add_argument("--device", default=None, help="cpu, cuda … (default: accelerate's choice)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for the embedded model)")
@@ -193,7 +194,8 @@ def run(args) -> int:
     if main:
         # small models are stored in fp16 as the embedded one is; real checkpoints keep their dtype
         small = sum(p.numel() for p in result.model.parameters()) < SMALL_MODEL_PARAMS
-        target = save_model(result.model, backbone, out, cfg, half=args.backbone == EMBEDDED or small)
+        target = save_model(result.model, backbone, out, cfg, half=args.backbone == EMBEDDED or small,
+                            target=Path(args.model_out) if args.model_out else None)
         plot_curves(out / "train_log.jsonl", out / "training_curves.png",
                     f"{cfg.objective} on {args.data}: lr {cfg.lr}, β {cfg.beta}, {cfg.steps} steps")
         log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
@@ -208,6 +210,9 @@ def run(args) -> int:
         if cfg.eval_scenes:
             summary["eval"] = evaluate(target, out, cfg, files)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        command = "python -m adapt train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else ""
+        (target / "train_report.json").write_text(json.dumps({"command": command, "base": args.backbone,
+                                                              "data": args.data, **summary}, indent=1))
         files.progress(cfg.steps, "done")
         print(f"wrote {target} (loss {summary['loss_first10']:.4f} → {summary['loss_last10']:.4f}, accuracy "
               f"{summary['accuracy_last10']:.2f}); {out / 'summary.json'}, {out / 'training_curves.png'}")

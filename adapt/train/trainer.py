@@ -332,8 +332,10 @@ def train_loop(backbone: Backbone, pairs: PairSet, cfg: TrainConfig, out: Path, 
     if cfg.reference == "precomputed":
         if main:
             bar = tqdm(total=len(pairs), desc="reference log-probs", unit="pair", disable=not show_bar)
-            reference_logps(backbone.model, backbone, pairs, sides, device,
-                            progress=lambda d, t: bar.update(d - bar.n))
+            def progress(d, t):  # part of preparing the pairs, for the job runner
+                bar.update(d - bar.n)
+                files.progress(d, "pairs", total=t)
+            reference_logps(backbone.model, backbone, pairs, sides, device, progress=progress)
             bar.close()
         accelerator.wait_for_everyone()
         ref = json.loads(ref_logps_path(pairs, backbone, sides).read_text())
@@ -444,12 +446,13 @@ def live_reference(model, accelerator, backbone, imgs, qs, ans, b, device):
 
 # --- saving and the curves ----------------------------------------------------------------------------
 
-def save_model(model, backbone: Backbone, out: Path, cfg: TrainConfig, half: bool) -> Path:
-    """``out/model``: the tuned model with the LoRA adapters merged (``out/adapter`` keeps the adapter
-    alone), loadable with :func:`adapt.backbones.load_backbone`; fp16 for the embedded model as
-    :func:`adapt.world.train.save` stores it."""
-    target = out / "model"
-    tmp = out / ".model-tmp"
+def save_model(model, backbone: Backbone, out: Path, cfg: TrainConfig, half: bool, target: Path | None = None) -> Path:
+    """``target`` (default ``out/model``): the tuned model with the LoRA adapters merged (``out/adapter``
+    keeps the adapter alone), loadable with :func:`adapt.backbones.load_backbone`; fp16 for the
+    embedded model as :func:`adapt.world.train.save` stores it."""
+    target = Path(target) if target is not None else out / "model"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg.lora:
         model.save_pretrained(str(out / "adapter"))
