@@ -370,9 +370,11 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--seeds", default=None, help="several world seeds, comma-separated (--limit scenes of each)")
     v.add_argument("--limit", type=int, default=None, help="first N scenes (of each seed)")
     v.add_argument("--batch-size", type=int, default=32, help="scenes answered together")
+    from .methods import NAMES
+
     v.add_argument("--method", default="greedy",
-                   help="comma-separated registered methods: greedy, greedy:sdpa, adapt-tf, adapt-tf:paper, "
-                        "adapt-tf:mass-kept, adapt-tf:mass-aware, adapt-tf:authors-hhi, adapt-tf:authors-quality, pai")
+                   help="comma-separated registered methods (the first is what the others are compared with): "
+                        + ", ".join(NAMES))
     v.add_argument("--no-pope", action="store_true", help="descriptions only")
     v.add_argument("--out", required=True)
     _backbone_args(v)
