@@ -139,6 +139,8 @@ def test_an_error_keeps_the_page_and_says_so(page, tmp_path):
     Image.fromarray((np.random.RandomState(5).rand(50, 50, 3) * 255).astype("uint8")).save(good)
     _describe(page, good)
     page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('good.png')")
+    idle = "() => !document.querySelector('#adapt-summary').innerText.includes('processing')"
+    page.wait_for_function(idle)  # the status can arrive before the summary's own update has finished
     before = page.inner_text("#adapt-summary")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
@@ -151,6 +153,7 @@ def test_an_error_keeps_the_page_and_says_so(page, tmp_path):
     assert "broken.png: not a readable image" in status and "still those of the previous analysis" in status
     assert _error_badges(page) == 0 and page.locator(".toast-body").count() == 0
     assert "adapt-stale" in page.get_attribute("#adapt-results", "class")
+    page.wait_for_function(idle)
     assert page.inner_text("#adapt-summary") == before  # the previous results, intact
     assert "Traceback" not in page.content()
     page.screenshot(path=str(ARTIFACTS / "app-error.png"), full_page=True)
