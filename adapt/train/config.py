@@ -36,8 +36,8 @@ class TrainConfig:
     chosen_image: str | None = None        # None: the objective's own (enhanced for vag-dpo, original for dpo)
     rejected_image: str | None = None      # None: noise for vag-dpo, original for dpo
     # optimisation: not in the paper; the values the validation sweep picked for the embedded model
-    lr: float = 5e-6
-    steps: int = 150
+    lr: float = 1e-5
+    steps: int = 200
     batch: int = 8                         # pairs per process per micro-step
     grad_accum: int = 1
     warmup_steps: int = 10

@@ -133,6 +133,85 @@ def attribute_accuracy(backbone, scenes, method, per_scene: int = 2, batch: int 
     return {"attribute_acc": float(np.mean(right)), "n_questions": len(right)}
 
 
+def sweep_table(runs: list[Path], base: Path, out: Path, recall_budget: float = 0.02) -> list[dict]:
+    """One row per trained candidate (its ``train_config.json``, its ``val/`` adapt-tf run and, where
+    present, its ``val-greedy/`` run) against the base model's validation run; writes
+    ``out.json``, ``out.md`` and ``out.png`` (CHAIR_i against recall, the budget drawn)."""
+    base_items = {m: load_items(base / f"items-{m}.jsonl") for m in ("greedy", "adapt-tf")}
+    bsum = {m: summarise_items(v) for m, v in base_items.items()}
+    bar = bsum["greedy"]["recall"] - recall_budget
+    rows = []
+    for d in runs:
+        cfg = json.loads((d / "train_config.json").read_text())
+        row = {"name": d.name, "objective": cfg["objective"], "sides": "/".join(
+            [cfg.get("chosen_image") or ("enhanced" if cfg["objective"] == "vag-dpo" else "original"),
+             cfg.get("rejected_image") or ("noise" if cfg["objective"] == "vag-dpo" else "original")]),
+               "lora": cfg["lora"], "lr": cfg["lr"], "sft_weight": cfg["sft_weight"], "noise_step": cfg["noise_step"],
+               "steps": cfg["steps"]}
+        for sub, m in (("val", "adapt-tf"), ("val-greedy", "greedy")):
+            f = d / sub / f"items-{m}.jsonl"
+            if f.exists():
+                its = load_items(f)
+                s = summarise_items(its)
+                b = {it["index"]: it for it in base_items[m]}
+                c = chair_i_change([b[it["index"]]["mentioned"] for it in its], [it["mentioned"] for it in its],
+                                   [it["truth"] for it in its])
+                row[m] = {"chair_i": s["chair_i"], "hallucinated": s["hallucinated_mentions"], "mentions": s["mentions"],
+                          "recall": s["recall"], "chair_s": s["chair_s"],
+                          "change_vs_base_same_decoding": c["change"], "ci": [c["ci_low"], c["ci_high"]]}
+        if "adapt-tf" in row:
+            row["passes_recall_budget"] = row["adapt-tf"]["recall"] >= bar
+        rows.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"base": bsum, "recall_bar": bar, "rows": rows}, indent=1))
+    lines = [f"base greedy: CHAIR_i {bsum['greedy']['chair_i']:.4f} ({bsum['greedy']['hallucinated_mentions']} / "
+             f"{bsum['greedy']['mentions']}), recall {bsum['greedy']['recall']:.3f}; base adapt-tf: CHAIR_i "
+             f"{bsum['adapt-tf']['chair_i']:.4f} ({bsum['adapt-tf']['hallucinated_mentions']} / "
+             f"{bsum['adapt-tf']['mentions']}), recall {bsum['adapt-tf']['recall']:.3f}; the rule's recall bar "
+             f"{bar:.4f}", "",
+             "| candidate | objective | images (chosen/rejected) | tuning | lr | SFT | noise step | adapt-tf CHAIR_i (hall. / mentions) "
+             "| vs base adapt-tf (CI) | adapt-tf recall | passes | greedy CHAIR_i | greedy recall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, g = r.get("adapt-tf"), r.get("greedy")
+        lines.append(f"| {r['name']} | {r['objective']} | {r['sides']} | {'LoRA' if r['lora'] else 'full'} | {r['lr']:g} | "
+                     f"{r['sft_weight']:g} | {r['noise_step']} | "
+                     + (f"{a['chair_i']:.4f} ({a['hallucinated']} / {a['mentions']}) | {a['change_vs_base_same_decoding']:+.0%} "
+                        f"({a['ci'][0]:+.0%} … {a['ci'][1]:+.0%}) | {a['recall']:.3f} | {'yes' if r['passes_recall_budget'] else 'no'}"
+                        if a else "– | – | – | –")
+                     + (f" | {g['chair_i']:.4f} ({g['hallucinated']} / {g['mentions']}) | {g['recall']:.3f} |" if g else " | – | – |"))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in rows:
+        if "adapt-tf" not in r:
+            continue
+        colour = "tab:red" if r["objective"] == "dpo" else ("tab:blue" if r["sides"] == "enhanced/noise" else "tab:green")
+        ax.scatter(r["adapt-tf"]["recall"], r["adapt-tf"]["chair_i"], c=colour, s=28)
+        label = "-".join(r["name"].split("-")[:2]) if r["name"].startswith("A-") else r["name"].split("-")[0]
+        ax.annotate(label, (r["adapt-tf"]["recall"], r["adapt-tf"]["chair_i"]), fontsize=7,
+                    xytext=(3, 2), textcoords="offset points")
+    for m, mk in (("greedy", "s"), ("adapt-tf", "D")):
+        ax.scatter(bsum[m]["recall"], bsum[m]["chair_i"], c="k", marker=mk, s=36, label=f"base {m}")
+    ax.axvline(bar, ls="--", c="grey", lw=0.8, label="recall bar (base greedy − 2 pts)")
+    ax.scatter([], [], c="tab:blue", label="VAG-DPO (anchor-guided / noise)")
+    ax.scatter([], [], c="tab:green", label="other image pairings")
+    ax.scatter([], [], c="tab:red", label="plain DPO")
+    ax.set_xlabel("object recall (tuned model + adapt-tf)")
+    ax.set_ylabel("CHAIR_i")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title("preference-tuning sweep, validation seeds 1–4 (1 000 scenes)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
@@ -147,7 +226,15 @@ def main(argv=None) -> int:
     a.add_argument("--per-seed", type=int, default=125)
     a.add_argument("--threads", type=int, default=1)
     a.add_argument("--out", required=True)
+    w = sub.add_parser("sweep", help="the validation sweep's table and plot")
+    w.add_argument("--runs", nargs="+", required=True, help="candidate run folders")
+    w.add_argument("--base", required=True, help="the base model's validation run (items-greedy / items-adapt-tf)")
+    w.add_argument("--out", required=True, help="path stem: writes .json, .md, .png")
     args = ap.parse_args(argv)
+    if args.cmd == "sweep":
+        sweep_table([Path(r) for r in args.runs], Path(args.base), Path(args.out))
+        print(Path(args.out).with_suffix(".md").read_text())
+        return 0
     if args.cmd == "table":
         rows = []
         for r in args.row:
