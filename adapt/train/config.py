@@ -51,7 +51,8 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0              # 0: the 1-vs-2-process check and resume are exact
     target_modules: str = DEFAULT_TARGETS
-    # departures, off by default: a per-token SFT term on the chosen answer (the DESIGN §8 trial used 1)
+    # departures, off by default: a per-token SFT term on the chosen answer (the DESIGN §8 trial used 1;
+    # the shipped model's recipe passes --sft-weight 1)
     sft_weight: float = 0.0
     reference: str = "precomputed"         # "precomputed": log π_ref once, stored with the pairs; "live"
     # bookkeeping
