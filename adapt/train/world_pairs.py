@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from ..world import CATEGORIES, COLOUR_NAMES, DEFAULT_DESCRIBE_PROMPT, POSITIONS, Scene, WorldConfig, WorldObject, \
     make_split, read_objects
-from ..world.language import INTROS, NUMBER_WORDS, _join, object_phrase, ordered_objects, pope_question
+from ..world.language import INTROS, NUMBER_WORDS, _join, describe_objects, object_phrase, ordered_objects, \
+    pope_question
 from ..world.scenes import CELL, GRID
 from .data import PreferenceRecord
 
@@ -47,23 +48,6 @@ class WorldPairSpec:
     own: bool = True
     describe_tokens: int = 128
     batch: int = 32
-
-
-def _description(objs: list[WorldObject], rng: random.Random) -> str:
-    """:func:`adapt.world.language.describe`'s wording for a given list of objects in a given order."""
-    phrases = [object_phrase(o, rng) for o in objs]
-    style = rng.random()
-    prefix = f"there are {NUMBER_WORDS[len(objs)]} shapes in this image. " if rng.random() < 0.3 else ""
-    if style < 0.55 or len(phrases) == 1:
-        return prefix + rng.choice(INTROS) + " " + _join(phrases) + "."
-    sents = [f"there is {phrases[0]}."]
-    for k, p in enumerate(phrases[1:], start=1):
-        if k == len(phrases) - 1 and rng.random() < 0.6:
-            sents.append(f"finally, there is {p}.")
-        else:
-            sents.append(rng.choice([f"there is also {p}.", f"i can also see {p}.", f"next to it, there is {p}.",
-                                     f"there is {p}."]))
-    return prefix + " ".join(sents)
 
 
 def _same_words(objs: list[WorldObject], seed: int) -> str:
@@ -135,7 +119,7 @@ def world_records(scenes: list[Scene], descriptions: list[str], spec: WorldPairS
         prompt = rng.choice([DEFAULT_DESCRIBE_PROMPT] * 3 + ["describe this picture."])
         if spec.own and halluc:
             out.append(PreferenceRecord(f"world-{k}-own", question=DEFAULT_DESCRIBE_PROMPT,
-                                        chosen=_description(ordered, random.Random(scene.seed)), rejected=text,
+                                        chosen=describe_objects(ordered, random.Random(scene.seed)), rejected=text,
                                         kind="own", **base))
         if rng.random() < spec.inserted:
             fake = _fake_object(scene, _hallucination_target(scene, halluc, rng), rng)

@@ -122,7 +122,12 @@ def ordered_objects(scene: Scene, rng: random.Random) -> list[WorldObject]:
 def describe(scene: Scene, rng: random.Random | None = None) -> str:
     """A long description naming every object once, with colour and position."""
     rng = rng or random.Random(scene.seed * 13 + 1)
-    objs = ordered_objects(scene, rng)
+    return describe_objects(ordered_objects(scene, rng), rng)
+
+
+def describe_objects(objs: list, rng: random.Random) -> str:
+    """:func:`describe`'s wording for these objects in this order (the preference set writes its
+    rejected descriptions with it)."""
     phrases = [object_phrase(o, rng) for o in objs]
     style = rng.random()
     prefix = ""
