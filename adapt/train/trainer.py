@@ -19,6 +19,7 @@ What a run writes in its folder (the app's job runner reads the first two while 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -91,7 +92,8 @@ def encode(backbone: Backbone, images: list, questions: list[str], answers: list
 
 
 def answer_logps(model, backbone: Backbone, images, questions, answers, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer-token log-probs ``[B]`` (and token counts) of ``model`` for the rows."""
+    """Summed answer-token log-probs ``[B]`` (and token counts) of ``model`` for the rows: the
+    log π(y | x, v) terms of Eq. 12."""
     inputs, labels = encode(backbone, images, questions, answers)
     dtype = next(p for p in model.parameters()).dtype
     inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
@@ -375,7 +377,7 @@ def train_loop(backbone: Backbone, pairs: PairSet, cfg: TrainConfig, out: Path, 
                 qs = [p["question"] for p in batch] * 2
                 ans = [p["chosen"] for p in batch] + [p["rejected"] for p in batch]
                 # one forward over chosen and rejected rows: DDP sees one forward per backward
-                sync = accelerator.no_sync(model) if m < cfg.grad_accum - 1 else _nullcontext()
+                sync = accelerator.no_sync(model) if m < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with sync, accelerator.autocast():
                     lp, ntok = answer_logps(model, backbone, imgs, qs, ans, device)
                     pc, pr = lp[:len(batch)], lp[len(batch):]
@@ -424,14 +426,6 @@ def train_loop(backbone: Backbone, pairs: PairSet, cfg: TrainConfig, out: Path, 
     bar.close()
     steps_done = step + 1 if cfg.steps > start else start
     return TrainResult(out=out, steps_done=steps_done, stopped=stopped, model=accelerator.unwrap_model(model))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def live_reference(model, accelerator, backbone, imgs, qs, ans, b, device):
