@@ -530,7 +530,8 @@ def test_training_job_progress_cancel_resume_and_tuned_model(runner, fake_traine
     ckpts = sorted((runner.out_dir(job.id) / "checkpoints").glob("step-*"))
     at = int(ckpts[-1].name.split("-")[1])
     assert 3 <= at < 12 and runner.progress(job.id)["done"] == at
-    assert trainjob.tuned_models(runner) == []  # not finished: nothing to offer
+    shipped = [("embedded-vagdpo (shipped VAG-DPO tuning of the embedded model)", "embedded-vagdpo")]
+    assert trainjob.tuned_models(runner) == shipped  # the job has not finished: only the shipped model
     monkeypatch.setenv("FAKE_TRAIN_DELAY", "0.01")
     again = runner.resume(job.id)
     assert again.id == job.id and again.argv[-1] == "--resume" and again.status in ("queued", "running")
@@ -544,7 +545,7 @@ def test_training_job_progress_cancel_resume_and_tuned_model(runner, fake_traine
     with pytest.raises(J.JobError, match="finished: there is nothing to resume"):
         runner.resume(job.id)
     # the tuned model joins the backbone choices by name; the name resolves to the job's folder
-    assert trainjob.tuned_models(runner) == [(f"VAG-DPO-tuned embedded · job {job.id}", f"job:{job.id}")]
+    assert trainjob.tuned_models(runner) == shipped + [(f"VAG-DPO-tuned embedded · job {job.id}", f"job:{job.id}")]
     app = App(admin_token="x", jobs_root=runner.root, warm=False)
     assert (f"VAG-DPO-tuned embedded · job {job.id}", f"job:{job.id}") in app.backbone_choices()
     assert app.resolve_backbone(f"job:{job.id}") == str(runner.out_dir(job.id) / "model")
