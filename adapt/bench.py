@@ -101,6 +101,23 @@ def overhead(name: str, tokens: int, repeats: int, device: str = "cpu", dtype=to
     return {m: med[m] / med["stock"] for m in MODES[1:]}
 
 
+def _interleaved(bb, images, methods: dict, tokens: int, repeats: int, kw: dict) -> dict[str, list[tuple]]:
+    """Each method's (seconds, answer) per description, after one warm-up answer each (which also
+    fills the bias-map cache); interleaved, so drift of the machine hits every method alike."""
+    from .world import DEFAULT_DESCRIBE_PROMPT
+
+    for m in methods.values():
+        m.answer(bb, images[0], DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
+    runs = {name: [] for name in methods}
+    for _ in range(repeats):
+        for im in images:
+            for name, m in methods.items():
+                t0 = time.perf_counter()
+                a = m.answer(bb, im, DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
+                runs[name].append((time.perf_counter() - t0, a))
+    return runs
+
+
 def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
     """Per-answer seconds of stock greedy, greedy with capture and ADAPT-TF on the embedded model."""
     import tempfile
@@ -109,28 +126,17 @@ def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
     from .backbones import load_backbone
     from .config import AdaptConfig
     from .methods import AdaptTF, Greedy
-    from .world import DEFAULT_DESCRIBE_PROMPT, make_split
+    from .world import make_split
 
     bb = load_backbone("embedded")
     images = [s.image() for s in make_split("validation", scenes, seed=7)]
     cfg = AdaptConfig()
     methods = {"stock greedy": Greedy(capture=False), "greedy with capture": Greedy(),
                "adapt-tf": AdaptTF(cfg, BiasCache(tempfile.mkdtemp(prefix="adapt-bench-")))}
-    kw = dict(min_new_tokens=tokens)
-    for m in methods.values():  # warm-up, and fills the bias-map cache
-        m.answer(bb, images[0], DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
-    times = {name: [] for name in methods}
-    fired = monitored = 0
-    for _ in range(repeats):
-        for im in images:  # interleaved, so drift of the machine hits every mode alike
-            for name, m in methods.items():
-                t0 = time.perf_counter()
-                a = m.answer(bb, im, DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
-                times[name].append(time.perf_counter() - t0)
-                if name == "adapt-tf":
-                    fired += a.info["fired"]
-                    monitored += a.info["monitored"]
-    med = {name: statistics.median(t) for name, t in times.items()}
+    runs = _interleaved(bb, images, methods, tokens, repeats, dict(min_new_tokens=tokens))
+    fired = sum(a.info["fired"] for _, a in runs["adapt-tf"])
+    monitored = sum(a.info["monitored"] for _, a in runs["adapt-tf"])
+    med = {name: statistics.median(t for t, _ in r) for name, r in runs.items()}
     print(f"embedded model, {tokens} new tokens, {scenes} scenes x {repeats}, median per answer: "
           + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in med.items())
           + f"; ADAPT-TF ({cfg.asi.operator}, trigger {cfg.asi.trigger}, layers {cfg.asi.layers}) fired on "
@@ -151,7 +157,7 @@ def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: in
     from .backbones import load_backbone
     from .config import AdaptConfig
     from .methods import NAMES, describe, get_method
-    from .world import DEFAULT_DESCRIBE_PROMPT, make_split
+    from .world import make_split
 
     if names is None:  # the variants of ADAPT-TF are readings of one method: time adapt-tf alone
         names = [n for n in NAMES if ":" not in n]
@@ -161,18 +167,9 @@ def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: in
     images = [s.image() for s in make_split("validation", scenes, seed=seed)]
     cache = BiasCache(tempfile.mkdtemp(prefix="adapt-bench-"))
     methods = {n: get_method(n, AdaptConfig(), cache) for n in names}
-    kw = dict(min_new_tokens=tokens) if forced else {}
-    for m in methods.values():  # warm-up, and fills the bias-map cache
-        m.answer(bb, images[0], DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
-    secs = {n: [] for n in methods}
-    toks = {n: [] for n in methods}
-    for _ in range(repeats):
-        for im in images:  # interleaved, so drift of the machine hits every method alike
-            for n, m in methods.items():
-                t0 = time.perf_counter()
-                a = m.answer(bb, im, DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
-                secs[n].append(time.perf_counter() - t0)
-                toks[n].append(len(a.token_ids))
+    runs = _interleaved(bb, images, methods, tokens, repeats, dict(min_new_tokens=tokens) if forced else {})
+    secs = {n: [t for t, _ in r] for n, r in runs.items()}
+    toks = {n: [len(a.token_ids) for _, a in r] for n, r in runs.items()}
     ref = statistics.mean(secs["greedy"])
     ref_tok = sum(secs["greedy"]) / max(sum(toks["greedy"]), 1)
     out = {n: {"seconds": statistics.mean(secs[n]), "tokens": statistics.mean(toks[n]),
