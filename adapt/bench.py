@@ -186,6 +186,86 @@ def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: in
     return out
 
 
+def bench_ops(tokens: int = 3) -> dict[str, float]:
+    """Extra aten ops per (layer, decoding step) over stock SDPA, and SDPA calls handed a mask tensor.
+
+    A random LLaVA of 32 decoder layers and 576 image tokens (hidden 64: the op count does not depend on
+    the width) decodes ``tokens`` and ``tokens + 1`` tokens forced; the difference of the two runs' op
+    counts is one decoding step. Counted with a ``TorchDispatchMode`` (every aten op that reaches a
+    kernel), so the numbers are the same on every run and every machine. Modes: stock SDPA; capture
+    (the recorder on, no policy); ADAPT-TF steered: the one-pass policy (default operator) with
+    references given, trigger ``always`` on every layer, so every (layer, step) is read and steered.
+    SDPA calls given a mask tensor are counted over the capture and steered runs and a lean run (ASI
+    monitoring layer 0 only, so the other layers' decoding steps are handed to SDPA): with a batch of
+    one, stock SDPA passes no mask anywhere."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from .config import ASIConfig
+    from .steering import ASIPolicy, References
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    class MaskedSDPA(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = self.masked = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.scaled_dot_product_attention:
+                self.calls += 1
+                mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+                self.masked += mask is not None
+            return func(*args, **kwargs)
+
+    layers = 32
+    bb = LlavaBackbone(*tiny_llava(hidden=64, layers=layers, heads=4, kv_heads=2, image_size=336, patch=14,
+                                   vision_hidden=32), "ops")
+    img = Image.fromarray((np.random.default_rng(0).random((336, 336, 3)) * 255).astype("uint8"))
+    prepared = bb.prepare(img, "describe the image in detail")
+    n = prepared.span.n
+    sdpa = MaskedSDPA()
+
+    def policy(monitored):
+        w = torch.linspace(0.05, 1.0, n)[None]
+        refs = References(w, torch.full((layers, 1), 0.5 / n), torch.full((layers, 1), 0.9),
+                          torch.full((layers, 1, n), 0.9 / n))
+        return ASIPolicy(layers, monitored, ASIConfig(trigger="always"), 5, refs=refs)
+
+    def count(mode: str, new: int) -> int:
+        bb.model.set_attn_implementation({"text_config": "sdpa" if mode == "stock" else ATTN_IMPL})
+        kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        ops = Ops()
+        with torch.inference_mode():
+            if mode == "stock":
+                with ops:
+                    bb.model.generate(**prepared.inputs, **kw)
+            else:
+                pol = policy(list(range(layers)) if mode == "steered" else [0]) if mode != "capture" else None
+                rec = AttentionRecorder(prepared.span, layers, policy=pol, lean=True)
+                with rec, sdpa, ops:
+                    bb.model.generate(**prepared.inputs, **kw)
+        return ops.count
+
+    per_step = {m: count(m, tokens + 1) - count(m, tokens) for m in ("stock", "capture", "steered")}
+    count("lean", tokens)
+    bb.model.set_attn_implementation({"text_config": ATTN_IMPL})
+    extra = {m: (per_step[m] - per_step["stock"]) / layers for m in ("capture", "steered")}
+    print(f"tiny LLaVA, {layers} layers, {n} image tokens, batch 1: aten ops per decoding step: "
+          + ", ".join(f"{m} {c}" for m, c in per_step.items())
+          + f" (per layer over stock: capture +{extra['capture']:.1f}, steered +{extra['steered']:.1f}); "
+          f"SDPA calls in the capture, steered and lean runs: {sdpa.calls}", flush=True)
+    return {"capture": extra["capture"], "steered": extra["steered"], "masked": sdpa.masked}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m adapt.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,8 +290,15 @@ def main(argv=None) -> None:
     ms.add_argument("--scenes", type=int, default=6)
     ms.add_argument("--forced", action="store_true", help="every answer --tokens long (min_new_tokens)")
     ms.add_argument("--threads", type=int, default=1)
+    op = sub.add_parser("ops", help="extra aten ops per (layer, step) over stock SDPA; SDPA calls with a mask")
+    op.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.what == "ops":
+        r = bench_ops()
+        print(f"ops per layer-step vs stock: capture +{r['capture']:.0f}, adapt-tf steered +{r['steered']:.0f}; "
+              f"handed-off SDPA calls with a dense mask: {r['masked']}")
+        return
     if args.what == "methods":
         from .methods import NAMES
 
