@@ -178,31 +178,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tqdm import tqdm
+    from .export.cli import cmd_export as run
 
-    from .export import export_anchors, read_items
-
-    cfg = build_config(args)
-    if args.question is not None:
-        args.question = _question(args.question)
-    items = read_items(args.input, args.question)
-    backbone = load(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(items), desc="anchors", unit="img", file=sys.stderr)
-
-    def progress(done, total, name):
-        bar.update(done - bar.n)
-        (out / ".progress.json").write_text(json.dumps({"done": done, "total": total, "stage": name}))
-        (out / ".progress.json").replace(out / "progress.json")
-
-    counts = export_anchors(backbone, items, out, cfg, _cache(args), overlays=args.overlays, progress=progress)
-    bar.close()
-    print(f"exported {counts['ok']}, skipped (already done) {counts['skipped']}, errors {counts['error']}; "
-          f"manifest: {out / 'manifest.jsonl'}")
-    for source, error in counts.get("failed", []):
-        print(f"failed: {source}: {error}")
-    return 0 if counts["error"] == 0 else 3
+    return run(args)
 
 
 def cmd_eval(args) -> int:
@@ -353,11 +331,11 @@ def parser() -> argparse.ArgumentParser:
     _config_args(r)
     r.set_defaults(fn=cmd_run)
 
-    e = sub.add_parser("export-anchors", help="anchor-guided images for a folder or JSONL, with a manifest")
-    e.add_argument("--input", required=True, help="folder of images, or JSONL of {image, question, id}")
-    e.add_argument("--question", help=f"question for every image of a folder (at most {MAX_QUESTION_CHARS} characters)")
-    e.add_argument("--out", required=True)
-    e.add_argument("--overlays", action="store_true", help="also write original | heat map | enhanced strips")
+    e = sub.add_parser("export-anchors", help="anchor-guided images of a folder, JSONL or Hugging Face dataset, "
+                                              "as a dataset")
+    from .export.cli import add_arguments as add_export_arguments
+
+    add_export_arguments(e)
     _backbone_args(e)
     _config_args(e)
     e.set_defaults(fn=cmd_export)

@@ -130,8 +130,8 @@ def test_export_keeps_same_stem_files_apart_and_names_failures(tmp_path, capsys)
     assert "exported 2," in printed and "errors 1" in printed
     failed = [l for l in printed.splitlines() if l.startswith("failed:")]
     assert len(failed) == 1 and "broken.png" in failed[0] and "not a readable image" in failed[0]
-    main(args)  # a rerun finds both outputs under the same names
-    assert "exported 0, skipped (already done) 2" in capsys.readouterr().out
+    main(args)  # a rerun finds every row under the same names (the broken file's error is kept, not retried)
+    assert "exported 0, already done 3, errors 0" in capsys.readouterr().out
 
 
 @needs_model
@@ -147,16 +147,13 @@ def test_export_jsonl_questions_are_cleaned_or_refused_per_item(tmp_path, capsys
     assert sum(l.startswith("failed:") for l in printed.splitlines()) == 2
 
 
-def test_colliding_ids_given_directly_are_refused(tmp_path):
-    """Two items with one id (a caller's own list) would overwrite each other: the second fails."""
-    from adapt.export import ExportItem, export_anchors, unique_ids
+def test_same_named_inputs_get_distinct_ids_by_one_rule():
+    """``a.png`` + ``a.jpg`` are ``a-png`` / ``a-jpg`` wherever they come from (a folder, the app's
+    uploads); names that reduce to one id get a counter."""
+    from adapt.export import rows_source, unique_ids
 
     assert unique_ids([Path("a/scene.png"), Path("a/scene.jpg"), Path("a/x.png")]) == ["scene-png", "scene-jpg", "x"]
     assert unique_ids([Path("a b.png"), Path("a_b.png")]) == ["a_b-png", "a_b-png-2"]
-
-    class NoModel:  # never reached for the refused item; the first one fails on its image
-        processor = None
-
-    counts = export_anchors(NoModel(), [ExportItem("same", str(BAD / "not-an-image.png"), "q"),
-                                        ExportItem("same", str(BAD / "ok.png"), "q")], tmp_path / "o")
-    assert counts["error"] == 2 and "taken by not-an-image.png" in counts["failed"][1][1]
+    assert unique_ids(["x.png", "x.png"]) == ["x-png", "x-png-2"]
+    src = rows_source([{"file_name": "a.png", "image": b"1"}, {"file_name": "a.jpg", "image": b"2"}], "q")
+    assert [(r.row_id, r.name) for r in src.rows()] == [("a-png", "a.png"), ("a-jpg", "a.jpg")]

@@ -130,7 +130,7 @@ def test_export_anchors_reports_bad_files_and_resumes(tiny_dir, rand_image, tmp_
     b = next(l for l in lines if l["id"] == "b")
     assert (tmp_path / "exp" / b["overlay"]).exists()
     main(args)
-    assert "skipped (already done) 3" in capsys.readouterr().out
+    assert "exported 0, already done 4" in capsys.readouterr().out
 
 
 def test_model_intrinsic_target_entropy_comes_from_the_question_tokens(tiny, rand_image):
