@@ -1,4 +1,9 @@
-"""The Export tab's batch: uploads → anchor-guided images + ``manifest.jsonl`` as one zip."""
+"""The Export tab's batch: uploads → the library's export (:func:`adapt.export.export_dataset`) → one zip
+with the parquet dataset, ``images/``, ``manifest.jsonl`` and the dataset card.
+
+Uploads are read in memory and handed to the library as rows named by the user's own file names, so
+the report, the manifest and the dataset name those (``a.png`` + ``a.jpg`` → ``a-png.png`` /
+``a-jpg.png``, the CLI's rule), never a path on the server."""
 
 from __future__ import annotations
 
@@ -11,77 +16,62 @@ from adapt.threads import use_threads
 from .analysis import bias_cache
 from .knobs import Knobs
 from .names import scrub
-from .scratch import safe_stem, scratch_dir
+from .scratch import scratch_dir
 from .uploads import collect_items, parse_question_lines
 
+IN_ZIP = ("data", "images", "overlays", "manifest.jsonl", "README.md")  # not export.json: it names the model path
+NO_QUESTION = "no question: give one question for all images or one for this file"
+
+
 def export_batch(backbone, paths: list[str], question: str, per_image: str, knobs: Knobs, progress=None,
-                 overlays: bool = True):
-    """Anchor-guided images + ``manifest.jsonl`` (the CLI's format, :func:`adapt.export.export_anchors`)
-    as one zip; bad files are reported and skipped, the rest still exported.
+                 overlays: bool = True, should_stop=None):
+    """Anchor-guided images of the uploads as one zip; bad files are reported and skipped, the rest
+    still exported. ``should_stop()`` is read between batches (the Stop button).
 
     Returns (zip path, report rows [file, question, status, detail], preview images)."""
-    from adapt.export import ExportItem, export_anchors
+    from adapt.export import ExportOptions, export_dataset, rows_source
 
     items, questions = collect_items(paths)
     questions.update(parse_question_lines(per_image))
     if not items:
         raise ValueError("no images to export: upload image files or a zip of images")
     default_q = (question or "").strip()
-    cfg = knobs.config()
-    work = scratch_dir("export")
-    src, out = work / "input", work / "anchor-export"
-    src.mkdir()
-    out.mkdir()
-    todo, errors, used = [], [], set()
+    rows = []
     for item in items:
         q = questions.get(item.name, default_q)
-        item_id = safe_stem(item.name)
-        while item_id in used:
-            item_id += "_"
-        used.add(item_id)
-        if not item.error and not q:
-            item.error = "no question: give one question for all images or one for this file"
-        if item.error:
-            errors.append({"id": item_id, "source": item.name, "question": q, "status": "error",
-                           "error": item.error})
-            continue
-        path = src / (item_id + (Path(item.name).suffix.lower() or ".img"))
-        path.write_bytes(item.data)
-        todo.append(ExportItem(id=item_id, image=str(path), question=q))
-    names = {it.id: Path(it.image).name for it in todo}
-    names.update({e["id"]: e["source"] for e in errors})
-    originals = {safe_stem(i.name): i.name for i in items}
+        error = item.error or ("" if q else NO_QUESTION)
+        rows.append({"file_name": item.name, "image": None if error else item.data, "question": q,
+                     "error": error})
+    source = rows_source(rows, None, description=f"{len(rows)} uploaded file(s)")
+    cfg = knobs.config()
+    work = scratch_dir("export")
+    out = work / "anchor-export"
+    total = len(rows)
 
-    def report_progress(done, total, item_id):
+    def report_progress(done, _total, name):
         if progress:
-            progress(done / max(1, total), f"{done}/{total}: {originals.get(item_id, item_id)}")
+            progress(done / max(1, total), f"{done}/{total}: {name}")
 
-    if todo:
-        use_threads(backbone)
-        export_anchors(backbone, todo, out, cfg, cache=bias_cache(), overlays=overlays, progress=report_progress)
-    manifest = out / "manifest.jsonl"
-    with manifest.open("a") as f:
-        for e in errors:
-            f.write(json.dumps(e) + "\n")
+    use_threads(backbone)
+    export_dataset(backbone, source, out, cfg, cache=bias_cache(), opts=ExportOptions(overlays=overlays),
+                   progress=report_progress, should_stop=should_stop)
     report, previews = [], []
-    for line in manifest.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        name = originals.get(r.get("id"), r.get("source", ""))
-        if r.get("status") == "ok":
-            report.append([name, r.get("question", ""), "ok", r.get("output", "")])
-            if len(previews) < 12 and r.get("output"):
-                previews.append((str(out / r["output"]), name))
-        else:
-            err = scrub(str(r.get("error", "error")), src, work)  # the scratch folder is the server's business
-            report.append([name, r.get("question", ""), "skipped", err])
+    manifest = out / "manifest.jsonl"
+    for line in manifest.read_text().splitlines() if manifest.exists() else []:
+        r = json.loads(line)
+        if r["status"] == "ok":
+            report.append([r["source"], r["question"], "ok", r["output"]])
+            if len(previews) < 12:
+                previews.append((str(out / r["output"]), r["source"]))
+        else:  # the scratch folder is the server's business, should a message ever name it
+            report.append([r["source"], r["question"], "skipped", scrub(str(r.get("error") or "error"), work)])
     zpath = work / "anchor-export.zip"
     with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(out.rglob("*")):
-            if f.is_file():
-                z.write(f, Path("anchor-export") / f.relative_to(out))
+        for name in IN_ZIP:
+            p = out / name
+            for f in sorted(p.rglob("*")) if p.is_dir() else [p] if p.exists() else []:
+                if f.is_file() and not f.name.startswith("."):
+                    z.write(f, Path("anchor-export") / f.relative_to(out))
     if progress:
         progress(1.0, "done")
     return zpath, report, previews

@@ -44,25 +44,46 @@ def collect_items(paths: list[str]) -> tuple[list[Item], dict[str, str]]:
 
 
 def _from_zip(path: Path, items: list[Item], questions: dict) -> None:
+    """Members read one by one within bounds: one over the size limit is skipped alone (reported), and
+    once the accepted members reach :data:`MAX_ZIP_TOTAL` the rest are skipped too. Sizes are checked
+    on what is actually decompressed, not only on what the archive declares."""
     from adapt.images import MAX_BYTES
 
+    total = 0
     with zipfile.ZipFile(path) as z:
-        members = [m for m in z.infolist() if not m.is_dir() and not Path(m.filename).name.startswith(".")
-                   and "__MACOSX" not in m.filename]
-        if sum(m.file_size for m in members) > MAX_ZIP_TOTAL:
-            raise ValueError(f"{path.name}: more than {MAX_ZIP_TOTAL // 2**20} MB uncompressed")
-        for m in members:
+        for m in z.infolist():
+            if len(items) > MAX_EXPORT_FILES:
+                raise ValueError(f"too many images: at most {MAX_EXPORT_FILES} per export")
             name = Path(m.filename).name
+            if m.is_dir() or not name or name.startswith(".") or "__MACOSX" in m.filename:
+                continue
             suffix = Path(name).suffix.lower()
-            if suffix == ".jsonl":
-                questions.update(_questions_jsonl(z.read(m).decode("utf-8", "replace")))
-            elif suffix in IMAGE_EXT:
-                if m.file_size > MAX_BYTES:
-                    items.append(Item(name, None, f"{name}: larger than {MAX_BYTES // 2**20} MB"))
-                else:
-                    items.append(Item(name, z.read(m)))
-            else:
+            if suffix not in IMAGE_EXT and suffix != ".jsonl":
                 items.append(Item(name, None, f"{name}: not an image (skipped)"))
+                continue
+            if m.file_size > MAX_BYTES or total + m.file_size > MAX_ZIP_TOTAL:
+                items.append(Item(name, None, _too_large(name, m.file_size > MAX_BYTES, MAX_BYTES)))
+                continue
+            try:
+                with z.open(m) as f:
+                    data = f.read(MAX_BYTES + 1)
+            except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
+                items.append(Item(name, None, f"{name}: could not be unpacked ({type(exc).__name__})"))
+                continue
+            if len(data) > MAX_BYTES:  # the header understated it
+                items.append(Item(name, None, _too_large(name, True, MAX_BYTES)))
+                continue
+            total += len(data)
+            if suffix == ".jsonl":
+                questions.update(_questions_jsonl(data.decode("utf-8", "replace")))
+            else:
+                items.append(Item(name, data))
+
+
+def _too_large(name: str, alone: bool, limit: int) -> str:
+    if alone:
+        return f"{name}: larger than {limit // 2**20} MB (skipped)"
+    return f"{name}: the zip's images pass {MAX_ZIP_TOTAL // 2**20} MB in all (skipped)"
 
 
 def _questions_jsonl(text: str) -> dict[str, str]:

@@ -84,6 +84,7 @@ class Source:
         values[self.question_column] = question
         name = str(raw.get(self.name_column) or row_id) if self.name_column else row_id
         image, error = _image_ref(raw.get(self.image_column), self.base_dir)
+        error = raw.get("_error") or error  # what the caller already found (an upload that is no image)
         if not error and not question:
             error = (f"no question (empty '{self.question_column}'; give --question for such rows)"
                      if self.question_column in raw else "no question: give --question")
@@ -115,10 +116,12 @@ def _file_rows(rows: list[dict]) -> Callable[[], Iterator[list[dict]]]:
 
 def rows_source(rows: list[dict], question: str | None = None, description: str = "uploaded files") -> Source:
     """Rows given in memory, ``{"file_name": the user's name, "image": bytes or None, "question": str,
-    "error": optional reason}`` (the app's uploads): ids follow :func:`~adapt.export.names.unique_ids`."""
+    "error": optional reason}`` (the app's uploads): ids follow :func:`~adapt.export.names.unique_ids`,
+    and a row with an ``error`` is written as an error row with it."""
     ids = unique_ids([r["file_name"] for r in rows])
     table = [{"row_id": i, "file_name": r["file_name"], "question": r.get("question") or "",
-              "image": {"bytes": r.get("image"), "path": r["file_name"]}} for i, r in zip(ids, rows)]
+              "image": {"bytes": r.get("image"), "path": r["file_name"]}, "_error": r.get("error") or ""}
+             for i, r in zip(ids, rows)]
     return Source(kind="rows", description=description, num_rows=len(table), image_column="image",
                   question_column="question", id_column="row_id", default_question=question,
                   features=_features_for({"file_name": "str", "image": "image", "question": "str"}),

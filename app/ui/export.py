@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import gradio as gr
 
 from ..batch import export_batch
@@ -35,9 +37,17 @@ class ExportTab:
                                            interactive=False, wrap=True)
                 self.preview = gr.Gallery(label="Preview", columns=6, height=200, format="png", interactive=False)
         self.api_btn = gr.Button(visible=False)
+        self._stops: dict[str, threading.Event] = {}  # per browser session: the Stop button's flag
 
-    def export(self, files, question, per_image, backbone_name, *knob_values, progress=None):
-        """(status, zip, report rows, previews); raises on errors."""
+    def _stop_flag(self, request) -> threading.Event:
+        key = getattr(request, "session_hash", None) or "api"
+        return self._stops.setdefault(key, threading.Event())
+
+    def export(self, files, question, per_image, backbone_name, *knob_values, progress=None, request=None):
+        """(status, zip, report rows, previews); raises on errors. Stop (same session) ends it between
+        batches, so the model is free again at once rather than after the whole upload."""
+        stop = self._stop_flag(request)
+        stop.clear()
         if not files:
             raise UserError("Upload images (or a zip of images) to export.")
         if (question or "").strip():
@@ -51,7 +61,8 @@ class ExportTab:
             progress(0.01, desc="loading the model")
         bb = self.app.models.get(backbone_name)
         zpath, report, previews = export_batch(bb, paths, question, per_image, knobs,
-                                               progress=(lambda f, m: progress(f, desc=m)) if progress else None)
+                                               progress=(lambda f, m: progress(f, desc=m)) if progress else None,
+                                               should_stop=stop.is_set)
         ok = sum(r[2] == "ok" for r in report)
         failed = [r[0] for r in report if r[2] != "ok"]
         msg = f"**{ok} of {len(report)} exported.**" + (
@@ -63,16 +74,20 @@ class ExportTab:
         outs = [self.status, self.zip, self.report, self.preview]
         model_kw = dict(concurrency_id="model", concurrency_limit=1)
 
-        def page(*args, progress=gr.Progress()):
-            return self.export(*args, progress=progress)
+        def page(*args, progress=gr.Progress(), request: gr.Request = None):
+            return self.export(*args, progress=progress, request=request)
 
         page.__name__ = "export_page"
         ev = self.run_btn.click(reporting(page, 3), ins, outs, api_visibility="private", **model_kw)
 
-        def api(*args, progress=gr.Progress()):
-            return self.export(*args, progress=progress)
+        def api(*args, progress=gr.Progress(), request: gr.Request = None):
+            return self.export(*args, progress=progress, request=request)
 
         api.__name__ = "export"
         self.api_btn.click(friendly(api), ins, outs, api_name="export", **model_kw)
-        self.stop_btn.click(lambda: "**Export stopped** (no zip was made); run it again to export.", None,
-                            [self.status], cancels=[ev], api_visibility="private", queue=False)
+
+        def stop(request: gr.Request = None):
+            self._stop_flag(request).set()
+            return "**Export stopped** (no zip was made); run it again to export."
+
+        self.stop_btn.click(stop, None, [self.status], cancels=[ev], api_visibility="private", queue=False)
