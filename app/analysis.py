@@ -137,3 +137,72 @@ def compared_answer(backbone, image: Image.Image, question: str, name: str, conf
                           amc=empty, steered=empty.astype(bool), similarity=empty, change=empty, mass=empty,
                           seconds=gen.seconds if gen is not None else 0.0)
     return out, dict(ans.info or {})
+
+
+# --------------------------------------------------------------------------- what the model knows
+MODEL_KEY = "model"  # trace.meta: the app's name of the backbone (reopening a trace selects it again)
+UNKNOWN_KEY = "unknown_words"  # trace.meta: the question's words the tokenizer read as its unknown token
+WORLD_KEY = "world_model"  # trace.meta: True when the backbone only knows the synthetic world
+REAL_CHECKPOINT = "llava-hf/llava-1.5-7b-hf"  # the example named in the note; any LLaVA-1.5 / Qwen2.5-VL works
+
+
+def is_world_model(backbone) -> bool:
+    """Whether ``backbone`` reads only the synthetic world's words (the embedded model and its
+    tunings): its tokenizer's vocabulary is the world's vocabulary plus special tokens."""
+    from adapt.world.language import vocabulary
+
+    tok = getattr(backbone, "tokenizer", None)
+    try:
+        vocab = set(tok.get_vocab())
+        specials = set(getattr(tok, "all_special_tokens", None) or [])
+    except Exception:  # a tokenizer without a plain vocabulary is a real model's
+        return False
+    words = vocab - specials
+    return bool(words) and words <= set(vocabulary())
+
+
+def world_facts() -> dict:
+    """What the embedded model was trained on, read from the world's own code."""
+    from adapt.world.language import vocabulary
+    from adapt.world.scenes import CATEGORIES, COLOUR_NAMES, IMAGE_SIZE
+
+    return {"shapes": list(CATEGORIES), "colours": list(COLOUR_NAMES), "vocabulary": len(vocabulary()),
+            "image_size": IMAGE_SIZE}
+
+
+def answer_note(trace) -> str:
+    """Markdown shown where the answers appear: what the model cannot know about this image and
+    question ('' when there is nothing to say). Built from the library's facts; the only strings
+    taken from the trace (the unknown words) are escaped, counted and cut short."""
+    meta = trace.meta if isinstance(getattr(trace, "meta", None), dict) else {}
+    parts = []
+    if meta.get(WORLD_KEY) is True and not meta.get("objects"):
+        f = world_facts()
+        parts.append(
+            f"**The embedded model knows only its synthetic world.** It was trained on {f['image_size']}×"
+            f"{f['image_size']} scenes of {len(f['shapes'])} shapes ({', '.join(f['shapes'])}) in "
+            f"{len(f['colours'])} colours ({', '.join(f['colours'])}), with a vocabulary of {f['vocabulary']} words "
+            "and punctuation marks. On any other picture it still answers in those shapes, colours and places: "
+            "its answers say nothing about what is in this image. For real photos, run a real checkpoint "
+            f"(LLaVA-1.5 or Qwen2.5-VL): `python -m app --model {REAL_CHECKPOINT}` on your own machine (or ask "
+            f"this server's operator to offer it through `ADAPT_MODELS`), or `python -m adapt run --backbone "
+            f"{REAL_CHECKPOINT} …`.")
+    unknown = meta.get(UNKNOWN_KEY)
+    if isinstance(unknown, list):
+        words = [_plain(w) for w in unknown[:20]]
+        words = [w for w in words if w]
+        if words:
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            parts.append(f"**Words of the question this model does not know:** "
+                         f"{', '.join(f'“{w}”' for w in words)}{more}. Its tokenizer has no token for them and "
+                         "read each as the unknown token (`<unk>`): the answers cannot be about them.")
+    return "\n\n".join(f"ℹ️ {p}" for p in parts)
+
+
+def _plain(word, n: int = 40) -> str:
+    """A word from a trace or a visitor as inert Markdown text: HTML escaped, Markdown marks escaped."""
+    import html
+    import re
+
+    text = html.escape(" ".join(str(word).split())[:n], quote=False)
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", text)

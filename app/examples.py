@@ -65,6 +65,32 @@ def outcome(greedy: dict, steered: dict) -> dict:
     return {"verdict": verdict, "greedy_errors": greedy, "adapt_tf_errors": steered}
 
 
+def outcome_label(e: dict) -> str:
+    """What happens on a shipped example, from its recorded errors, the added objects apart from the
+    wrong colours and places: ``trap_01: greedy adds diamond · ADAPT-TF adds nothing · wrong places:
+    greedy 1, ADAPT-TF 1``."""
+    outcome = e.get("outcome") if isinstance(e.get("outcome"), dict) else {}
+    name = Path(str(e.get("file") or "example")).stem
+    runs = {}
+    for run, key in (("greedy", "greedy_errors"), ("ADAPT-TF", "adapt_tf_errors")):
+        errs = outcome.get(key) if isinstance(outcome.get(key), dict) else {}
+        runs[run] = {k: [str(x) for x in errs.get(k) or []] for k in ("objects", "colour", "position")}
+    added, kept = runs["greedy"]["objects"], runs["ADAPT-TF"]["objects"]
+    parts = [f"greedy adds {', '.join(added) or 'nothing'}"]
+    if not kept:
+        parts.append("ADAPT-TF adds nothing")
+    elif set(kept) <= set(added):
+        dropped = [o for o in added if o not in kept]
+        parts.append(f"ADAPT-TF still adds {', '.join(kept)}" + (f" (drops {', '.join(dropped)})" if dropped else ""))
+    else:
+        parts.append(f"ADAPT-TF adds {', '.join(kept)}")
+    for kind, words in (("colour", "wrong colours"), ("position", "wrong places")):
+        counts = [f"{run} {len(errs[kind])}" for run, errs in runs.items() if errs[kind]]
+        if counts:
+            parts.append(f"{words}: {', '.join(counts)}")
+    return f"{name}: " + " · ".join(parts)
+
+
 def generate(count: int = 6, split: str = "test", seed: int = 7, scan: int = 200, out: Path = EXAMPLES_DIR,
              question: str | None = None, model: str = "embedded") -> list[dict]:
     """Pick examples by :data:`RULE` (not by how well ADAPT-TF does), record what each run gets

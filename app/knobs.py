@@ -55,7 +55,9 @@ class Knobs:
         layers = asi.get("layers", d.asi_layers)
         return cls(k=anchor.get("k", d.k), tau=asi.get("tau", d.tau), alpha=asi.get("alpha", d.alpha),
                    w_spec=anchor.get("w_spec", d.w_spec), w_smooth=anchor.get("w_smooth", d.w_smooth),
-                   w_focus=anchor.get("w_focus", d.w_focus), num_noise=anchor.get("num_noise", d.num_noise),
+                   w_focus=anchor.get("w_focus", d.w_focus),
+                   # the tab has one input for both: M = 0 is "no debiasing"
+                   num_noise=0 if anchor.get("debias") is False else anchor.get("num_noise", d.num_noise),
                    enhance=bool(enh.get("enabled", d.enhance)),
                    max_new_tokens=config.get("max_new_tokens", d.max_new_tokens),
                    asi_layers=layers if isinstance(layers, str) else ",".join(map(str, layers)),

@@ -127,13 +127,16 @@ def test_inspect_compares_with_a_chosen_method(client, model_dir, files):
 
 
 @pytest.mark.parametrize("case", ["no image", "empty question", "corrupt image", "missing model", "folder",
-                                  "bad number", "negative weight", "bad layers", "huge image"])
+                                  "etc", "passwd", "hub id", "bad number", "negative weight", "bad layers",
+                                  "huge image"])
 def test_inspect_errors_are_readable(client, model_dir, files, tmp_path, case):
     img, q, bb, knobs = handle_file(str(files / "a.png")), "describe", model_dir, list(KNOBS)
+    # a model the server does not offer: one line that names the choices, whatever the name is
+    refused = "is not offered on this server; choose one of: "
     expect = {"no image": "Upload an image", "empty question": "type a question",
-              "corrupt image": "not a readable image", "missing model": "cannot find a model",
-              "folder": "without a config.json", "bad number": "abc", "negative weight": "must be ≥ 0", "bad layers": "asi.layers",
-              "huge image": "too large"}[case]
+              "corrupt image": "not a readable image", "missing model": refused, "folder": refused, "etc": refused,
+              "passwd": refused, "hub id": refused, "bad number": "abc", "negative weight": "must be ≥ 0",
+              "bad layers": "asi.layers", "huge image": "too large"}[case]
     if case == "no image":
         img = None
     elif case == "empty question":
@@ -144,6 +147,12 @@ def test_inspect_errors_are_readable(client, model_dir, files, tmp_path, case):
         bb = str(tmp_path / "no-such-model")
     elif case == "folder":
         bb = str(tmp_path)
+    elif case == "etc":
+        bb = "/etc"
+    elif case == "passwd":
+        bb = "../../etc/passwd"
+    elif case == "hub id":
+        bb = "llava-hf/llava-1.5-7b-hf"
     elif case == "bad number":
         knobs[1] = "abc"
     elif case == "negative weight":
@@ -156,6 +165,20 @@ def test_inspect_errors_are_readable(client, model_dir, files, tmp_path, case):
     msg = _error(lambda: client.predict(img, q, bb, *knobs, api_name="/inspect"))
     assert expect.lower() in msg.lower(), msg
     assert "Traceback" not in msg and "File \"" not in msg and "verbose error reporting" not in msg
+
+
+def test_models_not_offered_are_refused_alike_by_every_endpoint(client, model_dir, files, tmp_path):
+    """/inspect and /export refuse a path or hub id the operator did not offer with the same line
+    whether it exists (a folder, a file) or not: the server's files cannot be probed."""
+    (tmp_path / "file.txt").write_text("x")
+    img = handle_file(str(files / "a.png"))
+    lines = set()
+    for name in (str(tmp_path), str(tmp_path / "file.txt"), str(tmp_path / "missing"), "/etc", "org/some-model"):
+        for call in (lambda: client.predict(img, "describe", name, *KNOBS, api_name="/inspect"),
+                     lambda: client.predict([img], "describe", "", name, *KNOBS, api_name="/export")):
+            lines.add(_error(call).replace(name, "NAME"))
+    assert len(lines) == 1, lines
+    assert "is not offered on this server; choose one of: " in lines.pop()
 
 
 def test_open_trace_without_the_model(client, files):

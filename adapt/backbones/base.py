@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..prompts import QuestionError, clean_question
+from ..prompts import QuestionError, check_context, clean_question, context_limit
 from ..attention import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
 from .geometry import InputGeometry
 
@@ -120,6 +120,20 @@ class Backbone(ABC):
         return next(self.model.parameters()).device
 
     @property
+    def context_limit(self) -> tuple[int | None, str]:
+        """(the most tokens, prompt and answer together, this model reads; where the number comes from)."""
+        return context_limit(self.model.config, self.tokenizer)
+
+    def check_context(self, prepared: "Prepared", max_new_tokens: int = 0) -> None:
+        """Raise BackboneError when ``prepared``'s prompt plus ``max_new_tokens`` exceed the model's
+        context (decoding past the positions it was trained on only repeats words)."""
+        limit, source = self.context_limit
+        try:
+            check_context(prepared.prompt_len, limit, max_new_tokens, prepared.span.positions.shape[1], source)
+        except QuestionError as exc:
+            raise BackboneError(str(exc)) from None
+
+    @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
@@ -157,8 +171,10 @@ class Backbone(ABC):
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         span = self._image_span(inputs)
-        return Prepared(inputs=inputs, span=span, question=cleaned[0], image_size=rgb[0].size, questions=cleaned,
-                        image_sizes=[im.size for im in rgb])
+        prepared = Prepared(inputs=inputs, span=span, question=cleaned[0], image_size=rgb[0].size,
+                            questions=cleaned, image_sizes=[im.size for im in rgb])
+        self.check_context(prepared)
+        return prepared
 
     def _build_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         return dict(self.processor(images=images, text=[self.prompt(q) for q in questions], return_tensors="pt",
@@ -219,6 +235,7 @@ class Backbone(ABC):
         holds only the steps where every layer was read (for ADAPT-TF: the anchor phase)."""
         import time
 
+        self.check_context(prepared, max_new_tokens)
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                   temperature=None, top_p=None, top_k=None)
         kw.update(generate_kwargs)

@@ -59,10 +59,11 @@ class ExportTab:
         knobs.config()
         if progress:
             progress(0.01, desc="loading the model")
-        bb = self.app.models.get(backbone_name)
-        zpath, report, previews = export_batch(bb, paths, question, per_image, knobs,
-                                               progress=(lambda f, m: progress(f, desc=m)) if progress else None,
-                                               should_stop=stop.is_set)
+        bb = self.app.models.get(backbone_name)  # loaded before taking the compute lock (see Models)
+        with self.app.models.compute:
+            zpath, report, previews = export_batch(bb, paths, question, per_image, knobs,
+                                                   progress=(lambda f, m: progress(f, desc=m)) if progress else None,
+                                                   should_stop=stop.is_set)
         ok = sum(r[2] == "ok" for r in report)
         failed = [r[0] for r in report if r[2] != "ok"]
         msg = f"**{ok} of {len(report)} exported.**" + (
@@ -72,7 +73,7 @@ class ExportTab:
     def wire(self, backbone, knobs: list) -> None:
         ins = [self.files, self.question, self.per_image, backbone, *knobs]
         outs = [self.status, self.zip, self.report, self.preview]
-        model_kw = dict(concurrency_id="model", concurrency_limit=1)
+        model_kw = dict(concurrency_id="analysis", concurrency_limit="default")  # as the Inspect tab's
 
         def page(*args, progress=gr.Progress(), request: gr.Request = None):
             return self.export(*args, progress=progress, request=request)

@@ -12,7 +12,9 @@ from pathlib import Path
 import gradio as gr
 
 from .. import figures as F
-from ..analysis import DEFAULT_COMPARE, analyse, check_compare, compare_choices
+from ..analysis import (DEFAULT_COMPARE, MODEL_KEY, UNKNOWN_KEY, WORLD_KEY, analyse, answer_note, check_compare,
+                        compare_choices, compare_names, is_world_model)
+from ..examples import outcome_label
 from ..knobs import Knobs
 from ..scenes import add_hallucinations, random_trap_scene, scene_meta
 from ..scratch import scratch_dir
@@ -49,10 +51,14 @@ class InspectTab:
                 self.trap_btn = gr.Button("Random trap scene (ground truth known)", elem_id="adapt-trap")
                 self.examples_box = gr.Column()
                 with gr.Accordion("Method settings", open=False):
+                    # any value reaches Models.get, whose allow-list is the boundary (and whose refusal
+                    # names the choices); typing is offered only where the operator allows any model
                     self.backbone = gr.Dropdown(app.backbone_choices(), value=app.default_model,
-                                                allow_custom_value=True, label="Backbone",
-                                                info="'embedded', a local checkpoint folder or a hub id "
-                                                     "(LLaVA-1.5, Qwen2.5-VL)")
+                                                allow_custom_value=True, label="Backbone", elem_id="adapt-backbone",
+                                                info=("one of the list, a local checkpoint folder or a hub id "
+                                                      "(LLaVA-1.5, Qwen2.5-VL)") if app.any_model else
+                                                "the models this server offers (its operator adds more with "
+                                                "ADAPT_MODELS)")
                     k = SafeSlider(1, max(40, d.k), value=d.k, step=1, label="K: anchor steps")
                     tau = SafeSlider(0.0, 2.0, value=d.tau, step=0.05, label="τ: AMC trigger")
                     alpha = SafeSlider(0.0, 3.0, value=d.alpha, step=0.05, label="α: steering strength")
@@ -92,6 +98,8 @@ class InspectTab:
 
     def _results_layout(self) -> None:
         self.summary = gr.Markdown(READY, elem_id="adapt-summary")
+        # what the model cannot know about this image and question, right above its answers
+        self.note = gr.Markdown("", elem_id="adapt-note", visible=False)
         with gr.Row():
             self.hl_u = gr.HighlightedText(label="Greedy (unsteered)", color_map=F.HIGHLIGHT_COLOURS, show_legend=True,
                                            elem_id="adapt-answer-unsteered", show_inline_category=False)
@@ -136,7 +144,7 @@ class InspectTab:
         """(status, trace, *results, trace download): raises on any error. ``values``: the knobs,
         then the comparison method (last, so API clients that pass only the knobs still work)."""
         from adapt.images import load_image
-        from adapt.prompts import clean_question, find_special_tokens
+        from adapt.prompts import clean_question, find_special_tokens, unknown_words
 
         if not image_path:
             raise UserError("Upload an image (or pick an example scene) first.")
@@ -149,9 +157,10 @@ class InspectTab:
         knobs = Knobs(*knob_values)
         knobs.config().validate()  # settings errors before loading anything
         img = load_image(image_path)
-        if progress:
+        models = self.app.models
+        if progress and not models.is_loaded(backbone_name):
             progress(0.02, desc="loading the model")
-        bb = self.app.models.get(backbone_name)
+        bb = models.get(backbone_name)  # outside the compute lock: a slow load holds up no other analysis
         removed = find_special_tokens(question_text, bb.processor)
         question = clean_question(question_text, bb.processor)
         meta = self.app.scenes.lookup(img)
@@ -160,7 +169,16 @@ class InspectTab:
             if progress:
                 progress(min(0.99, max(0.0, float(fraction))), desc=str(text))
 
-        trace = analyse(bb, img, question, knobs, meta=meta, progress=report, compare=compare)
+        if progress and models.compute.locked():
+            progress(0.03, desc="waiting for the analysis before this one")
+        with models.compute:
+            trace = analyse(bb, img, question, knobs, meta=meta, progress=report, compare=compare)
+        trace.meta = dict(trace.meta or {})
+        trace.meta[MODEL_KEY] = models.key(backbone_name)
+        trace.meta[WORLD_KEY] = is_world_model(bb)
+        unknown = unknown_words(question, bb.processor)
+        if unknown:
+            trace.meta[UNKNOWN_KEY] = unknown
         note = f" (removed the model's special token(s) {esc(', '.join(removed))} from the question)" if removed else ""
         against = "" if compare == DEFAULT_COMPARE else f" · ADAPT-TF against **{esc(compare)}**"
         status = status_line(f"Showing the analysis of **{esc(image_name(image_path))}** · “{esc(question)}”"
@@ -168,7 +186,9 @@ class InspectTab:
         return (status, trace, *render(trace), gr.DownloadButton(value=save_trace(trace), interactive=True))
 
     def opened(self, path):
-        """(status, trace, *results, trace download, image, question, *knobs) of a saved trace."""
+        """(status, trace, *results, trace download, image, question, *knobs, compared method, backbone)
+        of a saved trace: every input is set to what the trace was made with, so *Analyse* runs it again
+        (a method or model this server does not offer leaves that input as it is, and the status says so)."""
         from adapt.trace import Trace
 
         if not path:
@@ -186,20 +206,57 @@ class InspectTab:
         image_path = scratch_dir("trace-image") / "trace-image.png"
         trace.image.save(image_path)
         knobs = Knobs.from_config(trace.config)
-        status = status_line(f"Showing the saved trace **{name}** · “{esc(trace.question)}” (its image and "
-                             "question are in the inputs: *Analyse* runs it again)", "ok")
+        kept = []
+        compare = F.compared_method(trace)
+        if compare not in compare_names():
+            kept.append(f"its compared method ({esc(compare[:60])}) is not registered here")
+            compare = gr.skip()
+        model = self.trace_model(trace)
+        if model is None:
+            shown = trace.meta.get(MODEL_KEY) if isinstance(trace.meta, dict) else None
+            shown = shown if isinstance(shown, str) else str(trace.backbone or "?")
+            kept.append(f"its model ({esc(Path(shown).name[:60])}) is not offered here")
+            model = gr.skip()
+        restored = "its image, question, method, model and settings are in the inputs: *Analyse* runs it again"
+        if kept:
+            restored = ("its image, question and settings are in the inputs, but " + " and ".join(kept)
+                        + ", so that input keeps its value")
+        status = status_line(f"Showing the saved trace **{name}** · “{esc(trace.question)}” ({restored})", "ok")
         return (status, trace, *views, gr.DownloadButton(value=str(path), interactive=True), str(image_path),
-                trace.question, *knobs.values(), F.compared_method(trace))
+                trace.question, *knobs.values(), compare, model)
+
+    def trace_model(self, trace) -> str | None:
+        """The offered backbone a trace was made with: the app's own name for it (``meta["model"]``),
+        else the offered model whose folder or hub id is the trace's ``backbone``; None when none is."""
+        from adapt.backbones import resolve
+
+        models = self.app.models
+        meta = trace.meta if isinstance(trace.meta, dict) else {}
+        name = meta.get(MODEL_KEY)
+        if isinstance(name, str) and name.strip() and models.allowed(name):
+            return models.key(name)
+        made_with = str(trace.backbone or "").strip()
+        if not made_with:
+            return None
+        tail = Path(made_with).parts[-2:]
+        for _, choice in self.app.backbone_choices():
+            try:
+                where = resolve(self.app.resolve_backbone(choice))
+            except Exception:  # a choice that cannot be resolved now (a missing model) is not it
+                continue
+            if where == made_with or (len(tail) == 2 and Path(where).parts[-2:] == tail):
+                return choice
+        return None
 
     # ----------------------------------------------------------------------------- page events
     def _page(self, work, n_inputs_extra: int = 0):
         """A page event around ``work``: never raises; marks stale results on errors."""
-        n_rest = len(self._page_outputs(work)) - 4  # status, results box and the two figures buttons are set here
+        n_rest = len(self._page_outputs(work)) - 5  # status, results box, the two figures buttons and the note
 
         def run(*args, progress=gr.Progress()):
             previous = args[-1]
             try:
-                out = work(*args[:-1], progress=progress) if work is self.analysis else work(*args[:-1])
+                out = work(*args[:-1], progress=progress) if work == self.analysis else work(*args[:-1])
             except Exception as exc:
                 text = esc(message(exc, work.__name__))
                 if previous is not None:
@@ -208,17 +265,18 @@ class InspectTab:
                     box = gr.Column(elem_classes=["adapt-stale"])
                 else:
                     box = gr.skip()
-                return (status_line(text), box, gr.skip(), gr.skip(), *([gr.skip()] * n_rest))
+                return (status_line(text), box, gr.skip(), gr.skip(), gr.skip(), *([gr.skip()] * n_rest))
+            note = answer_note(out[1])
             return (out[0], gr.Column(elem_classes=[]), gr.Button(interactive=True),
-                    gr.DownloadButton(value=None, visible=False), *out[1:])
+                    gr.DownloadButton(value=None, visible=False), gr.Markdown(note, visible=bool(note)), *out[1:])
 
         return run
 
     def _page_outputs(self, work) -> list:
-        outs = [self.status, self.results_box, self.figs_btn, self.figs_dl, self.trace_state, *self.results,
-                self.trace_dl]
-        if work is self.opened:
-            outs += [self.image, self.question, *self.knobs, self.compare]
+        outs = [self.status, self.results_box, self.figs_btn, self.figs_dl, self.note, self.trace_state,
+                *self.results, self.trace_dl]
+        if work == self.opened:  # bound methods: equal, never identical
+            outs += [self.image, self.question, *self.knobs, self.compare, self.backbone]
         return outs
 
     def figures(self, trace):
@@ -245,7 +303,9 @@ class InspectTab:
         ins = [self.image, self.question, self.backbone, *self.knobs, self.compare]
         page_run = self._page(self.analysis)
         run_outs = self._page_outputs(self.analysis)
-        model_kw = dict(concurrency_id="model", concurrency_limit=1)
+        # up to ADAPT_APP_CONCURRENCY analyses and exports are taken at once; they compute one at a time
+        # (Models.compute), after their model is loaded, so a slow load does not hold up the others
+        model_kw = dict(concurrency_id="analysis", concurrency_limit="default")
         priv = dict(api_visibility="private")
         cancellable = [
             self.run_btn.click(page_run, [*ins, self.trace_state], run_outs, **priv, **model_kw),
@@ -270,7 +330,7 @@ class InspectTab:
         api_open.__name__ = "open_trace"
         self.api_open.click(friendly(api_open), [self.trace_in],
                             [self.trace_state, *self.results, self.trace_dl, self.image, self.question, *self.knobs,
-                             self.compare],
+                             self.compare, self.backbone],
                             api_name="open_trace")
         view_outs = [self.align, self.step_u, self.step_s, self.amc_plot, self.signals_plot]
 
@@ -288,7 +348,7 @@ class InspectTab:
         with self.examples_box:
             if app.presets:
                 ex = gr.Examples([[e["path"], e["question"]] for e in app.presets], [self.image, self.question],
-                                 example_labels=[example_label(e) for e in app.presets],
+                                 example_labels=[outcome_label(e) for e in app.presets],
                                  label="Trap scenes (a shape without its usual companion), in the order the rule of "
                                        "the README picked them; each says what happens on it. Click one to analyse it.",
                                  examples_per_page=8, preload=False, elem_id="adapt-examples")
@@ -327,13 +387,3 @@ def trigger_choices() -> list[tuple[str, str]]:
     from adapt.config import TRIGGERS
 
     return [(f"{t} — {TRIGGER_ABOUT[t]}" if t in TRIGGER_ABOUT else t, t) for t in TRIGGERS]
-
-
-def example_label(e: dict) -> str:
-    """What happens on a shipped example, from its recorded outcome (``python -m app.examples``)."""
-    outcome = e.get("outcome") or {}
-    name = Path(e.get("file", "example")).stem
-    verdict = {"fixed": "ADAPT-TF: fixed", "not fixed": "ADAPT-TF: not fixed",
-               "both wrong": "both wrong", "worse": "ADAPT-TF: worse"}.get(outcome.get("verdict"), "")
-    added = ", ".join((e.get("hallucinated") or {}).get("unsteered") or [])
-    return f"{name}: greedy adds {added or 'nothing'}" + (f" · {verdict}" if verdict else "")

@@ -8,12 +8,11 @@ import time
 
 import gradio as gr
 
-from ..models import EMBEDDED, Models
+from ..models import EMBEDDED, Models, operator_models
 from ..scenes import SceneRegistry
 
 ADMIN_ENV = "ADAPT_ADMIN_TOKEN"
 MODEL_ENV = "ADAPT_MODEL"
-BACKBONES_ENV = "ADAPT_BACKBONES"  # extra backbone choices offered in the dropdown (comma-separated)
 
 
 class App:
@@ -24,7 +23,8 @@ class App:
         from ..examples import load_presets, register_presets
 
         self.default_model = Models.key(model or os.environ.get(MODEL_ENV) or EMBEDDED)
-        self.models = Models(self.default_model, resolve=self.resolve_backbone)
+        self.models = Models(self.default_model, resolve=self.resolve_backbone,
+                             offered=lambda: [v for _, v in self.backbone_choices()])
         self.scenes = SceneRegistry()
         self.presets = load_presets()
         register_presets(self.scenes, self.presets)
@@ -44,14 +44,19 @@ class App:
             self.models.warm(examples)
 
     def backbone_choices(self) -> list[tuple[str, str]]:
-        """(label, value): the default, the embedded model, ``$ADAPT_BACKBONES``, then the tuned
-        models (shipped, and those of finished training jobs) to compare with their base."""
+        """(label, value): the default, the embedded model, the operator's ``$ADAPT_MODELS``, then the
+        tuned models (shipped, and those of finished training jobs) to compare with their base.
+        These are the only names :meth:`Models.get` loads (unless ``$ADAPT_ALLOW_ANY_MODEL``)."""
         from ..trainjob import tuned_models
 
-        extra = [x.strip() for x in os.environ.get(BACKBONES_ENV, "").split(",") if x.strip()]
-        plain = [(n, n) for n in dict.fromkeys([self.default_model, EMBEDDED, *extra])]
+        plain = [(n, n) for n in dict.fromkeys([self.default_model, EMBEDDED, *operator_models()])]
         seen = {v for _, v in plain}
         return plain + [(label, v) for label, v in tuned_models(self.runner) if v not in seen]
+
+    @property
+    def any_model(self) -> bool:
+        """Whether visitors may type any folder or hub id (the operator's ``$ADAPT_ALLOW_ANY_MODEL``)."""
+        return self.models.allow_any
 
     def resolve_backbone(self, name: str) -> str:
         """What the model cache loads for a backbone choice (a tuned model's name → its folder)."""
