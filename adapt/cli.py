@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .argtypes import float_range, int_list, int_range, name_list, out_dir, positive_int, shard, threads
 from .prompts import MAX_QUESTION_CHARS
 
 WORLD_SEEDS = 1000  # adapt.world.datasets accepts world seeds 0 … WORLD_SEEDS − 1
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MAX_NEW_TOKENS = 2048  # adapt.config's bound on max_new_tokens
+STRENGTH = float_range(0.0, 100.0)  # τ, α, mass τ, γ: ratios and log-prior weights (defaults ≤ 2)
 
 
 class UsageError(ValueError):
@@ -41,19 +45,19 @@ def _world_seed(text: str) -> int:
 def _config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method (defaults of adapt/config.py unless given)")
     g.add_argument("--config", help="JSON file with AdaptConfig sections (anchor / asi / enhance)")
-    g.add_argument("--k", type=int, help="anchor tokens K")
-    g.add_argument("--tau", type=float, help="AMC trigger τ")
-    g.add_argument("--alpha", type=float, help="steering strength α")
+    g.add_argument("--k", type=int_range(1, MAX_NEW_TOKENS), help="anchor tokens K (at most --max-new-tokens)")
+    g.add_argument("--tau", type=STRENGTH, help="AMC trigger τ (0 … 100)")
+    g.add_argument("--alpha", type=STRENGTH, help="steering strength α (0 … 100)")
     g.add_argument("--layers", help="ASI layers: all | top:N | from:i | 0,3,5")
     g.add_argument("--operator", help="reading of Eq. 11: logprior | logprior-image | mass-aware | hhi | quality | "
                                       "image-boost")
     g.add_argument("--trigger", help="when ASI steers: amc | mass | amc+mass | always")
-    g.add_argument("--mass-tau", type=float, help="mass trigger: fire where M_t < mass_tau · M_ref")
-    g.add_argument("--gamma", type=float, help="mass-aware: share of the image-mass drop given back")
+    g.add_argument("--mass-tau", type=STRENGTH, help="mass trigger: fire where M_t < mass_tau · M_ref (0 … 100)")
+    g.add_argument("--gamma", type=STRENGTH, help="mass-aware: share of the image-mass drop given back (0 … 100)")
     g.add_argument("--second-pass", choices=["off", "short", "pointed", "all"],
                    help="steer again from step 0: short answers / also pointed (yes/no) questions / every answer")
-    g.add_argument("--num-noise", type=int, help="noise images M for the bias map")
-    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--num-noise", type=int_range(0, 16), help="noise images M for the bias map (0 … 16)")
+    g.add_argument("--max-new-tokens", type=int_range(1, MAX_NEW_TOKENS), help=f"answer length (1 … {MAX_NEW_TOKENS})")
     g.add_argument("--enhance", action=argparse.BooleanOptionalAction, default=None,
                    help="answer on the anchor-guided image (the paper's ADAPT-TF; off by default)")
     g.add_argument("--no-asi", action="store_true", help="no steering")
@@ -66,7 +70,7 @@ def _backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device-map", default=None, help="e.g. auto (needs accelerate)")
     p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=threads, default=None,
                    help="torch CPU threads (default: 1 for small models such as the embedded one, else torch's own)")
 
 
@@ -84,7 +88,19 @@ def build_config(args):
         overrides["enhance.enabled"] = args.enhance
     if args.no_asi:
         overrides["asi.enabled"] = False
-    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None}).validate()
+    infinite = [k for k, v in _leaves(cfg.to_dict()) if isinstance(v, float) and not math.isfinite(v)]
+    if infinite:
+        raise UsageError(f"{infinite[0]} must be a finite number")
+    if cfg.anchor.k > cfg.max_new_tokens:
+        raise UsageError(f"K = {cfg.anchor.k} anchor tokens is more than the answer's {cfg.max_new_tokens} "
+                         f"(--max-new-tokens): ASI would never steer; give --k at most {cfg.max_new_tokens}")
+    return cfg
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        yield from (_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)])
 
 
 def _read_json_object(path: str) -> dict:
@@ -167,14 +183,35 @@ def cmd_run(args) -> int:
     print(f"unsteered: {u.text}")
     if s is not None:
         print(f"ADAPT-TF:  {s.text}")
-        thr = np.nan_to_num(trace.threshold)
-        print(f"AMC: mean unsteered {u.amc.mean():.4f}, steered {s.amc.mean():.4f}; threshold per layer "
-              f"{np.array2string(thr, precision=4)}; ASI layers {trace.asi_layers}; "
+        print(f"AMC: mean unsteered {u.amc.mean():.4f}, steered {s.amc.mean():.4f}; {_trigger_reading(trace, cfg)}; "
+              f"ASI layers {trace.asi_layers}; "
               f"interventions {s.num_interventions} over {s.steered.shape[0]} steps × {len(trace.asi_layers)} layers")
     print(f"λ per layer: {np.array2string(trace.lam, precision=3)}; H*(q) = {trace.target_entropy:.2f}")
     print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in trace.timings.items()))
     print(f"wrote {out / 'trace.zip'}, {out / 'enhanced.png'}, {out / 'anchor_overlay.png'}")
     return 0
+
+
+def _trigger_reading(trace, cfg) -> str:
+    """What ASI's trigger compared, per layer. The trace's threshold is the AMC one (NaN under the mass
+    trigger); the mass trigger's is mass_tau × the layer's anchor-phase image mass, taken from the same
+    steps the policy took it from (the steered run's first K, or the unsteered run's on a second pass)."""
+    from .steering import steering_weights
+    from .steering.policy import references_from_maps, second_pass_applies
+
+    a, k = cfg.asi, cfg.anchor.k
+    if a.trigger == "always":
+        return "trigger always (no threshold)"
+    parts = []
+    if a.trigger in ("amc", "amc+mass"):
+        parts.append(f"AMC threshold per layer {np.array2string(trace.threshold, precision=4)}")
+    if a.trigger in ("mass", "amc+mass"):
+        second = second_pass_applies(a, k, trace.question, trace.unsteered.maps.shape[0])
+        maps = trace.unsteered.maps if second else trace.steered.maps
+        m_ref = references_from_maps(maps, steering_weights(trace.anchor).reshape(-1), k, a.ref_skip_step0).m_ref
+        parts.append(f"image-mass threshold per layer {np.array2string(a.mass_tau * m_ref[:, 0].numpy(), precision=4)}"
+                     f" ({a.mass_tau:g} × the anchor-phase mass)")
+    return f"trigger {a.trigger}: " + "; ".join(parts)
 
 
 def cmd_export(args) -> int:
@@ -184,8 +221,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from tqdm import tqdm
-
+    from .eval.task_cli import ProgressBar
     from .eval.world_bench import Cancelled, WorldRun, make_methods, run_world
 
     if args.task:
@@ -194,22 +230,14 @@ def cmd_eval(args) -> int:
         raise UsageError(f"unknown benchmark '{args.benchmark}' (available: world)")
     cfg = build_config(args)
     backbone = load(args)
-    try:
-        methods = make_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, _cache(args))
-        seeds = [_world_seed(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise UsageError(str(exc)) from None
+    methods = make_methods(args.method.split(","), cfg, _cache(args))
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     run = WorldRun(split=args.split, seed=args.seed, limit=args.limit, pope=not args.no_pope, out=Path(args.out),
-                   seeds=seeds, batch_size=args.batch_size)
-    bar = tqdm(desc="world", unit="scene", file=sys.stderr)
-
-    def progress(done, total, stage):
-        bar.total = total
-        bar.set_postfix_str(stage)
-        bar.update(done - bar.n)
-
+                   seeds=seeds, batch_size=args.batch_size,
+                   **({"describe_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
+    bar = ProgressBar("world", "scene")
     try:
-        summary = run_world(backbone, methods, run, progress=progress)
+        summary = run_world(backbone, methods, run, progress=bar.update, overwrite=args.overwrite)
     except Cancelled as exc:
         print(str(exc), file=sys.stderr)
         return 130
@@ -248,7 +276,7 @@ def cmd_score(args) -> int:
 def cmd_sweep(args) -> int:
     from .eval.sweep import GRIDS, collect, run_settings, write
 
-    seeds = [int(x) for x in _floats(args.seeds)]
+    seeds = [int(x) for x in args.seeds.split(",")]
     unknown = [g for g in args.grid.split(",") if g not in GRIDS]
     if unknown:
         raise UsageError(f"unknown --grid {', '.join(unknown)} (available: {', '.join(GRIDS)})")
@@ -256,19 +284,14 @@ def cmd_sweep(args) -> int:
     if args.only:
         wanted = {x.strip() for x in args.only.split(",")}
         settings = [s for s in settings if s.name in wanted or s.method in wanted]
-    try:
-        i, n = (int(x) for x in args.shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"--shard '{args.shard}' is not i/n with 0 <= i < n") from None
+    i, n = args.shard
     out = Path(args.out)
     if not args.collect:
         backbone = load(args)
         run_settings(backbone, out, settings, seeds, args.per_seed, cache=_cache(args), base=build_config(args),
-                     shard=(i, n), split=args.split, batch_size=args.batch_size)
+                     shard=(i, n), split=args.split, batch_size=args.batch_size, overwrite=args.overwrite)
     if args.collect or n == 1:
-        rows = collect(out, settings)
+        rows = collect(out, settings, expect={"split": args.split, "seeds": seeds, "per_seed": args.per_seed})
         result = write(out, rows, {"split": args.split, "seeds": seeds, "per_seed": args.per_seed})
         for label, best in (("ADAPT reading", result["selected"]), ("PAI-like (no anchor direction)",
                                                                     result["selected_pai_like"])):
@@ -288,7 +311,7 @@ def cmd_diagnose(args) -> int:
 
     backbone = load(args)
     res = run_diagnosis(backbone, Path(args.out), split=args.split, limit=args.limit, seed=args.seed,
-                        cfg=build_config(args), cache=_cache(args))
+                        cfg=build_config(args), cache=_cache(args), overwrite=args.overwrite)
     print(f"{'object mentions':16s}{'n':>6s}" + "".join(f"{s:>13s}" for s in SIGNALS))
     for group in ("correct", "hallucinated", "absent_partner"):
         g = res[group]
@@ -314,8 +337,8 @@ def cmd_train(args) -> int:
         raise UsageError(str(exc)) from None
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+OVERWRITE_HELP = ("redo the run when --out holds one of another configuration (without it: the same configuration "
+                  "resumes, another is refused)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -326,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="analyse one image + question: both answers, AMC summary, trace")
     r.add_argument("--image", required=True)
     r.add_argument("--question", required=True, help=f"at most {MAX_QUESTION_CHARS} characters")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, type=out_dir, help="folder for trace.zip and the images")
     _backbone_args(r)
     _config_args(r)
     r.set_defaults(fn=cmd_run)
@@ -345,16 +368,18 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="test", choices=["validation", "test"])
     v.add_argument("--seed", type=_world_seed, default=None,
                    help=f"a fresh world, 0 … {WORLD_SEEDS - 1} (default: the standard split)")
-    v.add_argument("--seeds", default=None, help="several world seeds, comma-separated (--limit scenes of each)")
-    v.add_argument("--limit", type=int, default=None, help="first N scenes (of each seed)")
-    v.add_argument("--batch-size", type=int, default=32, help="scenes answered together")
+    v.add_argument("--seeds", default=None, type=int_list(_world_seed),
+                   help="several world seeds, comma-separated (--limit scenes of each)")
+    v.add_argument("--limit", type=positive_int, default=None, help="first N scenes (of each seed) / items")
+    v.add_argument("--batch-size", type=int_range(1, 4096), default=32, help="scenes answered together (1 … 4096)")
     from .methods import NAMES
 
-    v.add_argument("--method", default="greedy",
+    v.add_argument("--method", default="greedy", type=name_list(NAMES, "method"),
                    help="comma-separated registered methods (the first is what the others are compared with): "
                         + ", ".join(NAMES))
     v.add_argument("--no-pope", action="store_true", help="descriptions only")
-    v.add_argument("--out", required=True)
+    v.add_argument("--out", required=True, type=out_dir)
+    v.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _backbone_args(v)
     _config_args(v)
     from .eval.task_cli import add_task_args
@@ -366,26 +391,29 @@ def parser() -> argparse.ArgumentParser:
     add_score_parser(sub, cmd_score)
 
     s = sub.add_parser("sweep", help="validation sweep of ASI operators × triggers × strengths × layers")
-    s.add_argument("--out", default="runs/sweep")
+    s.add_argument("--out", default="runs/sweep", type=out_dir)
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.add_argument("--split", default="validation", choices=["validation", "test"])
-    s.add_argument("--seeds", default="1,2,3,4", help="world seeds (comma-separated)")
-    s.add_argument("--per-seed", type=int, default=250, help="scenes per seed")
-    s.add_argument("--shard", default="0/1", help="i/n: run every n-th setting from the i-th (processes side by side)")
+    s.add_argument("--seeds", default="1,2,3,4", type=int_list(_world_seed), help="world seeds (comma-separated)")
+    s.add_argument("--per-seed", type=positive_int, default=250, help="scenes per seed")
+    s.add_argument("--shard", default=(0, 1), type=shard,
+                   help="i/n: run every n-th setting from the i-th (processes side by side)")
     s.add_argument("--collect", action="store_true", help="only build the table from the runs on disk")
     s.add_argument("--only", default=None, help="comma-separated setting names (or methods) to run")
     s.add_argument("--grid", default="stage1", help="stage1 (operators x triggers x strengths x layers), stage2 "
                                                      "(the mass-aware refinement), or both: stage1,stage2")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batch-size", type=int_range(1, 4096), default=32, help="scenes answered together (1 … 4096)")
     _backbone_args(s)
     _config_args(s)
     s.set_defaults(fn=cmd_sweep)
 
     d = sub.add_parser("diagnose", help="where attention goes at correct vs hallucinated object mentions (world)")
-    d.add_argument("--out", default="runs/diagnose")
+    d.add_argument("--out", default="runs/diagnose", type=out_dir)
+    d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     d.add_argument("--split", default="validation", choices=["validation", "test"])
     d.add_argument("--seed", type=_world_seed, default=None,
                    help=f"a fresh world, 0 … {WORLD_SEEDS - 1} (default: the standard split)")
-    d.add_argument("--limit", type=int, default=100)
+    d.add_argument("--limit", type=positive_int, default=100, help="world scenes")
     _backbone_args(d)
     _config_args(d)
     d.set_defaults(fn=cmd_diagnose)
@@ -400,13 +428,14 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from .backbones import BackboneError
     from .config import ConfigError
+    from .eval.formats import DataError
     from .export import ExportError
     from .images import ImageError
     from .prompts import QuestionError
 
     try:
         return args.fn(args) or 0
-    except (BackboneError, ConfigError, ExportError, ImageError, QuestionError, UsageError,
+    except (BackboneError, ConfigError, DataError, ExportError, ImageError, QuestionError, UsageError,
             FileNotFoundError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ from ..steering import amc, steering_weights
 from ..backbones import Backbone
 from ..config import AdaptConfig, parse_layers
 from ..pipeline import build_anchor
+from .formats import write_json
+from .rundir import backbone_identity, open_run, record
 
 SIGNALS = ("image_mass", "on_objects", "on_anchor", "amc_ratio", "would_steer", "position")
 
@@ -127,13 +129,26 @@ def summarise(rows: list[dict], densities: list[dict] = ()) -> dict:
 
 def run_diagnosis(backbone: Backbone, out: Path, split: str = "validation", limit: int = 100,
                   seed: int | None = None, cfg: AdaptConfig | None = None, cache: BiasCache | None = None,
-                  max_new_tokens: int = 128) -> dict:
-    """Write ``mentions.jsonl`` and ``diagnosis.json`` (means per group) under ``out``."""
+                  max_new_tokens: int = 128, overwrite: bool = False) -> dict:
+    """Write ``mentions.jsonl`` and ``diagnosis.json`` (means per group) under ``out``.
+
+    A folder holding a diagnosis of another configuration is refused (:mod:`adapt.eval.rundir`) unless
+    ``overwrite``; a finished one of the same configuration is returned as it is, an unfinished one
+    is computed again (it keeps no partial state worth resuming)."""
     from ..world import DEFAULT_DESCRIBE_PROMPT, make_split
 
     cfg = cfg or AdaptConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    config = {"diagnose": "world", "split": split, "limit": limit, "seed": seed, "max_new_tokens": max_new_tokens,
+              "question": DEFAULT_DESCRIBE_PROMPT, "method_config": cfg.to_dict(),
+              "backbone": backbone_identity(backbone)}
+    if open_run(out, config, overwrite=overwrite) and (out / "diagnosis.json").exists():
+        try:
+            return json.loads((out / "diagnosis.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            pass  # torn by an interruption: computed again below
+    (out / "diagnosis.json").unlink(missing_ok=True)
+    record(out, config)
     rows, densities = [], []
     with (out / "mentions.jsonl").open("w") as f:
         for scene in make_split(split, limit, seed=seed):
@@ -144,5 +159,5 @@ def run_diagnosis(backbone: Backbone, out: Path, split: str = "validation", limi
             densities.append(density)
     result = {"split": split, "limit": limit, "seed": seed, "tau": cfg.asi.tau, "layers": cfg.asi.layers,
               **summarise(rows, densities)}
-    (out / "diagnosis.json").write_text(json.dumps(result, indent=1))
+    write_json(out / "diagnosis.json", result)
     return result

@@ -15,7 +15,6 @@ until every shard has finished, merges them into ``items-<method>.jsonl`` and wr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -25,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .formats import DataError, write_json
+from .formats import write_json
+from .rundir import backbone_identity, model_revision, open_run, record
 from .tables import TimedMethod, cost_figures, write_tables
 from .tasks import Task
 
@@ -68,29 +68,6 @@ def git_commit() -> dict:
     return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def model_revision(backbone) -> dict:
-    """Which weights answered: the hub commit transformers recorded, and a digest of the local files
-    (names, sizes and the first MiB of each), so a retrained local model is told apart."""
-    cfg = getattr(getattr(backbone, "model", None), "config", None)
-    out = {"name": getattr(backbone, "name", None), "hub_commit": getattr(cfg, "_commit_hash", None),
-           "name_or_path": getattr(cfg, "_name_or_path", None)}
-    path = Path(str(out["name_or_path"] or ""))
-    if out["name_or_path"] and path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")):
-            h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
-            with f.open("rb") as fh:
-                h.update(fh.read(2**20))
-        out["files_sha256"] = h.hexdigest()
-    return out
-
-
-def config_hash(config: dict) -> str:
-    """SHA-256 of the configuration's canonical JSON (the first 16 hex digits)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _read_records(path: Path) -> dict[str, dict]:
     out = {}
     if path.exists():
@@ -116,29 +93,28 @@ def _done_ids(run_dir: Path, method: str) -> set[str]:
 
 def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict | None = None,
              batch_size: int | None = None, limit: int | None = None, shard: Shard | None = None,
-             progress: Callable[[int, int, str], None] | None = None) -> dict | None:
+             progress: Callable[[int, int, str], None] | None = None, overwrite: bool = False) -> dict | None:
     """Run ``methods`` on ``task``'s items (the first ``limit``), resuming from what ``out`` holds.
 
     Returns the summary (``{method: figures}``) in the main process, None in the others. A run folder
-    written with another configuration is refused rather than mixed."""
+    written with another configuration is refused (:class:`adapt.eval.rundir.RunDirError`) rather than
+    mixed, unless ``overwrite`` (the main process then deletes the old run's files)."""
     shard = shard or Shard()
     run_dir = Path(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     names = [m.name for m in methods]
     full = {"task": task.name, "task_params": task.params(), "methods": {m.name: m.config_dict() for m in methods},
-            "backbone": getattr(backbone, "name", None), **(config or {})}
-    digest = config_hash({k: v for k, v in full.items() if k != "methods"} | {"methods": full["methods"]})
-    _check_run_json(run_dir, digest)
+            "backbone": backbone_identity(backbone), "limit": limit, **(config or {})}
+    # only the main process deletes; the others check (with --overwrite they wait for it at the barrier)
+    if shard.main or not overwrite:
+        open_run(run_dir, full, overwrite=overwrite)
     items = task.items()
     if limit is not None:
         items = items[:limit]
     ids = [task.item_id(it) for it in items]
     if shard.main:
         task.prepare(run_dir)
-        write_json(run_dir / "run.json", {
-            "task": task.name, "methods": names, "config": full, "config_hash": digest, **git_commit(),
-            "model_revision": model_revision(backbone), "n_items": len(items), "processes": shard.count,
-            "python": sys.version.split()[0]})
+        record(run_dir, full, task=task.name, methods=names, **git_commit(), model_revision=model_revision(backbone),
+               n_items=len(items), processes=shard.count, python=sys.version.split()[0])
     marker = run_dir / f".{shard.tag()}.done"
     marker.unlink(missing_ok=True)
     if shard.count > 1:
@@ -194,19 +170,6 @@ def _end_torn_line(path: Path) -> None:
             f.seek(-1, 2)
             if f.read(1) != b"\n":
                 f.write(b"\n")
-
-
-def _check_run_json(run_dir: Path, digest: str) -> None:
-    path = run_dir / "run.json"
-    if not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8")).get("config_hash")
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return  # unreadable: it is rewritten
-    if old and old != digest:
-        raise DataError(f"{path}: this folder holds a run with another configuration (hash {old}, now {digest}); "
-                        f"use another --out or remove the folder")
 
 
 def _barrier() -> None:

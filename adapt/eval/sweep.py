@@ -28,6 +28,7 @@ from ..config import AdaptConfig
 from ..methods import AdaptTF, get_method
 from ..steering import OPERATOR_INFO
 from .metrics import chair_i_change
+from .rundir import RUN_FILE, RunDirError, differences, recorded_config
 from .world_bench import WorldRun, load_items, run_world, summarise_items
 
 FIELDS = ["name", "method", "operator", "trigger", "tau", "mass_tau", "alpha", "gamma", "layers", "uses_anchor",
@@ -183,15 +184,17 @@ def _config_for(base: AdaptConfig, s: Setting) -> AdaptConfig:
 
 def run_settings(backbone: Backbone, out: Path, settings: list[Setting], seeds: list[int], per_seed: int,
                  cache: BiasCache | None = None, base: AdaptConfig | None = None, shard: tuple[int, int] = (0, 1),
-                 split: str = "validation", batch_size: int = 32) -> None:
-    """Runs greedy (shard 0) and this shard's settings; every run resumes where it stopped."""
+                 split: str = "validation", batch_size: int = 32, overwrite: bool = False) -> None:
+    """Runs greedy (shard 0) and this shard's settings; every run resumes where it stopped, a setting's
+    folder holding another configuration is refused (:mod:`adapt.eval.rundir`) or, with ``overwrite``,
+    redone."""
     base = base or AdaptConfig()
     out = Path(out)
     i, n = shard
 
     def run(name, method):
         run_world(backbone, [method], WorldRun(split=split, seeds=seeds, limit=per_seed, pope=False,
-                                               out=out / name, batch_size=batch_size))
+                                               out=out / name, batch_size=batch_size), overwrite=overwrite)
 
     if i == 0:
         run("greedy", get_method("greedy"))
@@ -204,9 +207,14 @@ def run_settings(backbone: Backbone, out: Path, settings: list[Setting], seeds: 
         print(f"{s.name}: done", flush=True)
 
 
-def collect(out: Path, settings: list[Setting], greedy_name: str = "greedy") -> list[dict]:
-    """Rows of the sweep table from the runs on disk (paired with greedy on the same scenes)."""
+def collect(out: Path, settings: list[Setting], greedy_name: str = "greedy", expect: dict | None = None) -> list[dict]:
+    """Rows of the sweep table from the runs on disk (paired with greedy on the same scenes).
+
+    ``expect`` (e.g. ``{"split": …, "seeds": …, "per_seed": …}``): every run folder must record these
+    values and the backbone greedy's folder records; a folder that differs is refused
+    (:class:`adapt.eval.rundir.RunDirError`), never mixed into the table."""
     out = Path(out)
+    g_config = _check_setting(out / greedy_name, expect, None)
     g_items = load_items(out / greedy_name / f"items-{greedy_name}.jsonl")
     greedy = summarise_items(g_items)
     by_seed = {it["seed"]: it for it in g_items}
@@ -215,6 +223,7 @@ def collect(out: Path, settings: list[Setting], greedy_name: str = "greedy") -> 
         path = out / s.name / f"items-{s.method}.jsonl"
         if not path.exists():
             continue
+        _check_setting(out / s.name, expect, None if g_config is None else g_config.get("backbone"))
         items = load_items(path)
         if not items:  # started, nothing written yet
             continue
@@ -223,6 +232,22 @@ def collect(out: Path, settings: list[Setting], greedy_name: str = "greedy") -> 
                                 [it["truth"] for _, it in pairs])
         rows.append(_row(s, summarise_items(items), greedy, change))
     return rows
+
+
+def _check_setting(folder: Path, expect: dict | None, backbone: dict | None) -> dict | None:
+    """The run configuration ``folder`` records, refused where it differs from ``expect`` / ``backbone``."""
+    if expect is None and backbone is None:
+        return None
+    if not (folder / RUN_FILE).exists():
+        raise RunDirError(f"{folder} holds no {RUN_FILE}: its answers cannot be told to belong to this sweep; "
+                          f"rerun the sweep with --overwrite")
+    config = recorded_config(folder)
+    want = dict(expect or {}) | ({"backbone": backbone} if backbone is not None else {})
+    diffs = differences({k: config.get(k) for k in want}, want)
+    if diffs:
+        raise RunDirError(f"{folder} was run with other options ({'; '.join(diffs[:4])}); rerun the sweep with "
+                          f"those options, or with --overwrite to redo it")
+    return config
 
 
 def _row(s: Setting, summary: dict, greedy: dict, change: dict | None) -> dict:

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..argtypes import float_range, int_range, positive_int
 from . import pope
 from .formats import DataError
 
@@ -26,8 +27,8 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queries", help="amber: its query JSON (query_all.json)")
     g.add_argument("--association", help="amber: its relation.json")
     g.add_argument("--safe-words", help="amber: its safe_words.txt")
-    g.add_argument("--sample", type=int, default=500, help="chair-coco: images drawn from the sorted ids")
-    g.add_argument("--sample-seed", type=int, default=0, help="chair-coco: the seed of that draw")
+    g.add_argument("--sample", type=positive_int, default=500, help="chair-coco: images drawn from the sorted ids")
+    g.add_argument("--sample-seed", type=int_range(0, 2**32 - 1), default=0, help="chair-coco: the seed of that draw")
     g.add_argument("--ids", help="chair-coco: read the image ids of a published run instead (one per line)")
     g.add_argument("--parser", default=None, choices=list(pope.PARSERS),
                    help="yes/no answer parser (pope: original by default; amber: strict)")
@@ -35,13 +36,14 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--items", help="refcoco: grounding items JSONL (image, expression, candidates, gold)")
     g.add_argument("--grounding-prompt", default=None,
                    help="refcoco: the question, with {expression} (default: 'Where is {expression} in the image?')")
-    g.add_argument("--scenes", type=int, default=200, help="world-grounding: world scenes whose items are scored")
+    g.add_argument("--scenes", type=positive_int, default=200, help="world-grounding: world scenes whose items are scored")
     g.add_argument("--judge-url", default=None,
                    help="mmhal: an OpenAI-compatible API base (…/v1) or …/chat/completions URL; without it no judge is called")
     g.add_argument("--judge-model", default=None, help="mmhal: the judge's model name (needed with --judge-url)")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY",
                    help="mmhal: the environment variable holding the judge's API key (sent as a bearer token if set)")
-    g.add_argument("--judge-timeout", type=float, default=60.0, help="mmhal: seconds per judge request")
+    g.add_argument("--judge-timeout", type=float_range(0.0, 3600.0, lo_open=True), default=60.0,
+                   help="mmhal: seconds per judge request (at most 3600)")
 
 
 def build_task(args, config=None, cache=None):
@@ -87,10 +89,29 @@ def build_task(args, config=None, cache=None):
     return get_task(name)  # raises: unknown task
 
 
+class ProgressBar:
+    """A tqdm bar on stderr that appears with the first progress report: a run refused before it
+    starts prints its one error line and nothing else."""
+
+    def __init__(self, desc: str, unit: str, **kw):
+        self.desc, self.unit, self.kw, self.bar = desc, unit, kw, None
+
+    def update(self, done: int, total: int, stage: str) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, unit=self.unit, file=sys.stderr, **self.kw)
+        self.bar.total = total
+        self.bar.set_postfix_str(stage)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_task_cli(args, load, build_config, cache) -> int:
     """Run ``--task`` for the CLI: the task, the methods, the backbone, a progress bar with ETA."""
-    from tqdm import tqdm
-
     from ..methods import get_methods
     from .runner import Shard, run_task
 
@@ -98,25 +119,19 @@ def run_task_cli(args, load, build_config, cache) -> int:
     try:
         cfg = build_config(args)
         task = build_task(args, cfg, cache(args))
-        methods = get_methods([m.strip() for m in args.method.split(",") if m.strip()], cfg, cache(args))
+        methods = get_methods(args.method.split(","), cfg, cache(args))
         task.items()  # read the data before loading a model: a wrong path fails in a second
     except ValueError as exc:  # DataError and an unknown task / method / parser
         raise DataError(str(exc)) from None
     if shard.count > 1 and args.device and args.device.startswith("cuda") and ":" not in args.device:
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', shard.index)}"  # one GPU per process
     backbone = load(args)
-    bar = tqdm(desc=f"{task.name}" + (f" [{shard.index}/{shard.count}]" if shard.count > 1 else ""), unit="item",
-               file=sys.stderr, disable=None)
-
-    def progress(done, total, stage):
-        bar.total = total
-        bar.set_postfix_str(stage)
-        bar.update(done - bar.n)
-
+    bar = ProgressBar(f"{task.name}" + (f" [{shard.index}/{shard.count}]" if shard.count > 1 else ""), "item",
+                      disable=None)
     # the world's --limit is scenes per seed, part of its scene list; elsewhere it is the first N items
     summary = run_task(backbone, task, methods, args.out, config={"method_config": cfg.to_dict()},
                        batch_size=args.batch_size, limit=None if args.task == "world" else args.limit, shard=shard,
-                       progress=progress)
+                       progress=bar.update, overwrite=args.overwrite)
     bar.close()
     if summary is None:
         print(f"process {shard.index} of {shard.count}: done; process 0 merges and writes the summary",

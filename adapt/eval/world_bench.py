@@ -21,6 +21,7 @@ from ..backbones import Backbone
 from ..config import AdaptConfig
 from ..methods import Method, get_methods
 from .metrics import chair, chair_i_change, paired_mean_diff, parse_yes_no, pope_metrics
+from .rundir import backbone_identity, open_run, record
 from .tables import write_tables
 
 POPE_KINDS = ("random", "popular", "adversarial")
@@ -119,19 +120,28 @@ def evaluate_scenes(backbone: Backbone, method: Method, scenes: list, indices: l
     return items
 
 
+def world_config(backbone: Backbone, methods: list[Method], run: WorldRun) -> dict:
+    """What decides a world run's answers (compared on a resume: :mod:`adapt.eval.rundir`)."""
+    return {"benchmark": "world", "split": run.split, "seeds": run.seed_list(), "per_seed": run.per_seed(),
+            "pope": run.pope, "describe_tokens": run.describe_tokens, "pope_tokens": POPE_MAX_TOKENS,
+            "methods": {m.name: m.config_dict() for m in methods}, "backbone": backbone_identity(backbone)}
+
+
 def run_world(backbone: Backbone, methods: list[Method], run: WorldRun,
               progress: Callable[[int, int, str], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> dict:
+              should_stop: Callable[[], bool] | None = None, overwrite: bool = False,
+              redo_changed: bool = False) -> dict:
     """Evaluate ``methods`` on the world scenes of ``run``, writing JSONL as it goes (a batch at a
-    time: an interrupted run loses at most one batch and resumes); returns the summary."""
+    time: an interrupted run loses at most one batch and resumes); returns the summary.
+
+    A folder holding a run of another configuration is refused (:class:`adapt.eval.rundir.RunDirError`),
+    or started over with ``overwrite`` (always) / ``redo_changed`` (only when it differs)."""
     scenes = scenes_of(run)
     n = len(scenes)
     out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({
-        "benchmark": "world", "split": run.split, "seeds": run.seed_list(), "per_seed": run.per_seed(), "n": n,
-        "methods": [m.name for m in methods], "configs": {m.name: m.config_dict() for m in methods},
-        "describe_tokens": run.describe_tokens, "backbone": backbone.name}, indent=1))
+    config = world_config(backbone, methods, run)
+    open_run(out, config, overwrite=overwrite, redo_changed=redo_changed)
+    record(out, config, n=n, methods=[m.name for m in methods])
     total = n * len(methods)
     done_count = 0
     for method in methods:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..argtypes import float_range, int_range, non_negative_int, out_dir, positive_int, threads
 from .config import DEFAULT_TARGETS, TrainConfig, TrainError
 
 DEFAULTS = TrainConfig()
@@ -24,47 +25,52 @@ def add_parser(sub, parser_class=None) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="preference tuning: VAG-DPO (paper Eq. 12) or plain DPO", **kw)
     t.add_argument("objective", choices=["vag-dpo", "dpo"],
                    help="vag-dpo: chosen on the anchor-guided image, rejected on the noise image; dpo: original both")
-    t.add_argument("--out", required=True, help="run folder (progress.json, train_log.jsonl, checkpoints/, model/)")
+    t.add_argument("--out", required=True, type=out_dir, help="run folder (progress.json, train_log.jsonl, checkpoints/, model/)")
     t.add_argument("--backbone", default="embedded", help="'embedded', a local model directory or a hub id")
     t.add_argument("--data", default="world", help="world | rlaif-v:PATH (parquet) | rlhf-v:PATH (json)")
     t.add_argument("--images", default=None, help="folder that relative image paths in --data are read from")
-    t.add_argument("--limit", type=int, default=None, help="first N records of --data")
-    t.add_argument("--pairs", default=None, help="built pair set to reuse or build (default DIR/pairs)")
-    t.add_argument("--world-scenes", type=int, default=1500, help="--data world: training scenes to draw pairs from")
-    t.add_argument("--world-seed", type=int, default=500, help="--data world: train-split stream (never validation/test)")
-    t.add_argument("--steps", type=int, default=DEFAULTS.steps)
-    t.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    t.add_argument("--beta", type=float, default=DEFAULTS.beta, help="Eq. 12's β (paper: 0.1)")
-    t.add_argument("--batch", type=int, default=DEFAULTS.batch, help="pairs per process per micro-step")
-    t.add_argument("--grad-accum", type=int, default=DEFAULTS.grad_accum)
-    t.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps)
-    t.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    t.add_argument("--limit", type=positive_int, default=None, help="first N records of --data")
+    t.add_argument("--pairs", default=None, type=out_dir,
+                   help="built pair set to reuse or build: a new or empty folder, or one holding pairs (default DIR/pairs)")
+    t.add_argument("--world-scenes", type=positive_int, default=1500, help="--data world: training scenes to draw pairs from")
+    t.add_argument("--world-seed", type=non_negative_int, default=500,
+                   help="--data world: train-split stream (never validation/test)")
+    t.add_argument("--steps", type=positive_int, default=DEFAULTS.steps)
+    t.add_argument("--lr", type=float_range(0.0, 1.0, lo_open=True), default=DEFAULTS.lr)
+    t.add_argument("--beta", type=float_range(0.0, 100.0, lo_open=True), default=DEFAULTS.beta,
+                   help="Eq. 12's β (paper: 0.1)")
+    t.add_argument("--batch", type=int_range(1, 4096), default=DEFAULTS.batch, help="pairs per process per micro-step")
+    t.add_argument("--grad-accum", type=int_range(1, 4096), default=DEFAULTS.grad_accum)
+    t.add_argument("--warmup-steps", type=non_negative_int, default=DEFAULTS.warmup_steps)
+    t.add_argument("--seed", type=int_range(0, 2**32 - 1), default=DEFAULTS.seed)
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--lora", dest="lora", action="store_true", default=True, help="LoRA adapters (default)")
     mode.add_argument("--full", dest="lora", action="store_false", help="full tuning of projector + decoder")
-    t.add_argument("--lora-r", type=int, default=DEFAULTS.lora_r)
-    t.add_argument("--lora-alpha", type=int, default=DEFAULTS.lora_alpha)
-    t.add_argument("--lora-dropout", type=float, default=DEFAULTS.lora_dropout)
+    t.add_argument("--lora-r", type=int_range(1, 4096), default=DEFAULTS.lora_r)
+    t.add_argument("--lora-alpha", type=int_range(1, 65536), default=DEFAULTS.lora_alpha)
+    t.add_argument("--lora-dropout", type=float_range(0.0, 0.99), default=DEFAULTS.lora_dropout)
     t.add_argument("--target-modules", default=DEFAULT_TARGETS, help="regex of the modules LoRA adapts")
-    t.add_argument("--sft-weight", type=float, default=DEFAULTS.sft_weight,
+    t.add_argument("--sft-weight", type=float_range(0.0, 100.0), default=DEFAULTS.sft_weight,
                    help="per-token SFT term on the chosen answer (a departure from Eq. 12; 0: off)")
-    t.add_argument("--noise-step", type=int, default=DEFAULTS.noise_step, help="v_l's forward-noise step (paper: 500)")
+    t.add_argument("--noise-step", type=int_range(0, 999), default=DEFAULTS.noise_step,
+                   help="v_l's forward-noise step (paper: 500)")
     t.add_argument("--chosen-image", choices=["original", "enhanced", "noise"], default=None,
                    help="override the chosen side's image (ablation)")
     t.add_argument("--rejected-image", choices=["original", "enhanced", "noise"], default=None,
                    help="override the rejected side's image (ablation)")
     t.add_argument("--reference", choices=["precomputed", "live"], default=DEFAULTS.reference,
                    help="log π_ref computed once with the pairs, or live with the adapters disabled")
-    t.add_argument("--save-every", type=int, default=DEFAULTS.save_every, help="checkpoint every N steps")
-    t.add_argument("--log-every", type=int, default=DEFAULTS.log_every)
+    t.add_argument("--save-every", type=positive_int, default=DEFAULTS.save_every, help="checkpoint every N steps")
+    t.add_argument("--log-every", type=positive_int, default=DEFAULTS.log_every)
     t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=DEFAULTS.mixed_precision)
     t.add_argument("--gradient-checkpointing", action="store_true")
-    t.add_argument("--eval-scenes", type=int, default=DEFAULTS.eval_scenes,
+    t.add_argument("--eval-scenes", type=non_negative_int, default=DEFAULTS.eval_scenes,
                    help="after training, score the model on N world validation scenes of seed 1 (0: skip)")
-    t.add_argument("--model-out", default=None, help="where the final model goes (default DIR/model)")
+    t.add_argument("--model-out", default=None, type=out_dir,
+                   help="where the final model goes: a new or empty folder, or a model this command wrote (default DIR/model)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
     t.add_argument("--device", default=None, help="cpu, cuda … (default: accelerate's choice)")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for the embedded model)")
+    t.add_argument("--threads", type=threads, default=None, help="torch CPU threads (default: 1 for the embedded model)")
     t.add_argument("--cache-dir", default=None, help="bias-map cache for the anchors (default $ADAPT_CACHE)")
     t.add_argument("--no-bar", action="store_true", help="no progress bars (logs only)")
     return t
@@ -139,7 +145,7 @@ def run(args) -> int:
     import torch
     from accelerate import Accelerator
 
-    from ..backbones import EMBEDDED, load_backbone
+    from ..backbones import EMBEDDED, load_backbone, resolve
     from ..threads import SMALL_MODEL_PARAMS, use_threads
     from .pairs import load_pairs
     from .trainer import RunFiles, latest_checkpoint, plot_curves, save_model, train_loop
@@ -152,6 +158,10 @@ def run(args) -> int:
         from .data import parse_data_spec
 
         parse_data_spec(args.data)
+    _own_folder(args.pairs, "meta.json", "--pairs", "a built pair set")
+    _own_folder(args.model_out, "config.json", "--model-out", "a model")
+    if args.model_out and Path(args.model_out).expanduser().resolve() == Path(resolve(args.backbone)).resolve():
+        raise TrainError(f"--model-out {args.model_out} is the model being tuned; give another folder")
     # without cpu=True accelerate runs each CPU process of a multi-process launch alone (no process group)
     cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
@@ -221,6 +231,16 @@ def run(args) -> int:
     return 0
 
 
+def _own_folder(path: str | None, marker: str, flag: str, what: str) -> None:
+    """A folder this command writes into must be new, empty, or already hold ``what`` (its ``marker``
+    file): a folder of other files is never filled with hundreds of MB of ours."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir() and not (p / marker).exists() and any(p.iterdir()):
+        raise TrainError(f"{flag} {path} holds other files and not {what} ({marker}); give a new or empty folder")
+
+
 def _mean(rows, key):
     return round(sum(r[key] for r in rows) / len(rows), 6) if rows else None
 
@@ -233,7 +253,8 @@ def evaluate(model_dir: Path, out: Path, cfg: TrainConfig, files) -> dict:
     files.progress(0, "eval", total=cfg.eval_scenes)
     bb = load_backbone(str(model_dir))
     run = WorldRun(split="validation", seeds=[1], limit=cfg.eval_scenes, out=out / "eval")
+    # the run owns out/eval: a model retrained since its last score is scored again, not read back
     s = run_world(bb, make_methods(["greedy"], None, None), run,
-                  progress=lambda d, t, m: files.progress(d, "eval", total=t))["greedy"]
+                  progress=lambda d, t, m: files.progress(d, "eval", total=t), redo_changed=True)["greedy"]
     return {k: s.get(k) for k in ("chair_s", "chair_i", "hallucinated_mentions", "mentions", "recall",
                                   "pope_random_acc", "pope_adversarial_acc", "n")}
