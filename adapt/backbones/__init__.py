@@ -8,11 +8,17 @@ from pathlib import Path
 from .base import Backbone, BackboneError, Generation, Prepared
 from .llava import LlavaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
+from .qwen2_vl import Qwen2VLBackbone
+from .qwen3_vl import Qwen3VLBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {
     "llava": LlavaBackbone,
+    "qwen2_vl": Qwen2VLBackbone,
     "qwen2_5_vl": Qwen2_5_VLBackbone,
+    "qwen3_vl": Qwen3VLBackbone,
 }
+# model type -> what a user knows it as (the unsupported-family message lists these)
+FAMILY_NAMES = {"llava": "LLaVA-1.5", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "assets" / "embedded"
@@ -57,10 +63,11 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
     family = FAMILIES.get(model_type)
     if family is None:
         raise BackboneError(f"unsupported model family '{model_type or '?'}' at {path}; "
-                            f"supported: {', '.join(sorted(FAMILIES))} (LLaVA-1.5, Qwen2.5-VL, and the embedded model)")
+                            f"supported: {', '.join(sorted(FAMILIES))} "
+                            f"({', '.join(FAMILY_NAMES[k] for k in FAMILIES)}, and the embedded model)")
     return family.load(path, dtype=dtype, device=device, device_map=device_map,
                        trust_remote_code=trust_remote_code)
 
 
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
-           "LlavaBackbone", "Qwen2_5_VLBackbone"]
+           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "FAMILY_NAMES"]

@@ -205,6 +205,11 @@ class Backbone(ABC):
     def _image_span(self, inputs: dict) -> ImageSpan:
         """Where the image tokens are in ``inputs`` and their grid."""
 
+    def image_block_ids(self) -> list[int]:
+        """Token ids of the image block: the image token and any tokens that wrap it in the prompt
+        (a text-only branch masks them all; LLaVA has no wrapper)."""
+        return [self.image_token_id]
+
     def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[B, n]`` positions of the image tokens, per row (rows must hold the same count)."""
         mask = input_ids == self.image_token_id

@@ -13,10 +13,10 @@ Two parts, both at every decoding step:
 Public defaults (the authors' CHAIR and POPE scripts): α = 0.2, layers 2…end, γ = 1.1; γ = 1 leaves
 the attention part alone (``pai:attn``). The guidance step is VCD's contrast with α = γ − 1, so it
 shares VCD's one-forward layout: the text-only branch is the same prompt as extra batch rows whose
-image tokens are masked out of the attention, which on LLaVA equals the prompt without image tokens
-(generation positions follow the mask; tested to float rounding on the embedded model); on
-Qwen2.5-VL the masked rows keep the image's 3-D rope positions for the text after it. The original
-samples (nucleus); here the step is greedy, as every method of the registry, unless asked otherwise.
+image-block tokens are masked out of the attention (:func:`text_only_mask`: the image token and its
+wrappers, Qwen-VL's ``<|vision_start|>`` / ``<|vision_end|>``), which equals the prompt without the image
+(generation positions follow the mask, and so do Qwen-VL's 3-D rope positions; tested to float rounding
+on the embedded model, token for token on tiny Qwen2-VL and Qwen3-VL). The original samples (nucleus); here the step is greedy, as every method of the registry, unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -74,9 +74,7 @@ class PAI(Method):
 
         prepared = backbone.prepare_batch(list(images) * 2, list(questions) * 2)
         inputs = prepared.inputs
-        mask = inputs["attention_mask"].clone()
-        mask[n:][inputs["input_ids"][n:] == backbone.image_token_id] = 0  # rows n…2n−1: the text alone
-        inputs["attention_mask"] = mask
+        inputs["attention_mask"] = text_only_mask(backbone, inputs, n)  # rows n…2n−1: the text alone
         procs = LogitsProcessorList([*generate_kwargs.pop("logits_processor", []),
                                      VCDLogitsProcessor(n, cfg.gamma - 1, cfg.beta, None)])
         # VCD's processor contrasts raw logits; on log-probabilities (the paper's form) the two
@@ -91,6 +89,17 @@ class PAI(Method):
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+
+def text_only_mask(backbone, inputs: dict, n: int) -> torch.Tensor:
+    """The batch's attention mask with rows n… seeing the text alone: every token of the image block
+    masked, the image token and the tokens that wrap it (``backbone.image_block_ids()``, e.g. Qwen-VL's
+    ``<|vision_start|>`` / ``<|vision_end|>``), so those rows equal the prompt without the image."""
+    mask = inputs["attention_mask"].clone()
+    ids = inputs["input_ids"][n:]
+    block = torch.isin(ids, torch.tensor(backbone.image_block_ids(), device=ids.device))
+    mask[n:][block] = 0
+    return mask
 
 
 def attention_only(cfg: PAIConfig | None = None) -> PAIConfig:

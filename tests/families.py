@@ -1,0 +1,162 @@
+"""Tiny random checkpoints of each model family, saved to disk like a hub checkpoint (test-only).
+
+Each builder makes a random model of the family's real class and its real processor configured
+locally (a word-level tokenizer with the family's special tokens and chat template, the family's
+image-processor class with a small pixel budget), writes them to a folder laid out as the family's hub
+checkpoints are (the stock processor's class name, the image processor's hub type name and budget keys,
+a ``video_preprocessor_config.json``), and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapt.hooks import ATTN_IMPL, register
+from adapt.testing import QWEN_TEMPLATE, word_tokenizer
+
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one family's tiny checkpoint, and what its hub folder calls its classes."""
+
+    model_type: str
+    patch: int
+    processor_class: str  # the stock processor's class name, as the hub's processor_config.json has it
+    image_processor_type: str  # as the hub's preprocessor_config.json names it
+    video_processor: str  # the stock video processor's class (a video_preprocessor_config.json names it)
+    pixel_keys: bool = False  # the budget as min_pixels / max_pixels (older hub configs) instead of size
+
+
+QWEN_FAMILIES = {
+    "qwen2_vl": Family("qwen2_vl", 14, "Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor", True),
+    "qwen2_5_vl": Family("qwen2_5_vl", 14, "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
+    "qwen3_vl": Family("qwen3_vl", 16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
+}
+
+
+def _qwen_configs(model_type: str, tokenizer, ids: dict, hidden: int, layers: int, heads: int, kv_heads: int,
+                  patch: int, merge: int):
+    head_dim = hidden // heads
+    # the three rope sections (t, h, w) must sum to head_dim / 2
+    quarter = head_dim // 2 // 4
+    mrope = [head_dim // 2 - 2 * quarter - quarter, quarter * 2, quarter]
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=tokenizer.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope})
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if model_type == "qwen2_vl":
+        from transformers import Qwen2VLConfig
+
+        vision = dict(depth=1, embed_dim=32, hidden_size=hidden, mlp_ratio=2, num_heads=2, patch_size=patch,
+                      spatial_merge_size=merge, temporal_patch_size=2)
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+    if model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                      patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2, fullatt_block_indexes=[0],
+                      window_size=patch * merge * 2)
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
+    if model_type == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        text["head_dim"] = head_dim
+        # DeepStack: vision blocks 0 and 1 each give a map, added after decoder layers 0 and 1
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                      patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0, 1])
+        return Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
+    raise ValueError(model_type)
+
+
+def tiny_qwen_vl(model_type: str, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                 merge: int = 2, pixels: int | None = None, attn: str = ATTN_IMPL, seed: int = 0,
+                 dtype=torch.float32):
+    """A random Qwen-VL model of ``model_type`` (qwen2_vl, qwen2_5_vl, qwen3_vl) and its image-only
+    processor. The pixel budget defaults to 6 merged tokens' area (a 56 × 84 image at patch 14)."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from adapt.backbones import FAMILIES
+
+    register()
+    fam = QWEN_FAMILIES[model_type]
+    tokenizer = word_tokenizer(QWEN_SPECIALS, extra_words=160)
+    ids = {s: tokenizer.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
+    config = _qwen_configs(model_type, tokenizer, ids, hidden, layers, heads, kv_heads, fam.patch, merge)
+    backbone = FAMILIES[model_type]
+    torch.manual_seed(seed)
+    model = backbone.model_class()._from_config(
+        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    pixels = pixels or 6 * (fam.patch * merge) ** 2
+    image_processor = Qwen2VLImageProcessorPil(patch_size=fam.patch, merge_size=merge, temporal_patch_size=2,
+                                               size={"shortest_edge": pixels, "longest_edge": pixels})
+    processor = backbone.image_only_processor(image_processor=image_processor, tokenizer=tokenizer,
+                                              chat_template=QWEN_TEMPLATE)
+    return model, processor
+
+
+def save_like_hub(model, processor, path, fam: Family) -> str:
+    """Save ``model`` and ``processor`` to ``path`` as a hub folder of ``fam`` lays them out: the stock
+    processor's class name (which needs torchvision to load here), the image processor in its own
+    ``preprocessor_config.json`` under the hub's type name, and a video processor config."""
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    for f in path.glob("*.json"):
+        data = json.loads(f.read_text())
+        if isinstance(data, dict) and "processor_class" in data:
+            data["processor_class"] = fam.processor_class
+            f.write_text(json.dumps(data, indent=2))
+    top = json.loads((path / "processor_config.json").read_text())
+    image = top.pop("image_processor")
+    image.update(image_processor_type=fam.image_processor_type, processor_class=fam.processor_class)
+    if fam.pixel_keys:
+        size = image.pop("size")
+        image.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+    (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    (path / "processor_config.json").write_text(json.dumps(top, indent=2))
+    video = {k: image[k] for k in ("patch_size", "merge_size", "temporal_patch_size") if k in image}
+    video.update(video_processor_type=fam.video_processor, processor_class=fam.processor_class)
+    (path / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
+    return str(path)
+
+
+def qwen_checkpoint(model_type: str, path, **kw) -> str:
+    """A tiny ``model_type`` checkpoint folder at ``path`` (built once per path)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        model, processor = tiny_qwen_vl(model_type, **kw)
+        save_like_hub(model, processor, path, QWEN_FAMILIES[model_type])
+    return str(path)
+
+
+def token_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int]):
+    """Per image token of a Qwen-VL input (after the merge), how much a white square ``block`` = (x0, y0,
+    side) painted on a grey ``size`` image changed its pixels, ``[h, w]`` from the processor's own output."""
+    import numpy as np
+    from PIL import Image
+
+    def image(painted):
+        a = np.full((size[1], size[0], 3), 128, dtype=np.uint8)
+        if painted:
+            x0, y0, s = block
+            a[y0:y0 + s, x0:x0 + s] = 255
+        return Image.fromarray(a)
+
+    out = [image_processor(images=[image(p)], return_tensors="np") for p in (False, True)]
+    _, gh, gw = (int(x) for x in out[0]["image_grid_thw"][0])
+    m = image_processor.merge_size
+    # patches come in merge windows: m² consecutive patch rows make one token, tokens row-major
+    d = np.abs(out[1]["pixel_values"] - out[0]["pixel_values"]).sum(1).reshape(-1, m * m).sum(1)
+    return d.reshape(gh // m, gw // m)
