@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attention import ATTN_IMPL, AttentionRecorder
+from .hooks import ATTN_IMPL, AttentionRecorder
 from .backbones import LlavaBackbone
 from .testing import tiny_llava
 

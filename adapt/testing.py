@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from .attention import ATTN_IMPL, register
+from .hooks import ATTN_IMPL, register
 
 _WORDS = ("a an the is there in this image picture describe what colour color of on left right top bottom "
           "center red green blue yellow circle square star triangle yes no . , ? one two three and with").split()

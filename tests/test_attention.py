@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from adapt.attention import AttentionRecorder, ImageSpan
+from adapt.hooks import AttentionRecorder, ImageSpan
 from adapt.backbones import BackboneError, LlavaBackbone, Qwen2_5_VLBackbone, load_backbone
 from adapt.testing import tiny_llava, tiny_qwen2_5_vl
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from adapt.backbones import LlavaBackbone, Qwen2_5_VLBackbone, load_backbone
-from adapt.attention import TextWindowCapture
+from adapt.hooks import TextWindowCapture
 from adapt.methods import get_method
 from adapt.methods.opera import OPERA, OPERAConfig, opera_search, over_trust
 from adapt.methods.vcd import VCD, VCDConfig, VCDLogitsProcessor, contrast, noise_pixels, plausible

@@ -30,7 +30,7 @@ def test_cuda_no_policy_matches_stock_sdpa(family, rand_image):
     p = ours.prepare(rand_image, "describe the image")
     kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, output_logits=True,
               return_dict_in_generate=True)
-    from adapt.attention import AttentionRecorder
+    from adapt.hooks import AttentionRecorder
 
     with AttentionRecorder(p.span, ours.num_layers):
         a = ours.model.generate(**p.inputs, **kw)

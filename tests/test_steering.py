@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.attention import HOOK_LOGITS, AttentionPoint, AttentionRecorder, ImageProbs, ImageSpan, LogitBias
+from adapt.hooks import HOOK_LOGITS, AttentionPoint, AttentionRecorder, ImageProbs, ImageSpan, LogitBias
+from adapt.hooks.writes import correct_output, resolve
 from adapt.backbones import LlavaBackbone
 from adapt.config import ASIConfig
 from adapt.steering import ASIPolicy, amc, apply_operator
@@ -69,23 +70,55 @@ def test_mass_aware_gives_nothing_back_without_a_drop():
     torch.testing.assert_close(after, point.probs.sum(-1))
 
 
-def test_image_probs_write_keeps_each_row_summing_to_one_and_the_text_proportions():
-    for positions in (torch.tensor([[2, 3, 4, 5], [2, 3, 4, 5]]), torch.tensor([[1, 3, 4, 6], [0, 2, 5, 7]])):
-        rec = AttentionRecorder(ImageSpan(positions=positions, grid=(2, 2)), 1)
-        probs = torch.softmax(torch.randn(2, 3, 1, 9, generator=torch.Generator().manual_seed(1)), -1)
-        old = rec._image_cols(probs)[:, :, 0]
-        m = old.sum(-1, keepdim=True)
-        new = old * (m + 0.5 * (1 - m)) / m  # half of the text keys' mass moves to the image
-        out = rec._set_image_probs(probs, old, new)
-        too_much = rec._set_image_probs(probs, old, old * 100)  # capped at mass one, never above
-        torch.testing.assert_close(too_much.sum(-1), torch.ones(2, 3, 1))
-        torch.testing.assert_close(out.sum(-1), torch.ones(2, 3, 1))
-        torch.testing.assert_close(rec._image_cols(out)[:, :, 0], new)
+def _row(positions, seed=1, H=4, Hkv=2, kv=9, D=5):
+    """A newest row's logits over kv keys, its values, the image block and its unsteered output."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, H, kv, generator=g) * 2
+    v = torch.randn(2, Hkv, kv, D, generator=g)
+    span = ImageSpan(positions=positions, grid=(2, 2))
+    p = torch.softmax(z, -1)
+    full_v = v.repeat_interleave(H // Hkv, 1)  # [B, H, kv, D]: repeat_kv's layout
+    out = (p[:, :, None, :] @ full_v)[:, :, 0]  # [B, H, D]
+    return z, p, v, full_v, span, out
+
+
+@pytest.mark.parametrize("positions", [[[2, 3, 4, 5], [2, 3, 4, 5]], [[1, 3, 4, 6], [0, 2, 5, 7]]])
+def test_image_probs_write_keeps_each_row_summing_to_one_and_the_text_proportions(positions):
+    """The write rescales the text keys by r and sets the image block, and the output corrected on the
+    image block alone (o′ = r·o + (p′ − r·p)·V_I) equals attention with the rescaled full row."""
+    positions = torch.tensor(positions)
+    z, p, v, full_v, span, out = _row(positions)
+    old = span.image_cols(p)
+    point = AttentionPoint(1, 0, None, old)
+    m = old.sum(-1, keepdim=True)
+    for new in (old * (m + 0.5 * (1 - m)) / m, old * 100):  # half of the text mass moves in; too much
+        r, img = resolve(ImageProbs(new), point)
+        full = p * r
+        full[torch.arange(2)[:, None, None], torch.arange(4)[None, :, None], positions[:, None, :]] = img
+        torch.testing.assert_close(full.sum(-1), torch.ones(2, 4))  # capped at mass one, never above
         text = torch.ones(2, 9, dtype=torch.bool)
         text[torch.arange(2)[:, None], positions] = False
-        ratio = out[:, :, 0][text[:, None].expand(2, 3, 9)] / probs[:, :, 0][text[:, None].expand(2, 3, 9)]
-        expected = ((1 - new.sum(-1)) / (1 - old.sum(-1)))[:, :, None].expand(2, 3, 5).reshape(-1)
-        torch.testing.assert_close(ratio, expected)
+        ratio = (full / p)[text[:, None].expand(2, 4, 9)].view(2, 4, 5)
+        torch.testing.assert_close(ratio, r.expand(2, 4, 5))
+        corrected = correct_output(out, v, span, old, r, img).view(2, 4, -1)
+        torch.testing.assert_close(corrected, (full[:, :, None, :] @ full_v)[:, :, 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(resolve(ImageProbs(old * 100), point)[1].sum(-1), torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("positions", [[[2, 3, 4, 5], [2, 3, 4, 5]], [[1, 3, 4, 6], [0, 2, 5, 7]]])
+@pytest.mark.parametrize("scale", [1.0, 60.0, -1e4])
+def test_logit_bias_on_the_image_block_equals_a_second_softmax_over_all_keys(positions, scale):
+    positions = torch.tensor(positions)
+    z, p, v, full_v, span, out = _row(positions, seed=2)
+    bias = scale * torch.linspace(-1, 1, 4)[None].expand(2, 4)
+    r, img = resolve(LogitBias(bias), AttentionPoint(1, 0, None, span.image_cols(p)))
+    zb = z.clone()
+    idx = positions[:, None, :].expand(2, 4, 4)
+    zb.scatter_add_(-1, idx, bias[:, None, :].expand(2, 4, 4).contiguous())
+    want = torch.softmax(zb, -1)
+    torch.testing.assert_close(img, want.gather(-1, idx), atol=1e-6, rtol=1e-5)
+    corrected = correct_output(out, v, span, span.image_cols(p), r, img).view(2, 4, -1)
+    torch.testing.assert_close(corrected, (want[:, :, None, :] @ full_v)[:, :, 0], atol=1e-5, rtol=1e-4)
 
 
 def test_triggers_on_known_values():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..prompts import QuestionError, check_context, clean_question, context_limit
-from ..attention import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
+from ..hooks import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
 from .geometry import InputGeometry
 
 
@@ -232,7 +232,7 @@ class Backbone(ABC):
                        per_head: bool = False, capture_prefill: bool = False, lean: bool = False,
                        **generate_kwargs) -> list[Generation]:
         """Greedy decoding with KV cache, one :class:`Generation` per row; captures (and steers via
-        ``policy``, an :class:`~adapt.attention.Intervention` or a bias callable) image attention.
+        ``policy``, an :class:`~adapt.hooks.Intervention` or a bias callable) image attention.
 
         A policy with a ``bind(recorder)`` method is given the recorder before decoding starts (the
         one-pass ADAPT-TF policy reads the prefill capture from it). ``lean``: (layer, step) pairs the
@@ -247,7 +247,7 @@ class Backbone(ABC):
         t0 = time.perf_counter()
         if capture or policy is not None:
             rec = AttentionRecorder(prepared.span, self.num_layers, policy=policy, per_head=per_head,
-                                    capture_prefill=capture_prefill, lean=lean)
+                                    capture_prefill=capture_prefill, lean=lean, max_steps=kw["max_new_tokens"])
             if hasattr(policy, "bind"):
                 policy.bind(rec)
             with rec:

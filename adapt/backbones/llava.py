@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..attention import ImageSpan
+from ..hooks import ImageSpan
 from .base import Backbone, BackboneError
 from .geometry import InputGeometry, clip_style_geometry
 

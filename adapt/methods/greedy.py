@@ -30,7 +30,7 @@ class Greedy(Method):
                                           **generate_kwargs)
         finally:
             if not self.capture:
-                from ..attention import ATTN_IMPL
+                from ..hooks import ATTN_IMPL
 
                 backbone.model.set_attn_implementation({"text_config": ATTN_IMPL})
         return [Answer(g.text, g.token_ids, {"tokens": len(g.token_ids)}, g) for g in gens]

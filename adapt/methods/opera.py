@@ -25,7 +25,7 @@ Public defaults (the authors' scripts, :class:`OPERAConfig`): 5 beams, σ = 50, 
 
 **How it runs here.** Candidates' attention rows come from one batched forward per step: the
 beams' KV cache is repeated N_can times, every beam × candidate row is fed its candidate, and the
-:data:`adapt.attention.HOOK_TEXT_WINDOW` hook point gives each row's attention over the last
+:data:`adapt.hooks.HOOK_TEXT_WINDOW` hook point gives each row's attention over the last
 ``window`` keys at the last layer. The same forward gives the logits of the next step, so once the
 beams are chosen the cache keeps the chosen rows and nothing is recomputed (the public code runs
 N_can + 1 forwards per step). Column products are kept per beam as running log sums, one per
@@ -75,7 +75,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..attention import TextWindowCapture
+from ..hooks import TextWindowCapture
 from ..backbones import Generation
 from .base import Answer, Method
 
@@ -108,7 +108,7 @@ class OPERAConfig:
 
 class ModelDecoder:
     """The model side of the search for one (image, question): a KV cache over the beams and the
-    batched candidate forward, read through :class:`~adapt.attention.TextWindowCapture`."""
+    batched candidate forward, read through :class:`~adapt.hooks.TextWindowCapture`."""
 
     def __init__(self, backbone, prepared, cfg: OPERAConfig):
         self.model = backbone.model

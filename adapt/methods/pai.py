@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import LogitsProcessorList
 
-from ..attention import AttentionPoint, LogitBias
+from ..hooks import AttentionPoint, LogitBias
 from .base import Answer, Method
 
 

@@ -1,6 +1,6 @@
 """The readings of Eq. 11: what ASI writes at a (step, layer) it has decided to steer.
 
-Each operator reads the hook points of the newest query row (:class:`~adapt.attention.AttentionPoint`,
+Each operator reads the hook points of the newest query row (:class:`~adapt.hooks.AttentionPoint`,
 per head, unsteered) and returns a write for the rows in ``fired`` (other rows get their own values
 back, so one batched call serves rows with different decisions). ``w`` = W / max W is the anchor
 weights of each row, ``[B, n]``; ``m_ref`` and ``a_ref`` the layer's anchor-phase image mass ``[B]``
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import AttentionPoint, ImageProbs, LogitBias
+from ..hooks import AttentionPoint, ImageProbs, LogitBias
 from ..config import ASIConfig
 
 OPERATOR_INFO = {
@@ -45,44 +45,61 @@ OPERATOR_INFO = {
 }
 
 
-def _toward_anchor(probs: torch.Tensor, w: torch.Tensor, cfg: ASIConfig) -> torch.Tensor:
-    """``probs[B, H, n]`` re-weighted by (w + ε)^α, each head keeping its image mass."""
-    new = probs * (w + cfg.eps).pow(cfg.alpha)[:, None, :]
-    return new * (probs.sum(-1, keepdim=True) / new.sum(-1, keepdim=True).clamp_min(1e-30))
-
-
 def _hhi(a: torch.Tensor) -> torch.Tensor:
     p = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
     return p.pow(2).sum(-1)
 
 
+class LayerState:
+    """What an operator needs at one layer that does not change from step to step, made once on the
+    layer's device: (w + ε)^α, α·log(w + ε), the quality mask, the anchor phase's HHI."""
+
+    def __init__(self, cfg: ASIConfig, w: torch.Tensor, m_ref: torch.Tensor, a_ref: torch.Tensor):
+        self.w, self.m_ref, self.a_ref = w, m_ref, a_ref
+        op = cfg.operator
+        self.toward = (w + cfg.eps).pow(cfg.alpha)[:, None, :] if op in ("logprior-image", "mass-aware") else None
+        self.log_bias = cfg.alpha * torch.log(w + cfg.eps) if op == "logprior" else None
+        self.boost = torch.full_like(w, cfg.boost) if op == "image-boost" else None
+        self.keep = None
+        if op == "quality":  # a quantile of the anchor: the same at every step, computed here once
+            thr = torch.quantile(w, cfg.quality_percentile / 100.0, dim=-1, keepdim=True)
+            self.keep = (w >= thr).to(torch.float32)[:, None, :]
+        self.hhi_ref = _hhi(a_ref).clamp_min(1e-30) if op == "hhi" else None
+        self.gamma_m_ref = cfg.gamma * m_ref if op == "mass-aware" else None
+
+
 def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired: torch.Tensor,
-                   m_ref: torch.Tensor, a_ref: torch.Tensor) -> LogitBias | ImageProbs:
-    """The write of ``cfg.operator`` for the rows in ``fired`` (``[B]`` bool)."""
+                   m_ref: torch.Tensor, a_ref: torch.Tensor, state: LayerState | None = None) -> LogitBias | ImageProbs:
+    """The write of ``cfg.operator`` for the rows in ``fired`` (``[B]`` bool). ``state``: the layer's
+    precomputed constants (made here when not given)."""
+    st = state or LayerState(cfg, w, m_ref, a_ref)
     op = cfg.operator
-    f = fired[:, None].to(torch.float32)
     if op == "logprior":
-        return LogitBias(cfg.alpha * torch.log(w + cfg.eps) * f)
+        return LogitBias(st.log_bias * fired[:, None])
     if op == "image-boost":
-        return LogitBias(torch.full_like(w, cfg.boost) * f)
+        return LogitBias(st.boost * fired[:, None])
     p = point.probs  # [B, H, n]
-    if op == "logprior-image":
-        new = _toward_anchor(p, w, cfg)
-    elif op == "mass-aware":
-        new = _toward_anchor(p, w, cfg)
-        m = point.mass
-        target = m + cfg.gamma * (m_ref - m).clamp_min(0)
-        new = new * (target / m.clamp_min(1e-30))[:, None, None]
-        head_mass = new.sum(-1, keepdim=True)
-        new = new * (0.999 / head_mass).clamp(max=1.0)  # a head can never give the image all of its mass
-    elif op == "hhi":
-        beta = cfg.k1 * (1 - _hhi(point.attn) / _hhi(a_ref).clamp_min(1e-30)).clamp(0, 1)  # [B]
-        new = (1 - beta)[:, None, None] * p + beta[:, None, None] * a_ref[:, None, :]
+    rows = fired.view(-1, 1, 1)
+    if op in ("logprior-image", "mass-aware"):
+        pw = p * st.toward
+        if op == "logprior-image":
+            head = point.head_mass
+        else:
+            # each head keeps its share of the image while the head-mean mass m moves to
+            # m + γ·max(0, M_ref − m); a head never gives the image all of its mass (≤ 0.999)
+            # target m + γ·max(0, M_ref − m) = max(m, (1 − γ)·m + γ·M_ref) for γ ≥ 0
+            m = point.mass
+            target = torch.maximum(m, torch.add(st.gamma_m_ref, m, alpha=1 - cfg.gamma))
+            head = (point.head_mass * (target / m.clamp_min(1e-30)).view(-1, 1, 1)).clamp_max(0.999)
+        new = pw * (head / pw.sum(-1, keepdim=True).clamp_min(1e-30))
+        return ImageProbs(torch.where(rows, new, p), bounded=True)
+    if op == "hhi":
+        beta = cfg.k1 * (1 - _hhi(point.attn) / st.hhi_ref).clamp(0, 1)  # [B]
+        new = (1 - beta)[:, None, None] * p + beta[:, None, None] * st.a_ref[:, None, :]
     elif op == "quality":
-        thr = torch.quantile(w, cfg.quality_percentile / 100.0, dim=-1, keepdim=True)  # [B, 1]
-        keep = (w >= thr).to(p.dtype)[:, None, :]
-        new = p * keep
-        new = new * (p.sum(-1, keepdim=True) / new.sum(-1, keepdim=True).clamp_min(1e-30))
+        new = p * st.keep
+        new = new * (point.head_mass / new.sum(-1, keepdim=True).clamp_min(1e-30))
     else:
         raise ValueError(f"unknown operator {op!r}")
-    return ImageProbs(torch.where(fired[:, None, None], new, p))
+    # every operator keeps each head's image mass below one (a blend of two such rows, a kept mass)
+    return ImageProbs(torch.where(rows, new, p), bounded=True)

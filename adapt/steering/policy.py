@@ -9,7 +9,10 @@ since nothing steers before K). With ``refs`` from an earlier pass, steering sta
 
 All state is per batch row and lives on the device of the layer that uses it, so one batched
 decoding serves rows with different anchors and decisions, and ``device_map`` over several GPUs
-works. On a GPU the hot path never syncs with the host (except once, when ``anchor_fn`` runs).
+works. Decisions are made on the device: the AMC and fired logs are preallocated ``[T, L, B]`` buffers
+per layer (:class:`~adapt.hooks.StepBuffer`) written in place at the explicit step, and read on the
+host once, after decoding. On a GPU the hot path never syncs with the host (except once, when
+``anchor_fn`` runs).
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..attention import AttentionPoint, LogitBias
+from ..hooks import AttentionPoint, LogitBias, StepBuffer
 from ..config import ASIConfig
-from .amc import amc
-from .operators import apply_operator
-from .triggers import fire
+from .amc import amc, amc_into
+from .operators import LayerState, apply_operator
+from .triggers import fire_into, thresholds
 
 # anchor_fn(phase maps [K', L, B, n] float32, prefill maps [L, B, n] or None) -> weights w [B, n]
 AnchorFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
@@ -71,9 +74,6 @@ def stack_references(refs: list[References]) -> References:
                       torch.cat([r.m_ref for r in refs], 1), torch.cat([r.a_ref for r in refs], 1))
 
 
-_FROM_RECORDER = object()  # an AMC left to compute from the recorder's maps after decoding
-
-
 class ASIPolicy:
     """Monitors each (step, layer) of each row, fires by ``cfg.trigger`` and writes ``cfg.operator``.
 
@@ -83,7 +83,7 @@ class ASIPolicy:
     is built (``top:N`` needs each row's λ)."""
 
     def __init__(self, num_layers: int, layers, cfg: ASIConfig, k: int, weights: np.ndarray | None = None,
-                 anchor_fn: AnchorFn | None = None, refs: References | None = None):
+                 anchor_fn: AnchorFn | None = None, refs: References | None = None, max_steps: int = 64):
         if weights is None and anchor_fn is None and refs is None:
             raise ValueError("ASIPolicy needs weights, an anchor_fn or references")
         self.cfg, self.k, self.num_layers = cfg, k, num_layers
@@ -99,13 +99,20 @@ class ASIPolicy:
             w = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
             self._w_cpu = w[None] if w.ndim == 1 else w
         self._refs_cpu = refs
-        self._dev: dict[tuple[str, int], torch.Tensor] = {}  # per-layer tensors on that layer's device
+        self._state: dict[int, dict] = {}  # per layer: its constants on that layer's device
         self.ready = refs is not None
         if refs is not None and callable(layers):
             self._resolve_layers(None)
-        self.phase: list[list[torch.Tensor]] = []  # anchor-phase head-mean maps, [step][layer] -> [B, n]
-        self.amc_log: list[list[torch.Tensor | None]] = []  # [step][layer] -> [B]
-        self.fired_log: list[dict[int, torch.Tensor]] = []  # [step] layer -> [B] bool
+        self.phase: dict[int, list] = {}  # anchor-phase head-mean maps, step -> [layer] -> [B, n]
+        # where the trigger ran, per step (host-side sets: no tensor is read to know it)
+        self._checked: list[set[int]] = []
+        self._amc = StepBuffer(num_layers, max_steps + 1, fill=float("nan"))  # [T, L, B] AMC before steering
+        self._fired = StepBuffer(num_layers, max_steps + 1, fill=False)  # [T, L, B] bool
+        # the unsteered head-mean map of a monitored (step, layer) whose AMC the trigger does not need:
+        # its AMC is computed after decoding, off the hot path
+        self._unsteered = StepBuffer(num_layers, max_steps + 1, fill=float("nan"))
+        self._amc_now = cfg.trigger in ("amc", "amc+mass")
+        self._host = None
         self.recorder = None
         self.anchor_info = None  # what anchor_fn returned besides the weights (per row)
 
@@ -113,16 +120,9 @@ class ASIPolicy:
         self.recorder = recorder
 
     # state ----------------------------------------------------------------------------------------
-    def _on(self, name: str, layer: int, device: torch.device, value: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (name, layer)
-        t = self._dev.get(key)
-        if t is None:
-            t = self._dev[key] = value().to(device)
-        return t
-
     def _finalise(self) -> None:
         """Build w (one-pass) and the per-layer references from the anchor phase."""
-        phase = [s for s in self.phase if len(s) == self.num_layers]
+        phase = [self.phase[t] for t in sorted(self.phase) if all(x is not None for x in self.phase[t])]
         if self._w_cpu is None:
             maps = np.stack([np.stack([t.float().cpu().numpy() for t in s]) for s in phase])  # [T, L, B, n]
             prefill = None
@@ -145,17 +145,15 @@ class ASIPolicy:
         for layer in range(self.num_layers):
             dev = phase[0][layer].device
             w = self._w_cpu.to(dev)
+            a = torch.stack([phase[t][layer] for t in range(len(phase))])  # [T, B, n]
+            scores = amc(a, w)  # [T, B]
             for t in range(len(phase)):
-                self.amc_log[t][layer] = amc(phase[t][layer], w)
-            a = torch.stack([phase[t][layer] for t in steps])  # [T', B, n]
-            s_ref.append(torch.stack([self.amc_log[t][layer] for t in steps]).mean(0))
-            m_ref.append(a.sum(-1).mean(0))
-            a_ref.append(a.mean(0))
+                self._amc.slot(layer, t, scores[t]).copy_(scores[t])
+            s_ref.append(scores[list(steps)].mean(0))
+            m_ref.append(a[list(steps)].sum(-1).mean(0))
+            a_ref.append(a[list(steps)].mean(0))
         self._refs_cpu = References(self._w_cpu, torch.stack([x.cpu() for x in s_ref]),
                                     torch.stack([x.cpu() for x in m_ref]), torch.stack([x.cpu() for x in a_ref]))
-        for layer in range(self.num_layers):  # already on their devices: keep them there
-            self._dev[("s_ref", layer)], self._dev[("m_ref", layer)] = s_ref[layer], m_ref[layer]
-            self._dev[("a_ref", layer)] = a_ref[layer]
         self.ready = True
 
     def _resolve_layers(self, info) -> None:
@@ -166,6 +164,19 @@ class ASIPolicy:
         self._row_mask = mask
         self.monitored = {int(l) for l in mask.any(1).nonzero()[:, 0]}
 
+    def _layer(self, layer: int, device: torch.device, n: int) -> dict:
+        """The layer's constants on its own device, made at its first monitored step."""
+        st = self._state.get(layer)
+        if st is None:
+            refs = self._refs_cpu
+            w = self._w_cpu.to(device)
+            s_ref, m_ref, a_ref = (x[layer].to(device) for x in (refs.s_ref, refs.m_ref, refs.a_ref))
+            amc_thr, mass_thr = thresholds(self.cfg, s_ref, m_ref, n)
+            st = self._state[layer] = dict(
+                w=w, amc_thr=amc_thr, mass_thr=mass_thr, op=LayerState(self.cfg, w.expand_as(a_ref), m_ref, a_ref),
+                mask=None if self._row_mask is None else self._row_mask[layer].to(device))
+        return st
+
     def needs(self, layer: int, step: int) -> bool:
         """Whether the hook point of (layer, step) is read: the anchor phase everywhere, then only the
         monitored layers (the recorder's lean mode leaves the others to plain SDPA)."""
@@ -174,52 +185,87 @@ class ASIPolicy:
     # the hook ---------------------------------------------------------------------------------------
     def intervene(self, point: AttentionPoint):
         layer, step = point.layer, point.step
-        while len(self.amc_log) <= step:  # by step, not by layer 0: a lean recorder may skip layer 0
-            self.amc_log.append([None] * self.num_layers)
-            self.fired_log.append({})
+        self._host = None
         if step < self.start:
-            if layer == 0:
-                self.phase.append([])
-            self.phase[-1].append(point.attn)  # head-mean, unsteered [B, n]
+            self.phase.setdefault(step, [None] * self.num_layers)[layer] = point.attn  # unsteered [B, n]
             return None
         if not self.ready:
             self._shape = (point.probs.shape[0], point.probs.shape[-1])
             self._finalise()
         if layer not in self.monitored or not self.cfg.enabled:
             # nothing steers this layer, so the map the recorder keeps is the unsteered one: its AMC is
-            # computed after decoding (amc_matrix), off the hot path
-            self.amc_log[step][layer] = _FROM_RECORDER
+            # computed after decoding, off the hot path
             return None
-        a = point.attn
-        dev = a.device
-        w = self._on("w", layer, dev, lambda: self._w_cpu)
-        score = amc(a, w)
-        self.amc_log[step][layer] = score
-        refs = self._refs_cpu
-        s_ref = self._on("s_ref", layer, dev, lambda: refs.s_ref[layer])
-        m_ref = self._on("m_ref", layer, dev, lambda: refs.m_ref[layer])
-        fired = fire(self.cfg, score, point.mass, s_ref, m_ref, a.shape[-1])
-        if self._row_mask is not None:
-            fired = fired & self._on("mask", layer, dev, lambda: self._row_mask[layer])
-        self.fired_log[step][layer] = fired
-        if dev.type == "cpu" and not bool(fired.any()):
-            return None  # nothing to re-normalise (on a GPU the check would cost a sync)
-        a_ref = self._on("a_ref", layer, dev, lambda: refs.a_ref[layer])
-        return apply_operator(self.cfg, point, w, fired, m_ref, a_ref)
+        while len(self._checked) <= step:
+            self._checked.append(set())
+        self._checked[step].add(layer)
+        probs = point.probs
+        st = self._layer(layer, probs.device, probs.shape[-1])
+        score = None
+        if self._amc_now:
+            score = amc_into(point.attn, st["w"], point.mass, self._amc.slot(layer, step, point.mass))
+        elif point._attn is None:  # the head mean taken straight into the buffer its AMC is computed from
+            point._attn = torch.mean(probs, 1, out=self._unsteered.slot(layer, step, probs, drop=1))
+        else:
+            self._unsteered.slot(layer, step, probs, drop=1).copy_(point.attn)
+        mass = point.mass
+        fired = fire_into(self.cfg, score, mass, st["amc_thr"], st["mass_thr"],
+                          self._fired.slot(layer, step, mass, dtype=torch.bool))
+        if st["mask"] is not None:
+            fired &= st["mask"]
+        op = st["op"]
+        return apply_operator(self.cfg, point, st["w"], fired, op.m_ref, op.a_ref, state=op)
 
     def __call__(self, layer: int, step: int, attn: torch.Tensor) -> torch.Tensor | None:
-        """The bias-callable form (one head): for policies driven by hand, e.g. in tests."""
+        """The bias-callable form (one head): for policies driven by hand, e.g. in tests. Returns the
+        bias where the trigger fired (``None`` where no row did: read on the host, off the hot path)."""
         edit = self.intervene(AttentionPoint(layer, step, torch.log(attn.clamp_min(1e-30))[:, None], attn[:, None]))
         if edit is None:
             return None
-        if isinstance(edit, LogitBias):
-            return edit.bias
-        raise TypeError(f"operator {self.cfg.operator!r} writes probabilities; use it through the recorder")
+        if not isinstance(edit, LogitBias):
+            raise TypeError(f"operator {self.cfg.operator!r} writes probabilities; use it through the recorder")
+        fired = self._fired.layers[layer][step]
+        return edit.bias if bool(fired.any()) else None
 
-    # results ------------------------------------------------------------------------------------------
+    # results (after decoding: one copy of each log to the host) -------------------------------------
+    def _logs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``amc [T, L, B]`` (NaN where nothing computed it) and ``fired [T, L, B]`` bool, on the host."""
+        if self._host is not None:
+            return self._host
+        self.references()
+        rec = self.recorder
+        T = max(len(self._checked), max(self.phase, default=-1) + 1, rec.num_steps if rec is not None else 0)
+        written = [t for buf in (self._amc, self._fired) for t in buf.layers if t is not None]
+        B = written[0].shape[1] if written else (self._w_cpu.shape[0] if self._w_cpu is not None else 1)
+        amc_m = np.full((T, self.num_layers, B), np.nan)
+        fired = np.zeros((T, self.num_layers, B), dtype=bool)
+        w = self._w_cpu
+        for layer in range(self.num_layers):
+            for buf, dst in ((self._amc, amc_m), (self._fired, fired)):
+                t = buf.layers[layer]
+                if t is not None:
+                    host = t[:T].cpu().numpy()
+                    dst[: host.shape[0], layer] = host
+            t = self._unsteered.layers[layer]
+            if t is not None:  # monitored maps whose AMC was left for after decoding
+                maps = t[:T].cpu()
+                done = ~torch.isnan(maps).any(-1)
+                amc_m[: maps.shape[0], layer][done.numpy()] = amc(maps, w).numpy()[done.numpy()]
+        full = rec._complete() if rec is not None and rec.num_steps and w is not None else []
+        if full:  # layers nothing steered: the recorder kept their unsteered maps
+            maps = rec.maps()  # [T', L, B, n] (or per head)
+            vals = amc(maps.mean(-2) if maps.ndim == 5 else maps, w).numpy()  # [T', L, B]
+            for i, t in enumerate(full):
+                missing = np.isnan(amc_m[t])
+                amc_m[t][missing] = vals[i][missing]
+        self._host = (amc_m, fired)
+        return self._host
+
     def references(self) -> References | None:
         """The anchor phase's references (built now if decoding stopped before step K)."""
-        if not self.ready and self.phase and len(self.phase[0]) == self.num_layers:
+        complete = [t for t, s in self.phase.items() if all(x is not None for x in s)]
+        if not self.ready and complete:
+            self._shape = tuple(self.phase[complete[0]][0].shape)
             self._finalise()
         return self._refs_cpu
 
@@ -229,44 +275,25 @@ class ASIPolicy:
 
     def amc_matrix(self, row: int = 0) -> np.ndarray:
         """[steps, layers] AMC of one batch row (before steering)."""
-        self.references()
-        rec = self.recorder
-        w = None if self._w_cpu is None else self._w_cpu[min(row, self._w_cpu.shape[0] - 1)]
-        rows = []
-        for t, r in enumerate(self.amc_log):
-            vals = []
-            for layer, x in enumerate(r):
-                if (x is _FROM_RECORDER and rec is not None and t < len(rec.steps)
-                        and rec.steps[t][layer] is not None):
-                    m = rec.steps[t][layer][row].float().cpu()
-                    vals.append(float(amc(m.mean(0) if m.ndim == 2 else m, w)))
-                elif isinstance(x, torch.Tensor):
-                    vals.append(float(x[row]))
-                else:
-                    vals.append(np.nan)
-            rows.append(vals)
-        return np.array(rows, dtype=np.float64).reshape(len(rows), self.num_layers)
+        return self._logs()[0][:, :, row].astype(np.float64)
 
     def fired_matrix(self, row: int = 0) -> np.ndarray:
         """[steps, layers] bool: where the operator was applied to one row."""
-        out = np.zeros((len(self.amc_log), self.num_layers), dtype=bool)
-        for t, d in enumerate(self.fired_log):
-            for layer, f in d.items():
-                out[t, layer] = bool(f[row])
-        return out
+        return self._logs()[1][:, :, row]
 
     def fire_counts(self, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per row: steered and monitored (step, layer) pairs within the row's own ``lengths[b]`` steps."""
         B = len(lengths)
+        fired_all = self._logs()[1]
         fired = np.zeros(B, dtype=np.int64)
         monitored = np.zeros(B, dtype=np.int64)
         mask = self._row_mask.numpy() if self._row_mask is not None else None
-        for t, d in enumerate(self.fired_log):
+        for t, layers in enumerate(self._checked):
             alive = np.array([t < n for n in lengths])
-            for layer, f in d.items():
+            for layer in layers:
                 mon = alive if mask is None else alive & mask[layer]
                 monitored += mon
-                fired += mon & f.cpu().numpy().astype(bool)
+                fired += mon & fired_all[t, layer, :B]
         return fired, monitored
 
     def thresholds(self, row: int = 0) -> np.ndarray:

@@ -38,3 +38,24 @@ def fire(cfg: ASIConfig, score: torch.Tensor, mass: torch.Tensor, s_ref: torch.T
     if cfg.trigger == "amc+mass":
         return amc_low(score, s_ref, n_img, cfg) & mass_low(mass, m_ref, cfg)
     raise ValueError(f"unknown trigger {cfg.trigger!r}")
+
+
+def thresholds(cfg: ASIConfig, s_ref: torch.Tensor, m_ref: torch.Tensor, n_img: int) -> tuple:
+    """The per-row thresholds of the AMC and mass tests (computed once per layer, not per step)."""
+    amc_thr = torch.full_like(s_ref, cfg.tau / n_img) if cfg.mode == "absolute" else cfg.tau * s_ref
+    return amc_thr, cfg.mass_tau * m_ref
+
+
+def fire_into(cfg: ASIConfig, score: torch.Tensor | None, mass: torch.Tensor, amc_thr: torch.Tensor,
+              mass_thr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """:func:`fire` with the thresholds precomputed, written into ``out`` (``[B]`` bool, the policy's
+    buffer slot): the same decisions in one or two ops."""
+    if cfg.trigger == "always":
+        return out.fill_(True)
+    if cfg.trigger == "amc":
+        return torch.lt(score, amc_thr, out=out)
+    if cfg.trigger == "mass":
+        return torch.lt(mass, mass_thr, out=out)
+    if cfg.trigger == "amc+mass":
+        return torch.logical_and(score < amc_thr, mass < mass_thr, out=out)
+    raise ValueError(f"unknown trigger {cfg.trigger!r}")
