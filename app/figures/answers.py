@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import safe
 from ..names import model_name
 
 
@@ -164,10 +164,9 @@ def alignment_html(trace, step: int | None = None, per_row: int = 16) -> str:
                     tip += f": ASI steered {info.steered_layers} layer(s)"
                 if info.hallucinated:
                     tip += f"; '{info.category}' is not in the image"
-                cells.append(f"<td class='{' '.join(cls)}' title='{html.escape(tip, quote=True)}'>"
-                             f"{html.escape(info.text.strip()) or '&nbsp;'}</td>")
-            label = run_label(trace, r)
-            rows.append(f"<tr><th class='run'>{label}</th>{''.join(cells)}</tr>")
+                cells.append(f"<td class='{' '.join(cls)}' title='{safe.html(tip)}'>"
+                             f"{safe.html(info.text.strip()) or '&nbsp;'}</td>")
+            rows.append(f"<tr><th class='run'>{safe.html(run_label(trace, r))}</th>{''.join(cells)}</tr>")
         blocks.append(f"<table>{''.join(rows)}</table>")
     if has_truth(trace):
         objects = "<span class='hal'>hallucinated object</span> <span class='obj'>object in the image</span>"
@@ -197,14 +196,16 @@ ALIGN_CSS = """
 
 
 def summary_markdown(trace) -> str:
-    """A short verdict above the figures."""
+    """A short verdict above the figures (Markdown; every string of the trace through :mod:`app.safe`)."""
     meta = trace.meta if isinstance(trace.meta, dict) else {}
     lines = []
-    timings = trace.timings or {}
-    total = timings.get("total") or sum(v for v in timings.values() if isinstance(v, (int, float)))
+    timings = trace.timings if isinstance(trace.timings, dict) else {}
+    total = timings.get("total")
+    if not _is_number(total):
+        total = sum(v for v in timings.values() if _is_number(v))
     st = trace.steered
     lines.append(
-        f"**Backbone** `{_short(model_name(trace.backbone))}` · grid {trace.grid[0]}×{trace.grid[1]} · "
+        f"**Backbone** {safe.md_code(_short(model_name(trace.backbone)))} · grid {trace.grid[0]}×{trace.grid[1]} · "
         f"{trace.num_layers} layers · ASI on layers {_layers_text(trace.asi_layers, trace.num_layers)}"
         + (f" · {st.num_interventions} interventions" if st is not None else "")
         + (f" · bias map {'cached' if trace.bias_cache_hit else 'computed'}" if trace.bias is not None else "")
@@ -215,27 +216,32 @@ def summary_markdown(trace) -> str:
         fired = (f" · fired on {info['fired']} of {info['monitored']} monitored (step, layer) pairs"
                  if isinstance(info.get("fired"), int) and isinstance(info.get("monitored"), int) else "")
         seconds = timings.get("compare")
-        lines.append(f"**Compared with** `{compared_method(trace)}`" + (f": {html.escape(about)}" if about else "")
-                     + fired + (f" · {seconds:.2f} s" if isinstance(seconds, (int, float)) else ""))
+        lines.append(f"**Compared with** {safe.md_code(compared_method(trace))}"
+                     + (f": {safe.md(about)}" if about else "")
+                     + fired + (f" · {seconds:.2f} s" if _is_number(seconds) else ""))
     if meta.get("objects") is not None:
-        objs = ", ".join(dict.fromkeys(meta["objects"])) or "nothing"
+        objs = ", ".join(safe.md(o) for o in dict.fromkeys(meta["objects"])) or "nothing"
         lines.append(f"**In the image (ground truth):** {objs}")
         for run in ("unsteered", "steered"):
             if answer(trace, run) is None:
                 continue
             label = run_label(trace, run)
-            label = "Greedy" if label == "greedy" else label if run == "steered" else f"`{label}`"
+            label = "Greedy" if label == "greedy" else label if run == "steered" else safe.md_code(label)
             hal = hallucinated_objects(trace, run)
             errors = (meta.get("errors") or {}).get(run) or {}
-            wrong = [f"wrong colour: {'; '.join(errors['colour'])}"] if errors.get("colour") else []
-            wrong += [f"wrong place: {'; '.join(errors['position'])}"] if errors.get("position") else []
-            verdict = ", ".join(f"`{h}`" for h in hal) if hal else "nothing"
+            wrong = [f"wrong colour: {'; '.join(map(safe.md, errors['colour']))}"] if errors.get("colour") else []
+            wrong += [f"wrong place: {'; '.join(map(safe.md, errors['position']))}"] if errors.get("position") else []
+            verdict = ", ".join(safe.md_code(h) for h in hal) if hal else "nothing"
             if not hal and not wrong:
                 verdict += " ✓" + ("" if meta.get("scene_objects") else " (colours and places not checked)")
             lines.append(f"**{label} hallucinates:** {verdict}" + "".join(f" · {w}" for w in wrong))
     else:
         lines.append("*No ground truth for this image: the objects the answers name are not verified.*")
     return "  \n".join(lines)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _short(name: str) -> str:

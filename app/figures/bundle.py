@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import html
 import io
+import re
 import zipfile
 
 import numpy as np
 from PIL import Image
 
+from .. import safe
 from .answers import ALIGN_CSS, alignment_html, run_label, summary_markdown
 from .charts import amc_figure, criteria_figure, signals_figure
 from .overlays import anchor_gallery, display_image, layer_gallery
@@ -26,17 +27,17 @@ def figures_zip(trace, path) -> None:
 
     def gallery(items):
         return "<div class='tiles'>" + "".join(
-            f"<figure><img src='{name}' alt='{html.escape(cap, quote=True)}'></figure>" for name, _, cap in items) + "</div>"
+            f"<figure><img src='{name}' alt='{safe.html(cap)}'></figure>" for name, _, cap in items) + "</div>"
 
     answers = "".join(
-        f"<p><b>{label}:</b> {html.escape(a.text)}</p>"
+        f"<p><b>{safe.html(label)}:</b> {safe.html(a.text)}</p>"
         for label, a in ((run_label(trace, "unsteered"), trace.unsteered), ("ADAPT-TF", trace.steered)) if a is not None)
     enhanced = ("<h3>Anchor-guided image</h3><div class='tiles'><figure><img src='enhanced_image.png' "
                 "alt='anchor-guided image' width='288'></figure></div>") if trace.enhanced_image is not None else ""
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>ADAPT figures</title>"
             "<script src='plotly.min.js'></script>"
             f"<style>{PAGE_CSS}{ALIGN_CSS}</style></head><body>"
-            f"<h2>{html.escape(trace.question)}</h2><div class='summary'>{_markdown_html(summary_markdown(trace))}</div>"
+            f"<h2>{safe.html(trace.question)}</h2><div class='summary'>{_markdown_html(summary_markdown(trace))}</div>"
             f"{answers}<h3>Token-aligned answers</h3>{alignment_html(trace)}<h3>Charts</h3>{charts}"
             f"<h3>Anchor: bias map, debiasing mask, fused map, debiased anchor</h3>{gallery(anchors)}"
             f"<h3>Early-step attention per layer (A_l) with λ</h3>{gallery(tiles)}{enhanced}</body></html>")
@@ -59,10 +60,9 @@ body {font-family: system-ui, sans-serif; margin: 16px auto; max-width: 1100px; 
 
 
 def _markdown_html(text: str) -> str:
-    """The summary's bit of Markdown (bold, code, italics, hard line breaks) as HTML."""
-    import re
-
-    out = html.escape(text)
+    """The summary's bit of Markdown (bold, code, italics, hard line breaks) as HTML. Its strings
+    from the trace are already escaped (:func:`app.safe.md`: character references, ``<code>``)."""
+    out = text
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
     out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
     out = re.sub(r"(?<![*\w])\*(?!\s)(.+?)\*(?!\w)", r"<i>\1</i>", out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from .. import safe
 from .charts import PLOT_LAYOUT
 
 
@@ -78,13 +79,15 @@ def running_metric_figure(rows_by_file: dict[str, list[dict]], metric: str | Non
             if not vals:
                 continue
             y = np.cumsum(vals) / np.arange(1, len(vals) + 1)
-        label = name.replace("items-", "")
+        # file names and metric names come from the job's files: shown, never read as markup
+        label = safe.plot(name.replace("items-", ""))
         fig.add_trace(go.Scatter(x=list(range(1, len(y) + 1)), y=y.tolist(), mode="lines", name=label,
-                                 hovertemplate=f"{label}<br>item %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>"))
-    title = f"running {metric} over items done" if metric else "no numeric metric yet"
+                                 hovertemplate=f"{label}<br>item %{{x}}<br>{safe.plot(metric)} %{{y:.4g}}"
+                                               "<extra></extra>"))
+    title = f"running {safe.plot(metric)} over items done" if metric else "no numeric metric yet"
     fig.update_layout(title=dict(text=title, font=dict(size=14)), **PLOT_LAYOUT)
     fig.update_xaxes(title_text="items done")
-    fig.update_yaxes(title_text=metric or "")
+    fig.update_yaxes(title_text=safe.plot(metric or ""))
     return fig
 
 
@@ -118,12 +121,12 @@ def training_figure(rows: list[dict], smooth: int = SMOOTH_STEPS) -> go.Figure:
                 continue
             x = [p[0] for p in pts]
             y = np.array([p[1] for p in pts])
-            name = f"{stage}: " if stage is not None else ""
+            name = f"{safe.plot(stage)}: " if stage is not None else ""
             colour = palette[si % len(palette)]
             fig.add_trace(go.Scatter(x=x, y=y.tolist(), mode="lines+markers" if len(x) <= 60 else "lines",
                                      name=f"{name}per step", legendgroup=f"{name}-raw", showlegend=col == 1,
                                      opacity=0.45, line=dict(color=colour, width=1), marker=dict(size=4),
-                                     hovertemplate=f"step %{{x}}<br>{key} %{{y:.4g}}<extra>{stage or ''}</extra>"),
+                                     hovertemplate=f"step %{{x}}<br>{key} %{{y:.4g}}<extra>{safe.plot(stage or '')}</extra>"),
                           row=1, col=col)
             if len(y) > 1:
                 c = np.cumsum(np.insert(y, 0, 0.0))

@@ -12,6 +12,7 @@ import zipfile
 import gradio as gr
 
 from .. import figures as F
+from .. import safe
 from ..jobs import KINDS, JobRunner
 from ..names import scrub, shown_path
 from ..scratch import scratch_dir
@@ -110,7 +111,7 @@ class AdminTab:
         with gr.Tab("Admin", id="admin") as self.tab:
             gr.Markdown("Background jobs: benchmarks and batch exports run as separate processes; they keep running "
                         "when this page is closed, and their outputs stay on the server under "
-                        f"`{shown_path(self.runner.root)}`.")
+                        f"{safe.md_code(shown_path(self.runner.root))}.")
             with gr.Row():
                 self.token = gr.Textbox(label="Admin token", type="password", scale=3, elem_id="adapt-admin-token")
                 self.unlock = gr.Button("Unlock", scale=1, elem_id="adapt-admin-unlock")
@@ -165,12 +166,12 @@ class AdminTab:
         bar = ""
         if total:
             frac = max(0.0, min(1.0, float(done or 0) / float(total)))
-            bar = f" · **{done}/{total}** ({frac:.0%})" + (f" · {p.get('stage')}" if p.get("stage") else "")
+            bar = f" · **{esc(done)}/{esc(total)}** ({frac:.0%})" + (f" · {esc(p['stage'])}" if p.get("stage") else "")
         command = scrub(" ".join(job.argv[2:]), runner.out_dir(job_id), runner.root)[:400]
-        info = (f"**{job.id}** · `{job.kind}` · **{job.status}**{bar}"
+        info = (f"**{esc(job.id)}** · {safe.md_code(job.kind)} · **{esc(job.status)}**{bar}"
                 + (f" · {job.duration:.0f} s" if job.duration is not None else "")
                 + (f"  \n{esc(scrub(job.message, runner.root))}" if job.message else "")
-                + f"  \n`{command}`")
+                + f"  \n{safe.md_code(command)}")
         info += tuned_note(runner, job)
         rows = runner.rows(job_id)
         keys = F.numeric_keys(rows)
@@ -209,7 +210,7 @@ class AdminTab:
             raise UserError("Parameters must be a JSON object.")
         job = self.runner.submit(kind_name, p)
         rows = job_rows(self.runner)
-        return (f"Started **{job.id}** ({job.status}).", rows, gr.Dropdown(choices=[r[0] for r in rows], value=job.id),
+        return (f"Started **{esc(job.id)}** ({esc(job.status)}).", rows, gr.Dropdown(choices=[r[0] for r in rows], value=job.id),
                 *self.detail(job.id, None))
 
     def cancelled(self, tok, job_id):
@@ -217,14 +218,14 @@ class AdminTab:
         if not job_id:
             raise UserError("Select a job first.")
         job = self.runner.cancel(job_id)
-        return f"**{job.id}** is {job.status}.", job_rows(self.runner), *self.detail(job_id, None)
+        return f"**{esc(job.id)}** is {esc(job.status)}.", job_rows(self.runner), *self.detail(job_id, None)
 
     def resumed(self, tok, job_id):
         self.app.check_admin(tok)
         if not job_id:
             raise UserError("Select a job first.")
         job = self.runner.resume(job_id)
-        return f"**{job.id}** is {job.status} again (resumed in its own folder).", job_rows(self.runner), \
+        return f"**{esc(job.id)}** is {esc(job.status)} again (resumed in its own folder).", job_rows(self.runner), \
             *self.detail(job_id, None)
 
     def zipped(self, tok, job_id):

@@ -8,18 +8,18 @@ only a toast, so they put the message in the tab's status line and leave the oth
 from __future__ import annotations
 
 import functools
-import html as _html
 import logging
 import traceback
 
 import gradio as gr
 
+from .. import safe
+
 log = logging.getLogger("adapt.app")
 
-
-def esc(text) -> str:
-    """Escape for gr.Error / Markdown (rendered as HTML) without mangling quotes for API clients."""
-    return _html.escape(str(text), quote=False)
+# every message goes to Markdown (a status line) or a gr.Error toast (HTML): file names, questions
+# and trace fields in it are the visitor's; quotes stay as they are for API clients
+esc = safe.md
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,55 @@
+"""The one way a string the app did not write itself reaches the page.
+
+Every string from a trace file, an upload, a job's files or a visitor is hostile: a trace can name
+its compared method ``<img src=x onerror=...>``. Each kind of output renders text its own way, so
+there is one function per kind; every figure and view passes such strings through the one for
+where they go, and nowhere else escapes by hand:
+
+- :func:`html` — inside ``gr.HTML`` or the figures page, as element text or a quoted attribute.
+- :func:`md` — inside ``gr.Markdown`` (and ``gr.Error``, whose toast renders HTML): no tag, no
+  link or image, no code span can start in it, and it stays on its line.
+- :func:`md_code` — the same, shown as code (a backtick span would show the escapes literally).
+- :func:`plot` — plotly titles, legend names and hover text (plotly reads a few tags and links).
+
+Component labels, ``gr.HighlightedText``, text boxes, dropdowns and table cells of type "str"
+are drawn as plain text by the browser: they take the string as it is (escaping would show
+``&lt;``).
+"""
+
+from __future__ import annotations
+
+import html as _html
+
+# characters that open Markdown structure inline: links and images ([ ]), code (`), escapes (\)
+# and raw HTML (< > &); written as character references, which Markdown shows but never parses
+_MD = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord("["): "&#91;", ord("]"): "&#93;",
+       ord("`"): "&#96;", ord("\\"): "&#92;", ord("\n"): " ", ord("\r"): " "}
+_PLOT = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
+
+
+def _text(value, limit: int | None) -> str:
+    s = str(value)
+    return s if limit is None or len(s) <= limit else s[: max(0, limit - 1)] + "…"
+
+
+def html(value, limit: int | None = None) -> str:
+    """``value`` as HTML element text or a quoted attribute value (both quote kinds escaped);
+    cut to ``limit`` characters first where given."""
+    return _html.escape(_text(value, limit), quote=True)
+
+
+def md(value, limit: int | None = None) -> str:
+    """``value`` as inline Markdown text that renders as exactly its characters, on one line (a
+    bare ``scheme://`` is not turned into a link either)."""
+    return _text(value, limit).translate(_MD).replace("://", "&#58;//")
+
+
+def md_code(value, limit: int | None = None) -> str:
+    """``value`` as inline code in Markdown (an HTML ``<code>`` element around :func:`md`)."""
+    return f"<code>{md(value, limit)}</code>"
+
+
+def plot(value, limit: int | None = None) -> str:
+    """``value`` as plotly text (titles, trace names, hover templates): shown, never parsed as a
+    tag or link."""
+    return _text(value, limit).translate(_PLOT)
