@@ -141,22 +141,99 @@ def qwen_checkpoint(model_type: str, path, **kw) -> str:
     return str(path)
 
 
+def _grey(size: tuple[int, int], block: tuple[int, int, int] | None = None):
+    """A mid-grey ``size`` image, with a white square ``block`` = (x0, y0, side) painted on it."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.full((size[1], size[0], 3), 128, dtype=np.uint8)
+    if block is not None:
+        x0, y0, s = block
+        a[y0:y0 + s, x0:x0 + s] = 255
+    return Image.fromarray(a)
+
+
 def token_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int]):
     """Per image token of a Qwen-VL input (after the merge), how much a white square ``block`` = (x0, y0,
     side) painted on a grey ``size`` image changed its pixels, ``[h, w]`` from the processor's own output."""
     import numpy as np
-    from PIL import Image
 
-    def image(painted):
-        a = np.full((size[1], size[0], 3), 128, dtype=np.uint8)
-        if painted:
-            x0, y0, s = block
-            a[y0:y0 + s, x0:x0 + s] = 255
-        return Image.fromarray(a)
-
-    out = [image_processor(images=[image(p)], return_tensors="np") for p in (False, True)]
+    out = [image_processor(images=[_grey(size, b)], return_tensors="np") for b in (None, block)]
     _, gh, gw = (int(x) for x in out[0]["image_grid_thw"][0])
     m = image_processor.merge_size
     # patches come in merge windows: m² consecutive patch rows make one token, tokens row-major
     d = np.abs(out[1]["pixel_values"] - out[0]["pixel_values"]).sum(1).reshape(-1, m * m).sum(1)
     return d.reshape(gh // m, gw // m)
+
+
+def gemma_tokenizer(extra_words: int = 160):
+    """A word-level tokenizer in Gemma's order: ``<pad>`` 0 (a real id, as in Gemma), ``<eos>`` 1,
+    ``<bos>`` 2, ``<unk>`` 3, then the words (PaliGemma's processor adds ``<image>`` and its location
+    and segmentation tokens itself)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from adapt.testing import _WORDS
+
+    words = list(_WORDS) + [f"w{i}" for i in range(extra_words)]
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<bos>", "<unk>"] + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>")
+
+
+def tiny_paligemma(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 1, image_size: int = 28,
+                   patch: int = 7, attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32, text_model: str = "gemma"):
+    """A random PaliGemma (SigLIP tower + Gemma decoder, ``(image_size / patch)²`` image tokens) and its
+    processor. ``text_model="gemma2"`` builds PaliGemma 2's decoder (refused by the backbone)."""
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, \
+        SiglipImageProcessorPil
+
+    register()
+    tokenizer = gemma_tokenizer()
+    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
+                                              image_seq_length=(image_size // patch) ** 2)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds <image>, <loc…>
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=image_size, patch_size=patch, vision_use_head=False)
+    text = dict(model_type=text_model, vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                head_dim=hidden // heads, max_position_embeddings=4096, pad_token_id=0, eos_token_id=1,
+                bos_token_id=2, initializer_range=0.2)  # at 0.02 the tied, √d-scaled embeddings repeat one token
+    config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
+                             projection_dim=hidden, hidden_size=hidden, vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration._from_config(
+        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    model.generation_config.pad_token_id = None  # as a hub config without one: the backbone fills it in
+    model.generation_config.eos_token_id = 1
+    return model, processor
+
+
+def paligemma_checkpoint(path, **kw) -> str:
+    """A tiny PaliGemma checkpoint folder at ``path`` (built once per path), laid out as the hub's: the
+    image processor's hub type name in its own ``preprocessor_config.json``."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        model, processor = tiny_paligemma(**kw)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+        top = json.loads((path / "processor_config.json").read_text())
+        image = top.pop("image_processor")
+        image.update(image_processor_type="SiglipImageProcessor", processor_class="PaliGemmaProcessor")
+        (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+        (path / "processor_config.json").write_text(json.dumps(top, indent=2))
+    return str(path)
+
+
+def patch_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int], patch: int):
+    """Per image token of a one-tensor-per-image input (SigLIP / CLIP patches, row-major), how much a white
+    square ``block`` on a grey ``size`` image changed its pixels, ``[h, w]``."""
+    import numpy as np
+
+    plain, painted = (image_processor(images=[_grey(size, b)], return_tensors="np")["pixel_values"][0]
+                      for b in (None, block))
+    d = np.abs(painted - plain).sum(0)  # [H, W] of the canvas
+    h, w = d.shape[0] // patch, d.shape[1] // patch
+    return d[: h * patch, : w * patch].reshape(h, patch, w, patch).sum((1, 3))

@@ -1,7 +1,7 @@
-"""Each model family end to end on a tiny random checkpoint saved like a hub folder: loading with our
-requirements alone, capture against the model's own eager attention, the image layout against what the
-processor emitted, cell boxes against the processor's resize, every registered method, VCD's noised
-pixels and PAI's text-only branch."""
+"""Each model family end to end on a tiny random checkpoint saved like a hub folder (Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL, PaliGemma): loading with our requirements alone, capture against the model's own eager
+attention, the image layout against what the processor emitted, cell boxes against the processor's
+resize, every registered method, VCD's noised pixels and PAI's text-only branch."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from adapt.methods.pai import PAI, PAIConfig, text_only_mask
 from adapt.methods.vcd import VCD, VCDConfig, image_seed, noise_pixels
 from adapt.pipeline import analyse
 
-from families import QWEN_FAMILIES, qwen_checkpoint, token_hits, tiny_qwen_vl
+from families import QWEN_FAMILIES, paligemma_checkpoint, patch_hits, qwen_checkpoint, tiny_paligemma, \
+    tiny_qwen_vl, token_hits
 
-ALL = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+ALL = QWEN + ["paligemma"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,7 +38,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    return {f: qwen_checkpoint(f, root / f) for f in ALL}
+    out = {f: qwen_checkpoint(f, root / f) for f in QWEN}
+    out["paligemma"] = paligemma_checkpoint(root / "paligemma")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,18 @@ def _image(size, seed=0):
     return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
 
 
+def _extend(inputs: dict, new: torch.Tensor) -> dict:
+    """``inputs`` with ``new`` tokens appended, as generation extends them: attention 1, no image (Qwen's
+    ``mm_token_type_ids`` 0), the causal suffix (PaliGemma's ``token_type_ids`` 1)."""
+    out = dict(inputs, input_ids=torch.cat([inputs["input_ids"], new], 1),
+               attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(new)], 1))
+    if "mm_token_type_ids" in inputs:
+        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], 1)
+    if "token_type_ids" in inputs:
+        out["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.ones_like(new)], 1)
+    return out
+
+
 def _eager(bb, folder):
     """The same checkpoint with the stock eager attention in the decoder."""
     return type(bb).model_class().from_pretrained(
@@ -57,7 +73,7 @@ def _eager(bb, folder):
 
 # loading ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", ALL)
+@pytest.mark.parametrize("family", QWEN)
 def test_loads_from_a_hub_like_folder_without_torchvision(family, folders, backbones):
     import transformers
     from transformers import AutoProcessor
@@ -88,7 +104,7 @@ def test_unsupported_family_message_lists_the_families(tmp_path):
         load_backbone(str(tmp_path / "bert"))
     msg = str(err.value)
     assert "\n" not in msg and "'bert'" in msg
-    for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "Qwen2-VL", "Qwen3-VL"):
+    for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "llava", "Qwen2-VL", "Qwen3-VL", "PaliGemma"):
         assert name in msg
 
 
@@ -112,11 +128,7 @@ def test_capture_equals_eager_attention_per_layer(family, folders, backbones):
     p = bb.prepare_batch(images, ["describe the image", "what colour is the star on the left of the picture ?"])
     steps = 5
     gens = bb.generate_batch(p, max_new_tokens=steps, min_new_tokens=steps)
-    new = torch.tensor([g.token_ids for g in gens])
-    full = torch.cat([p.inputs["input_ids"], new], 1)
-    inputs = dict(p.inputs, input_ids=full,
-                  attention_mask=torch.cat([p.inputs["attention_mask"], torch.ones_like(new)], 1),
-                  mm_token_type_ids=torch.cat([p.inputs["mm_token_type_ids"], torch.zeros_like(new)], 1))
+    inputs = _extend(p.inputs, torch.tensor([g.token_ids for g in gens]))
     with torch.no_grad():
         out = ref(**inputs, output_attentions=True)
     assert len(out.attentions) == bb.num_layers
@@ -150,7 +162,7 @@ def test_qwen3_vl_deepstack_reaches_the_image_keys_of_later_layers_only(backbone
 
 # layout ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", ALL)
+@pytest.mark.parametrize("family", QWEN)
 def test_layout_is_what_the_processor_emitted(family, backbones):
     bb = backbones[family]
     m = bb.merge_size
@@ -178,7 +190,7 @@ def test_layout_is_what_the_processor_emitted(family, backbones):
     assert together.span.grid == bb.prepare(images[0], "describe").span.grid
 
 
-@pytest.mark.parametrize("family", ALL)
+@pytest.mark.parametrize("family", QWEN)
 def test_cell_boxes_follow_the_processors_resize(family, backbones):
     """A block painted at each cell box's centre changes that token's pixels most, after the processor's
     own resize, on a hub-like pixel budget where x and y scale differently."""
@@ -253,7 +265,8 @@ def test_vcd_noises_only_the_contrast_rows(family, backbones):
     seeds = [image_seed(im, 0) for im in images]
     pv = p.inputs["pixel_values"]
     noised = noise_pixels(p.inputs, 2, seeds, 500)
-    per = int(p.inputs["image_grid_thw"][0].prod())  # patch rows per image
+    # rows of pixel_values per image: Qwen-VL concatenates t·h·w patch rows, PaliGemma stacks images
+    per = int(p.inputs["image_grid_thw"][0].prod()) if "image_grid_thw" in p.inputs else 1
     assert noised.shape == pv.shape and pv.shape[0] == 4 * per
     torch.testing.assert_close(noised[: 2 * per], pv[: 2 * per], rtol=0, atol=0)
     for i in (2, 3):
@@ -269,21 +282,17 @@ def test_vcd_noises_only_the_contrast_rows(family, backbones):
 
 def _pai_by_hand(bb, image, question, gamma, beta, steps):
     """Greedy over c + (γ−1)(c − u): c from the prompt with the image, u from the prompt with its whole
-    image block (<|vision_start|>, pads, <|vision_end|>) removed and no pixels, both recomputed from
-    scratch each step."""
+    image block (Qwen-VL: <|vision_start|>, pads, <|vision_end|>) removed and no pixels, both recomputed
+    from scratch each step."""
     p = bb.prepare(image, question)
-    ids = p.inputs["input_ids"]
-    keep = ~torch.isin(ids[0], torch.tensor(bb.image_block_ids()))
-    text_ids = ids[:, keep]
+    keep = ~torch.isin(p.inputs["input_ids"][0], torch.tensor(bb.image_block_ids()))
+    text_only = {k: p.inputs[k][:, keep] for k in ("input_ids", "attention_mask", "token_type_ids") if k in p.inputs}
     toks: list[int] = []
     with torch.no_grad():
         for _ in range(steps):
-            new = torch.tensor([toks], dtype=ids.dtype).reshape(1, -1)
-            full, text = torch.cat([ids, new], 1), torch.cat([text_ids, new], 1)
-            mm = torch.cat([p.inputs["mm_token_type_ids"], torch.zeros_like(new)], 1)
-            c = bb.model(**{**p.inputs, "input_ids": full, "attention_mask": torch.ones_like(full),
-                            "mm_token_type_ids": mm}).logits[0, -1]
-            u = bb.model(input_ids=text, attention_mask=torch.ones_like(text)).logits[0, -1]
+            new = torch.tensor([toks], dtype=torch.long).reshape(1, -1)
+            c = bb.model(**_extend(p.inputs, new)).logits[0, -1]
+            u = bb.model(**_extend(text_only, new)).logits[0, -1]
             c, u = c.log_softmax(-1), u.log_softmax(-1)
             s = c + (gamma - 1) * (c - u)
             if beta > 0:
@@ -301,11 +310,71 @@ def test_pai_text_only_branch_is_the_prompt_without_the_image_block(family, back
     mask = text_only_mask(bb, p.inputs, 1)
     ids = p.inputs["input_ids"]
     assert torch.equal(mask[0], p.inputs["attention_mask"][0])
-    wrappers = [bb.model.config.vision_start_token_id, bb.model.config.vision_end_token_id]
-    assert int(mask[1][torch.isin(ids[1], torch.tensor(wrappers))].sum()) == 0  # not only the pads
-    assert int(mask[1].sum()) == int(p.inputs["attention_mask"][1].sum()) - p.span.n - 2
+    wrappers = [i for i in bb.image_block_ids() if i != bb.image_token_id]
+    assert len(wrappers) == (0 if family == "paligemma" else 2)  # PaliGemma's image has no wrapper tokens
+    assert int(mask[1][torch.isin(ids[1], torch.tensor(bb.image_block_ids()))].sum()) == 0  # not only the pads
+    assert int(mask[1].sum()) == int(p.inputs["attention_mask"][1].sum()) - p.span.n - len(wrappers)
     # the guided answer equals the formula with u from the prompt that never held the image
     steps = 6
     got = PAI(PAIConfig(alpha=0.0, gamma=3.0, beta=0.0)).answer(bb, image, q, steps, min_new_tokens=steps)
     assert got.token_ids == _pai_by_hand(bb, image, q, 3.0, 0.0, steps)
     assert got.token_ids != get_method("greedy").answer(bb, image, q, steps, min_new_tokens=steps).token_ids
+
+
+# PaliGemma (Gemma 1) ---------------------------------------------------------------------------
+
+def test_paligemma_loads_with_its_stock_processor_and_keeps_pad_id_zero(folders, backbones):
+    from transformers import PaliGemmaProcessor
+
+    bb = backbones["paligemma"]
+    assert type(bb).__name__ == "PaliGemmaBackbone" and bb.family == "paligemma"
+    assert isinstance(bb.processor, PaliGemmaProcessor)  # no video processor: the stock class loads
+    assert type(bb.processor.image_processor).__name__ == "SiglipImageProcessorPil"
+    # Gemma's pad id is 0, a real id: the generation config gets it, not the eos fallback
+    assert bb.tokenizer.pad_token_id == 0 and bb.model.generation_config.pad_token_id == 0
+    assert bb.text_config._attn_implementation == "adapt"
+
+
+def test_paligemma_2_is_refused_with_one_line(tmp_path):
+    model, proc = tiny_paligemma(text_model="gemma2")
+    with pytest.raises(BackboneError, match="gemma2 decoder .*softcap") as err:
+        FAMILIES["paligemma"](model, proc, "tiny")
+    assert "\n" not in str(err.value)
+    model.save_pretrained(tmp_path / "pg2")
+    proc.save_pretrained(tmp_path / "pg2")
+    with pytest.raises(BackboneError, match="PaliGemma 2"):
+        load_backbone(str(tmp_path / "pg2"))
+
+
+def test_paligemma_layout_is_what_the_processor_emitted(backbones):
+    bb = backbones["paligemma"]
+    vc = bb.model.config.vision_config
+    side = vc.image_size // vc.patch_size
+    p = bb.prepare_batch([_image((84, 56)), _image((56, 84), 1)], ["describe", "is there a red circle in the picture ?"])
+    ids = p.inputs["input_ids"]
+    assert p.span.grid == (side, side) and p.span.n == bb.processor.image_seq_length == side * side
+    for b in range(2):
+        pos = p.span.positions[b]
+        assert torch.equal(pos, (ids[b] == bb.image_token_id).nonzero()[:, 0])
+        assert torch.equal(pos, torch.arange(int(pos[0]), int(pos[0]) + p.span.n))
+        assert ids[b, pos[-1] + 1] == bb.tokenizer.bos_token_id  # image, <bos>, the prefix
+        assert int(p.inputs["attention_mask"][b, : pos[0]].sum()) == 0  # only left padding before it
+        assert int(p.inputs["token_type_ids"][b].sum()) == 0  # the whole prompt is the bidirectional prefix
+    assert p.span.positions[0, 0] != p.span.positions[1, 0]
+    assert "labels" not in p.inputs
+
+
+def test_paligemma_cell_boxes_follow_the_stretch_resize(backbones):
+    bb = backbones["paligemma"]
+    vc = bb.model.config.vision_config
+    size = (84, 56)  # stretched to 28 × 28: x by 1/3, y by 1/2
+    grid = bb.prepare(_image(size), "describe").span.grid
+    geo = bb.input_geometry(size)
+    assert geo.covers_whole_image() and geo.scale == pytest.approx((1 / 3, 1 / 2))
+    boxes = bb.cell_boxes(size, grid)
+    for r in range(grid[0]):
+        for c in range(grid[1]):
+            x0, y0, x1, y1 = boxes[r, c]
+            block = (int(round((x0 + x1) / 2 - 4)), int(round((y0 + y1) / 2 - 3)), 6)
+            hits = patch_hits(bb.processor.image_processor, size, block, vc.patch_size)
+            assert np.unravel_index(int(np.argmax(hits)), grid) == (r, c), (r, c, block)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..paths import asset
 from .base import Backbone, BackboneError, Generation, Prepared
 from .llava import LlavaBackbone
+from .paligemma import PaliGemmaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
 from .qwen2_vl import Qwen2VLBackbone
 from .qwen3_vl import Qwen3VLBackbone
@@ -16,12 +18,14 @@ FAMILIES: dict[str, type[Backbone]] = {
     "qwen2_vl": Qwen2VLBackbone,
     "qwen2_5_vl": Qwen2_5_VLBackbone,
     "qwen3_vl": Qwen3VLBackbone,
+    "paligemma": PaliGemmaBackbone,
 }
 # model type -> what a user knows it as (the unsupported-family message lists these)
-FAMILY_NAMES = {"llava": "LLaVA-1.5", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
+FAMILY_NAMES = {"llava": "LLaVA-1.5", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL",
+                "paligemma": "PaliGemma (Gemma 1)"}
 
 EMBEDDED = "embedded"
-EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "assets" / "embedded"
+EMBEDDED_DIR = asset("embedded")
 
 
 def resolve(name_or_path: str) -> str:
@@ -70,4 +74,4 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 
 
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
-           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "FAMILY_NAMES"]
+           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "PaliGemmaBackbone", "FAMILY_NAMES"]

@@ -71,7 +71,8 @@ class Backbone(ABC):
         self.name = name
         gc = self.model.generation_config
         if gc.pad_token_id is None:
-            gc.pad_token_id = self.tokenizer.pad_token_id or gc.eos_token_id
+            pad = self.tokenizer.pad_token_id  # Gemma's is 0: a real id, not a missing one
+            gc.pad_token_id = pad if pad is not None else gc.eos_token_id
 
     # loading ------------------------------------------------------------------------------
     @classmethod
