@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -56,9 +57,10 @@ def cmd_export(args) -> int:
                          args.split)
     dist = distributed()
     if dist.world > 1 and args.device is None and args.device_map is None:
-        from accelerate import PartialState
+        import torch
 
-        args.device = str(PartialState().device)
+        if torch.cuda.is_available():  # one GPU per process, as accelerate launch lays them out
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', dist.rank)) % torch.cuda.device_count()}"
     backbone = load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

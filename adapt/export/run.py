@@ -74,13 +74,18 @@ class Dist:
 
 
 def distributed() -> Dist:
-    """The accelerate state when launched with several processes (``WORLD_SIZE`` > 1), else one process."""
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1), else the only
+    process. The barrier is a gloo process group (host memory only, so it serves GPU runs as well); its
+    timeout is long because the main process waits at the end for the slowest share."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist()
-    from accelerate import PartialState
+    from datetime import timedelta
 
-    state = PartialState()
-    return Dist(state.process_index, state.num_processes, state.wait_for_everyone)
+    import torch.distributed as td
+
+    if not td.is_initialized():
+        td.init_process_group("gloo", timeout=timedelta(hours=48))
+    return Dist(td.get_rank(), td.get_world_size(), td.barrier)
 
 
 def shard_of(row_id: str, world: int) -> int:
@@ -175,7 +180,7 @@ def prepare_out(out: Path, config: dict, overwrite: bool, main: bool) -> None:
         for name in OURS:
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    if main:
+    if main or (old is None and not overwrite):  # the same content from whichever process comes first
         (out / "data").mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "export.json", json.dumps({"config": config, "hash": config_hash(config)}, indent=1))
 
@@ -244,11 +249,11 @@ class _Exporter:
 
     # worker side --------------------------------------------------------------------------------
     def decode(self, row: Row):
-        """``(row, original, model_input, raw_bytes, error)``; errors name the row's file."""
-        if row.error:
+        """``(row, original, model_input, raw_bytes, error)``; ``raw_bytes`` only for an image that
+        decodes (the row keeps it even when it fails for another reason); errors name no path."""
+        if row.image is None:
             return row, None, None, None, row.error
         try:
-            row.question = clean_question(row.question, self.processor)
             if isinstance(row.image, bytes):
                 data = row.image
             else:
@@ -261,18 +266,25 @@ class _Exporter:
             original = load_image(data, max_side=None)  # refuses huge pixel counts before decoding
         except ImageError as exc:
             msg = str(exc)  # load_image calls bytes "image"; the report names the row already
-            return row, None, None, None, msg[len("image: "):] if msg.startswith("image: ") else msg
-        except (QuestionError, OSError) as exc:
-            return row, None, None, None, str(exc)
+            return row, None, None, None, row.error or (msg[len("image: "):] if msg.startswith("image: ") else msg)
+        except OSError as exc:
+            return row, None, None, None, row.error or f"cannot read the image ({type(exc).__name__})"
+        if row.error:
+            return row, None, None, data, row.error
+        try:
+            row.question = clean_question(row.question, self.processor)
+        except QuestionError as exc:
+            return row, None, None, data, str(exc)
         return row, original, fit(original), data, ""
 
     def finish(self, row: Row, original, data, anchor, grid, error: str) -> dict:
         values = dict(row.values)
         col = self.source.image_column
         v = values.get(col)
-        if isinstance(v, dict):  # the input image travels with the row, under the user's file name alone
-            raw = v.get("bytes") or data
-            values[col] = {"bytes": raw, "path": Path(str(v.get("path") or row.name)).name} if raw else None
+        if isinstance(v, dict):
+            # the input image travels with the row under the user's file name alone; one that does not
+            # decode is left out (the reason is in ``error``), so the dataset stays loadable
+            values[col] = {"bytes": data, "path": Path(str(v.get("path") or row.name)).name} if data else None
         blank = {"anchor_guided": None, "anchor": None, "views": None, "grid": None, "size": None}
         if self.opts.overlays:
             blank["overlay"] = None
@@ -306,7 +318,7 @@ class _Exporter:
         good = [d for d in decoded if not d[4]]
         for d in decoded:
             if d[4]:
-                results[id(d)] = (d[0], None, None, None, None, d[4])
+                results[id(d)] = (d[0], None, d[3], None, None, d[4])
         groups: dict[tuple, list] = {}
         for d in good:
             groups.setdefault(self.bb.grid_key(d[2]), []).append(d)
@@ -326,7 +338,7 @@ class _Exporter:
                     self._run([d], results)
                 return
             d = chunk[0]
-            results[id(d)] = (d[0], None, None, None, None, str(exc))
+            results[id(d)] = (d[0], None, d[3], None, None, str(exc))
             return
         for d, a in zip(chunk, anchors):
             results[id(d)] = (d[0], d[1], d[3], a, grid, "")
@@ -446,6 +458,12 @@ def finalize(out: Path, source: Source, config: dict, opts: ExportOptions, resul
     _write_atomic(out / "README.md", card(source, config, opts, result))
 
 
+def _shown_backbone(bid: str) -> str:
+    """The model's folder name or hub id with its family: never the server's path to it."""
+    family, name = (bid.split("|") + ["", ""])[:2]
+    return f"{Path(name).name or name} ({family})"
+
+
 def card(source: Source, config: dict, opts: ExportOptions, result: ExportResult) -> str:
     """The dataset card: what produced the dataset and how to load it."""
     cols = [c for c in source.features] + [ROW_ID, "anchor_guided", "anchor", "views", "grid", "size", "status",
@@ -467,7 +485,7 @@ Made with ADAPT's `export-anchors` (the anchor-guided visual enhancement of the 
 the visual anchor W from the first K decoding steps' text-to-image attention, debiased with noise
 images, then low-anchor regions faded toward white) from {source.description}.
 
-- backbone: `{config['backbone']}`
+- backbone: `{_shown_backbone(config['backbone'])}`
 - configuration hash: `{config_hash(config)}`
 - command: `{opts.command or '(library call)'}`
 - rows: {result.rows} ({result.rows_ok} ok, {result.rows_error} with `status: error` and the reason in `error`)
