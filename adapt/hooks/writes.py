@@ -56,7 +56,7 @@ class AttentionPoint:
                  probs: torch.Tensor):
         self.layer, self.step, self.probs = layer, step, probs
         self._logits = logits
-        self._attn = self._head_mass = self._mass = None
+        self._attn = self._head_mass = self._mass = self._mass3 = None
 
     @property
     def logits(self) -> torch.Tensor:
@@ -79,10 +79,17 @@ class AttentionPoint:
         return self._head_mass
 
     @property
+    def mass3(self) -> torch.Tensor:
+        """:attr:`mass` as ``[B, 1, 1]``: it broadcasts against ``[B, H, ·]`` rows without a reshape."""
+        if self._mass3 is None:
+            self._mass3 = self.head_mass.mean((1, 2), keepdim=True)
+        return self._mass3
+
+    @property
     def mass(self) -> torch.Tensor:
         """Head-mean total attention on the image keys, ``[B]``."""
         if self._mass is None:
-            self._mass = self.head_mass.mean((1, 2))
+            self._mass = self.mass3.view(-1)
         return self._mass
 
 
@@ -166,8 +173,10 @@ def correct_output(out: torch.Tensor, value: torch.Tensor, span: ImageSpan, p: t
         d = d.to(value.dtype)
     v_img = span.image_cols(value, dim=2).reshape(b * hkv, n, dim)  # [B·Hkv, n, D]
     g = h // hkv
+    if out.shape != (b * hkv, g, dim):  # a prefill's row [B, H, D]; a decoding step's is grouped already
+        out = out.reshape(b * hkv, g, dim)
     if out.dtype == torch.float32:
-        return torch.baddbmm(out.reshape(b * hkv, g, dim) * r.view(b * hkv, g, 1), d.view(b * hkv, g, n), v_img)
+        return torch.baddbmm(out * r.view(b * hkv, g, 1), d.view(b * hkv, g, n), v_img)
     # half precision: r·o and the correction summed in float32
     dv = torch.bmm(d.view(b * hkv, g, n), v_img).float()
-    return torch.addcmul(dv, r.view(b * hkv, g, 1), out.reshape(b * hkv, g, dim).float()).to(out.dtype)
+    return torch.addcmul(dv, r.view(b * hkv, g, 1), out.float()).to(out.dtype)

@@ -57,29 +57,30 @@ class LayerState:
     def __init__(self, cfg: ASIConfig, w: torch.Tensor, m_ref: torch.Tensor, a_ref: torch.Tensor):
         self.w, self.m_ref, self.a_ref = w, m_ref, a_ref
         op = cfg.operator
+        # [B, 1, n] and [B, 1, 1]: they broadcast against the [B, H, ·] rows as they are
         self.toward = (w + cfg.eps).pow(cfg.alpha)[:, None, :] if op in ("logprior-image", "mass-aware") else None
-        self.log_bias = cfg.alpha * torch.log(w + cfg.eps) if op == "logprior" else None
-        self.boost = torch.full_like(w, cfg.boost) if op == "image-boost" else None
+        self.log_bias = cfg.alpha * torch.log(w + cfg.eps)[:, None, :] if op == "logprior" else None
+        self.boost = torch.full_like(w, cfg.boost)[:, None, :] if op == "image-boost" else None
         self.keep = None
         if op == "quality":  # a quantile of the anchor: the same at every step, computed here once
             thr = torch.quantile(w, cfg.quality_percentile / 100.0, dim=-1, keepdim=True)
             self.keep = (w >= thr).to(torch.float32)[:, None, :]
         self.hhi_ref = _hhi(a_ref).clamp_min(1e-30) if op == "hhi" else None
-        self.gamma_m_ref = cfg.gamma * m_ref if op == "mass-aware" else None
+        self.gamma_m_ref = (cfg.gamma * m_ref).view(-1, 1, 1) if op == "mass-aware" else None
 
 
 def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired: torch.Tensor,
                    m_ref: torch.Tensor, a_ref: torch.Tensor, state: LayerState | None = None) -> LogitBias | ImageProbs:
-    """The write of ``cfg.operator`` for the rows in ``fired`` (``[B]`` bool). ``state``: the layer's
-    precomputed constants (made here when not given)."""
+    """The write of ``cfg.operator`` for the rows in ``fired`` (``[B]`` or ``[B, 1, 1]`` bool). ``state``:
+    the layer's precomputed constants (made here when not given)."""
     st = state or LayerState(cfg, w, m_ref, a_ref)
     op = cfg.operator
+    rows = fired if fired.dim() == 3 else fired.view(-1, 1, 1)
     if op == "logprior":
-        return LogitBias(st.log_bias * fired[:, None])
+        return LogitBias(st.log_bias * rows)
     if op == "image-boost":
-        return LogitBias(st.boost * fired[:, None])
+        return LogitBias(st.boost * rows)
     p = point.probs  # [B, H, n]
-    rows = fired.view(-1, 1, 1)
     if op in ("logprior-image", "mass-aware"):
         pw = p * st.toward
         if op == "logprior-image":
@@ -88,9 +89,9 @@ def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired
             # each head keeps its share of the image while the head-mean mass m moves to
             # m + γ·max(0, M_ref − m); a head never gives the image all of its mass (≤ 0.999)
             # target m + γ·max(0, M_ref − m) = max(m, (1 − γ)·m + γ·M_ref) for γ ≥ 0
-            m = point.mass
+            m = point.mass3
             target = torch.maximum(m, torch.add(st.gamma_m_ref, m, alpha=1 - cfg.gamma))
-            head = (point.head_mass * (target / m.clamp_min(1e-30)).view(-1, 1, 1)).clamp_max(0.999)
+            head = (point.head_mass * (target / m.clamp_min(1e-30))).clamp_max(0.999)
         new = pw * (head / pw.sum(-1, keepdim=True).clamp_min(1e-30))
         return ImageProbs(torch.where(rows, new, p), bounded=True)
     if op == "hhi":

@@ -172,9 +172,11 @@ class ASIPolicy:
             w = self._w_cpu.to(device)
             s_ref, m_ref, a_ref = (x[layer].to(device) for x in (refs.s_ref, refs.m_ref, refs.a_ref))
             amc_thr, mass_thr = thresholds(self.cfg, s_ref, m_ref, n)
+            # decisions are [B, 1, 1]: they select whole [B, H, n] rows without a reshape
             st = self._state[layer] = dict(
-                w=w, amc_thr=amc_thr, mass_thr=mass_thr, op=LayerState(self.cfg, w.expand_as(a_ref), m_ref, a_ref),
-                mask=None if self._row_mask is None else self._row_mask[layer].to(device))
+                w=w, amc_thr=amc_thr.view(-1, 1, 1), mass_thr=mass_thr.view(-1, 1, 1),
+                op=LayerState(self.cfg, w.expand_as(a_ref), m_ref, a_ref),
+                mask=None if self._row_mask is None else self._row_mask[layer].to(device).view(-1, 1, 1))
         return st
 
     def needs(self, layer: int, step: int) -> bool:
@@ -203,12 +205,12 @@ class ASIPolicy:
         st = self._layer(layer, probs.device, probs.shape[-1])
         score = None
         if self._amc_now:
-            score = amc_into(point.attn, st["w"], point.mass, self._amc.slot(layer, step, point.mass))
+            score = amc_into(point.attn, st["w"], point.mass, self._amc.slot(layer, step, point.mass)).view(-1, 1, 1)
         elif point._attn is None:  # the head mean taken straight into the buffer its AMC is computed from
             point._attn = torch.mean(probs, 1, out=self._unsteered.slot(layer, step, probs, drop=1))
         else:
             self._unsteered.slot(layer, step, probs, drop=1).copy_(point.attn)
-        mass = point.mass
+        mass = point.mass3
         fired = fire_into(self.cfg, score, mass, st["amc_thr"], st["mass_thr"],
                           self._fired.slot(layer, step, mass, dtype=torch.bool))
         if st["mask"] is not None:
@@ -225,7 +227,7 @@ class ASIPolicy:
         if not isinstance(edit, LogitBias):
             raise TypeError(f"operator {self.cfg.operator!r} writes probabilities; use it through the recorder")
         fired = self._fired.layers[layer][step]
-        return edit.bias if bool(fired.any()) else None
+        return edit.bias.view(attn.shape[0], -1) if bool(fired.any()) else None
 
     # results (after decoding: one copy of each log to the host) -------------------------------------
     def _logs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +238,7 @@ class ASIPolicy:
         rec = self.recorder
         T = max(len(self._checked), max(self.phase, default=-1) + 1, rec.num_steps if rec is not None else 0)
         written = [t for buf in (self._amc, self._fired) for t in buf.layers if t is not None]
-        B = written[0].shape[1] if written else (self._w_cpu.shape[0] if self._w_cpu is not None else 1)
+        B = written[0][0].numel() if written else (self._w_cpu.shape[0] if self._w_cpu is not None else 1)
         amc_m = np.full((T, self.num_layers, B), np.nan)
         fired = np.zeros((T, self.num_layers, B), dtype=bool)
         w = self._w_cpu
@@ -245,7 +247,7 @@ class ASIPolicy:
                 t = buf.layers[layer]
                 if t is not None:
                     host = t[:T].cpu().numpy()
-                    dst[: host.shape[0], layer] = host
+                    dst[: host.shape[0], layer] = host.reshape(host.shape[0], -1)
             t = self._unsteered.layers[layer]
             if t is not None:  # monitored maps whose AMC was left for after decoding
                 maps = t[:T].cpu()

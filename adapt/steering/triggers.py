@@ -48,8 +48,8 @@ def thresholds(cfg: ASIConfig, s_ref: torch.Tensor, m_ref: torch.Tensor, n_img: 
 
 def fire_into(cfg: ASIConfig, score: torch.Tensor | None, mass: torch.Tensor, amc_thr: torch.Tensor,
               mass_thr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """:func:`fire` with the thresholds precomputed, written into ``out`` (``[B]`` bool, the policy's
-    buffer slot): the same decisions in one or two ops."""
+    """:func:`fire` with the thresholds precomputed, written into ``out`` (the policy's buffer slot,
+    shaped like ``mass``): the same decisions in one or two ops."""
     if cfg.trigger == "always":
         return out.fill_(True)
     if cfg.trigger == "amc":

@@ -193,7 +193,7 @@ class InspectTab:
 
         if not path:
             raise UserError("Choose a trace file (.zip) first.")
-        name = esc(Path(str(path)).name)
+        name = Path(str(path)).name  # escaped where shown: the error message is escaped once, when shown
         try:
             trace = Trace.load(path)
             add_hallucinations(trace)
@@ -202,7 +202,7 @@ class InspectTab:
             raise
         except Exception as exc:  # a crafted or damaged file: missing keys, wrong shapes, an image bomb
             detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            raise UserError(f"{name} is not a readable trace: {esc(detail[:300])}") from None
+            raise UserError(f"{name} is not a readable trace: {detail[:300]}") from None
         image_path = scratch_dir("trace-image") / "trace-image.png"
         trace.image.save(image_path)
         knobs = Knobs.from_config(trace.config)
@@ -221,7 +221,7 @@ class InspectTab:
         if kept:
             restored = ("its image, question and settings are in the inputs, but " + " and ".join(kept)
                         + ", so that input keeps its value")
-        status = status_line(f"Showing the saved trace **{name}** · “{esc(trace.question)}” ({restored})", "ok")
+        status = status_line(f"Showing the saved trace **{esc(name)}** · “{esc(trace.question)}” ({restored})", "ok")
         return (status, trace, *views, gr.DownloadButton(value=str(path), interactive=True), str(image_path),
                 trace.question, *knobs.values(), compare, model)
 
