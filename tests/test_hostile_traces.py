@@ -230,6 +230,9 @@ def test_hostile_files_are_refused_in_one_line(base, tab, tmp_path):
         status, out = open_in_app(tab, path)
         assert out is None and "is not a readable trace" in status, (name, status)
         assert not markup_problems(markdown_html(status)), (name, status)
+        shown = _Elements()
+        shown.feed(markdown_html(status))
+        assert msg[:100] in "".join(shown.text), (name, msg)  # escaped once: reads as Trace.load wrote it
 
 
 def test_grid_mismatch_is_refused_not_shown_as_another_map(base, tmp_path):
