@@ -331,3 +331,23 @@ def test_bad_inputs_get_one_line_and_nothing_outside_out(dataset, tmp_path, caps
     failed = [l for l in capsys.readouterr().out.splitlines() if l.startswith("failed:")]
     assert len(failed) == 8 and all(len(l.splitlines()) == 1 for l in failed)
     assert set(os.listdir(tmp_path)) - before - {"cache"} == {"o9", "empty", "notes.txt"}  # the refused: nothing
+
+
+def test_the_pair_builder_makes_its_chosen_images_with_the_exporter(bb, tmp_path):
+    """VAG-DPO's v_w is the export's anchor-guided image of the same (image, question), batched."""
+    from adapt.export import ExportOptions, export_dataset, rows_source
+    from adapt.train.data import PreferenceRecord
+    from adapt.train.pairs import ListSource, build_pairs
+
+    images = [_png(i) for i in range(3)]
+    records = [PreferenceRecord(f"p{i}", Image.open(io.BytesIO(b)).convert("RGB"), Q, "a red circle", "a cat")
+               for i, b in enumerate(images)]
+    pairs = build_pairs(bb, ListSource(records), tmp_path / "pairs", "fixture", batch_size=2)
+    export_dataset(bb, rows_source([{"file_name": f"p{i}.png", "image": b, "question": Q}
+                                    for i, b in enumerate(images)]), tmp_path / "exp", opts=ExportOptions())
+    exported = _table(tmp_path / "exp")
+    assert [p["id"] for p in pairs.pairs] == ["p0", "p1", "p2"]
+    for i, p in enumerate(pairs.pairs):
+        mine = np.asarray(pairs.image(p, "enhanced"), dtype=int)
+        theirs = np.asarray(Image.open(io.BytesIO(exported[f"p{i}"]["anchor_guided"]["bytes"])), dtype=int)
+        assert np.abs(mine - theirs).max() <= 1 and np.abs(mine - np.asarray(records[i].image, dtype=int)).max() > 20

@@ -25,8 +25,11 @@ from PIL import Image
 
 from ..anchor import BiasCache
 from ..config import AdaptConfig
+from ..enhance import enhance
+from ..export.anchors import NoiseMaps, anchor_batch
+from ..images import fit
 from ..noise import noised_image
-from ..pipeline import anchor_image, backbone_id
+from ..pipeline import backbone_id
 from ..prompts import QuestionError, clean_question
 from .config import TrainError
 from .data import PreferenceRecord, RawSet, RecordError, decode_row
@@ -113,18 +116,21 @@ def load_pairs(root: str | Path) -> PairSet:
     if not (root / "meta.json").exists():
         raise TrainError(f"{root}: not a built pair set (no meta.json)")
     meta = json.loads((root / "meta.json").read_text())
-    pairs = [p for p in _read_jsonl(root / "manifest.jsonl") if all((root / p[s]).exists() for s in SIDES)]
+    pairs = sorted((p for p in _read_jsonl(root / "manifest.jsonl") if all((root / p[s]).exists() for s in SIDES)),
+                   key=lambda p: p["index"])  # batches of several grids write out of order
     return PairSet(root, pairs, meta, _read_jsonl(root / "skipped.jsonl"))
 
 
 def build_pairs(backbone, source: RecordSource, out: str | Path, data: str, noise_step: int = 500,
                 adapt_cfg: AdaptConfig | None = None, cache: BiasCache | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> PairSet:
+                should_stop: Callable[[], bool] | None = None, batch_size: int = 8) -> PairSet:
     """Build (or finish building) the pair set of ``source`` in ``out`` and return it.
 
     v_w: the anchor-guided image of the record's image for its question (Eq. 1–9 and Sec. 4.1.4 with
-    ``adapt_cfg``, the model being tuned); v_l: the image under diffusion-style forward noise at
+    ``adapt_cfg``, the model being tuned), made by the exporter's batched anchor-only path
+    (:func:`adapt.export.anchor_batch`: ``batch_size`` records of one image-token grid per model call,
+    the noise images' maps once per question); v_l: the image under diffusion-style forward noise at
     ``noise_step`` (:func:`adapt.noise.noised_image`, a per-record seed). A broken record is written to
     ``skipped.jsonl`` with its reason and the others go on; an empty result is a :class:`TrainError`."""
     cfg = (adapt_cfg or AdaptConfig()).validate()
@@ -143,26 +149,16 @@ def build_pairs(backbone, source: RecordSource, out: str | Path, data: str, nois
     done = {p["index"] for p in _read_jsonl(out / "manifest.jsonl")} | \
         {p["index"] for p in _read_jsonl(out / "skipped.jsonl")}
     n = len(source)
+    noise = NoiseMaps(backbone, cfg, cache)
     with open(out / "manifest.jsonl", "a") as man, open(out / "skipped.jsonl", "a") as skip:
-        for i in range(n):
-            if i in done:
-                continue
-            if should_stop is not None and should_stop():
-                break
-            try:
-                rec = source.get(i)
-                try:
-                    question = clean_question(rec.question, backbone.processor)
-                except QuestionError as exc:
-                    raise RecordError(str(exc)) from None
-                enhanced, _ = anchor_image(backbone, rec.image, question, cfg, cache)
-                noisy = noised_image(rec.image, step=noise_step, seed=noise_seed(rec.id))
-            except RecordError as exc:
-                skip.write(json.dumps({"index": i, "reason": str(exc)}) + "\n")
-                skip.flush()
-                if progress is not None:
-                    progress(i + 1, n)
-                continue
+        def skipped(i: int, reason: str) -> None:
+            skip.write(json.dumps({"index": i, "reason": reason}) + "\n")
+            skip.flush()
+            if progress is not None:
+                progress(i + 1, n)
+
+        def write(i: int, rec: PreferenceRecord, question: str, enhanced: Image.Image) -> None:
+            noisy = noised_image(rec.image, step=noise_step, seed=noise_seed(rec.id))
             files = {}
             for side, im in (("original", rec.image), ("enhanced", enhanced), ("noise", noisy)):
                 rel = f"images/{i:06d}-{side}.png"
@@ -176,6 +172,48 @@ def build_pairs(backbone, source: RecordSource, out: str | Path, data: str, nois
             man.flush()
             if progress is not None:
                 progress(i + 1, n)
+
+        def run(batch: list[tuple[int, PreferenceRecord, str]]) -> None:
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                groups.setdefault(backbone.grid_key(fit(item[1].image)), []).append(item)
+            for group in groups.values():
+                try:
+                    anchors, _ = anchor_batch(backbone, [fit(r.image) for _, r, _ in group],
+                                              [q for _, _, q in group], cfg, noise)
+                except ValueError as exc:  # one record broke the batch: find it, keep the others
+                    if len(group) > 1:
+                        for item in group:
+                            run([item])
+                    else:
+                        skipped(group[0][0], str(exc))
+                    continue
+                for (i, rec, q), a in zip(group, anchors):
+                    enhanced = enhance(rec.image, a.anchor, cfg.enhance,
+                                       geometry=backbone.input_geometry(rec.image.size))
+                    write(i, rec, q, enhanced)
+
+        batch: list[tuple[int, PreferenceRecord, str]] = []
+        for i in range(n):
+            if i in done:
+                continue
+            if should_stop is not None and should_stop():
+                break
+            try:
+                rec = source.get(i)
+                try:
+                    question = clean_question(rec.question, backbone.processor)
+                except QuestionError as exc:
+                    raise RecordError(str(exc)) from None
+            except RecordError as exc:
+                skipped(i, str(exc))
+                continue
+            batch.append((i, rec, question))
+            if len(batch) >= batch_size:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
     pairs = load_pairs(out)
     if not pairs.pairs:
         reasons = sorted({s["reason"] for s in pairs.skipped})[:3]
