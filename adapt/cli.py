@@ -92,9 +92,10 @@ def build_config(args):
     infinite = [k for k, v in _leaves(cfg.to_dict()) if isinstance(v, float) and not math.isfinite(v)]
     if infinite:
         raise UsageError(f"{infinite[0]} must be a finite number")
-    if cfg.anchor.k > cfg.max_new_tokens:
-        raise UsageError(f"K = {cfg.anchor.k} anchor tokens is more than the answer's {cfg.max_new_tokens} "
-                         f"(--max-new-tokens): ASI would never steer; give --k at most {cfg.max_new_tokens}")
+    if cfg.asi.enabled and cfg.asi.second_pass == "off" and cfg.anchor.k >= cfg.max_new_tokens:
+        raise UsageError(f"K = {cfg.anchor.k} anchor tokens take the whole answer of {cfg.max_new_tokens} "
+                         f"(--max-new-tokens): ASI would never steer; give --k below {cfg.max_new_tokens}, "
+                         f"or --second-pass short to steer such answers from their first token")
     return cfg
 
 
@@ -342,7 +343,9 @@ OVERWRITE_HELP = ("redo the run when --out holds one of another configuration (w
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m adapt", description="ADAPT: watch and steer an MLLM's "
+    # the installed command is `adapt`; from a checkout it is `python -m adapt`
+    prog = "adapt" if Path(sys.argv[0]).name == "adapt" else "python -m adapt"
+    p = _Parser(prog=prog, description="ADAPT: watch and steer an MLLM's "
                 "text-to-image attention to reduce hallucination.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -18,10 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from .names import REPO
+from adapt.paths import asset
+
 from .scenes import SceneRegistry, image_key, scene_meta, scene_objects
 
-EXAMPLES_DIR = REPO / "assets" / "examples"
+EXAMPLES_DIR = asset("examples")
 PRESETS = EXAMPLES_DIR / "presets.json"
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from adapt.paths import asset
+
 # app.jobs imports this module to register its kinds: this one imports app.jobs inside its
 # functions, so that either can be imported first
 
@@ -122,7 +124,7 @@ def register(command: list[str] | None = None) -> list:
 
 
 # ------------------------------------------------------------------------- tuned models in the app
-SHIPPED_TUNED = {"embedded-vagdpo": Path(__file__).resolve().parents[1] / "assets" / "embedded-vagdpo"}
+SHIPPED_TUNED = {"embedded-vagdpo": asset("embedded-vagdpo")}
 JOB_PREFIX = "job:"
 
 

@@ -132,9 +132,15 @@ def test_train_never_writes_into_a_folder_of_other_files(tmp_path, capsys):
     assert sorted(p.name for p in EMBEDDED_DIR.iterdir()) == before
 
 
-def test_k_longer_than_the_answer_and_infinite_config_values(tmp_path, capsys):
+def test_k_that_takes_the_whole_answer_and_infinite_config_values(tmp_path, capsys):
     base = ["run", "--image", str(BAD / "ok.png"), "--question", "q", "--out", str(tmp_path / "o")]
     _refused(base + ["--k", "40", "--max-new-tokens", "30"], capsys, "K = 40", "30", "--max-new-tokens")
+    _refused(base + ["--max-new-tokens", "5"], capsys, "K = 5")  # the default K: no step left to steer
+    from adapt.cli import build_config, parser
+
+    for ok in (["--max-new-tokens", "6"], ["--max-new-tokens", "5", "--second-pass", "short"],
+               ["--max-new-tokens", "3", "--no-asi"]):
+        build_config(parser().parse_args(base + ok))  # a step to steer, or steering from step 0, or none
     cfg = tmp_path / "c.json"
     cfg.write_text('{"asi": {"alpha": Infinity}}')  # what json.dumps(float("inf")) writes
     _refused(base + ["--config", str(cfg)], capsys, "asi.alpha", "finite")
