@@ -228,12 +228,74 @@ def paligemma_checkpoint(path, **kw) -> str:
 
 
 def patch_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int], patch: int):
-    """Per image token of a one-tensor-per-image input (SigLIP / CLIP patches, row-major), how much a white
-    square ``block`` on a grey ``size`` image changed its pixels, ``[h, w]``."""
+    """Per image token of a one-tensor-per-image input (SigLIP / CLIP patches, row-major; ``patch`` is the
+    pixels one token covers), how much a white square ``block`` on a grey ``size`` image changed its
+    pixels, ``[h, w]``."""
     import numpy as np
 
-    plain, painted = (image_processor(images=[_grey(size, b)], return_tensors="np")["pixel_values"][0]
-                      for b in (None, block))
+    def canvas(b):  # [3, H, W] of the first image (Idefics3 nests images per row: [B, N, 3, H, W])
+        pv = image_processor(images=[_grey(size, b)], return_tensors="np")["pixel_values"]
+        return pv.reshape(-1, *pv.shape[-3:])[0]
+
+    plain, painted = canvas(None), canvas(block)
     d = np.abs(painted - plain).sum(0)  # [H, W] of the canvas
     h, w = d.shape[0] // patch, d.shape[1] // patch
     return d[: h * patch, : w * patch].reshape(h, patch, w, patch).sum((1, 3))
+
+
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>"
+    "{% elif item['type'] == 'text' %} {{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance>{{ '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def tiny_idefics3(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, image_size: int = 32,
+                  patch: int = 4, scale_factor: int = 2, attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32):
+    """A random Idefics3 (SmolVLM v1's class: SigLIP-like tower, pixel-shuffle connector, Llama decoder) and
+    its processor as the hub ships it (image splitting on: the backbone turns it off); one view is
+    ((image_size / patch) / scale_factor)² tokens."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, \
+        Idefics3Processor
+
+    register()
+    specials = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+    specials += [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tokenizer = word_tokenizer(specials, extra_words=160)
+    ids = {s: tokenizer.convert_tokens_to_ids(s) for s in specials}
+    n = (image_size // patch // scale_factor) ** 2
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * image_size},
+                                                max_image_size={"longest_edge": image_size}, do_image_splitting=True)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=n,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=image_size, patch_size=patch)
+    text = dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=ids["<end_of_utterance>"], pad_token_id=tokenizer.pad_token_id)
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=scale_factor,
+                            image_token_id=ids["<image>"])
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration._from_config(
+        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = ids["<end_of_utterance>"]
+    return model, processor
+
+
+def idefics3_checkpoint(path, **kw) -> str:
+    """A tiny Idefics3 checkpoint folder at ``path`` (built once per path), the image processor in its own
+    ``preprocessor_config.json`` under the hub's type name."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        model, processor = tiny_idefics3(**kw)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+        top = json.loads((path / "processor_config.json").read_text())
+        image = top.pop("image_processor")
+        image.update(image_processor_type="Idefics3ImageProcessor", processor_class="Idefics3Processor")
+        (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+        (path / "processor_config.json").write_text(json.dumps(top, indent=2))
+    return str(path)

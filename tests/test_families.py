@@ -1,5 +1,5 @@
 """Each model family end to end on a tiny random checkpoint saved like a hub folder (Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL, PaliGemma): loading with our requirements alone, capture against the model's own eager
+Qwen3-VL, PaliGemma, Idefics3 / SmolVLM with image splitting off): loading with our requirements alone, capture against the model's own eager
 attention, the image layout against what the processor emitted, cell boxes against the processor's
 resize, every registered method, VCD's noised pixels and PAI's text-only branch."""
 
@@ -19,11 +19,13 @@ from adapt.methods.pai import PAI, PAIConfig, text_only_mask
 from adapt.methods.vcd import VCD, VCDConfig, image_seed, noise_pixels
 from adapt.pipeline import analyse
 
-from families import QWEN_FAMILIES, paligemma_checkpoint, patch_hits, qwen_checkpoint, tiny_paligemma, \
-    tiny_qwen_vl, token_hits
+from families import QWEN_FAMILIES, idefics3_checkpoint, paligemma_checkpoint, patch_hits, qwen_checkpoint, \
+    tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-ALL = QWEN + ["paligemma"]
+ALL = QWEN + ["paligemma", "idefics3"]
+# tokens around the image run that a text-only branch must mask too
+WRAPPERS = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "paligemma": 0, "idefics3": 3}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +42,7 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
     out = {f: qwen_checkpoint(f, root / f) for f in QWEN}
     out["paligemma"] = paligemma_checkpoint(root / "paligemma")
+    out["idefics3"] = idefics3_checkpoint(root / "idefics3")
     return out
 
 
@@ -104,7 +107,8 @@ def test_unsupported_family_message_lists_the_families(tmp_path):
         load_backbone(str(tmp_path / "bert"))
     msg = str(err.value)
     assert "\n" not in msg and "'bert'" in msg
-    for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "llava", "Qwen2-VL", "Qwen3-VL", "PaliGemma"):
+    for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "idefics3", "llava", "Qwen2-VL", "Qwen3-VL",
+                 "PaliGemma", "SmolVLM"):
         assert name in msg
 
 
@@ -310,10 +314,10 @@ def test_pai_text_only_branch_is_the_prompt_without_the_image_block(family, back
     mask = text_only_mask(bb, p.inputs, 1)
     ids = p.inputs["input_ids"]
     assert torch.equal(mask[0], p.inputs["attention_mask"][0])
-    wrappers = [i for i in bb.image_block_ids() if i != bb.image_token_id]
-    assert len(wrappers) == (0 if family == "paligemma" else 2)  # PaliGemma's image has no wrapper tokens
-    assert int(mask[1][torch.isin(ids[1], torch.tensor(bb.image_block_ids()))].sum()) == 0  # not only the pads
-    assert int(mask[1].sum()) == int(p.inputs["attention_mask"][1].sum()) - p.span.n - len(wrappers)
+    block = torch.isin(ids[1], torch.tensor(bb.image_block_ids()))
+    assert int(block.sum()) == p.span.n + WRAPPERS[family]  # PaliGemma's image has no wrapper tokens
+    assert int(mask[1][block].sum()) == 0  # not only the image tokens
+    assert int(mask[1].sum()) == int(p.inputs["attention_mask"][1].sum()) - p.span.n - WRAPPERS[family]
     # the guided answer equals the formula with u from the prompt that never held the image
     steps = 6
     got = PAI(PAIConfig(alpha=0.0, gamma=3.0, beta=0.0)).answer(bb, image, q, steps, min_new_tokens=steps)
@@ -377,4 +381,68 @@ def test_paligemma_cell_boxes_follow_the_stretch_resize(backbones):
             x0, y0, x1, y1 = boxes[r, c]
             block = (int(round((x0 + x1) / 2 - 4)), int(round((y0 + y1) / 2 - 3)), 6)
             hits = patch_hits(bb.processor.image_processor, size, block, vc.patch_size)
+            assert np.unravel_index(int(np.argmax(hits)), grid) == (r, c), (r, c, block)
+
+
+# Idefics3 / SmolVLM with image splitting off ---------------------------------------------------
+
+def test_idefics3_loads_its_stock_processor_with_splitting_turned_off(folders, backbones):
+    import json
+    from pathlib import Path
+
+    from transformers import Idefics3Processor
+
+    bb = backbones["idefics3"]
+    assert type(bb).__name__ == "Idefics3Backbone" and isinstance(bb.processor, Idefics3Processor)
+    saved = json.loads((Path(folders["idefics3"]) / "preprocessor_config.json").read_text())
+    assert saved["do_image_splitting"] is True and bb.processor.image_processor.do_image_splitting is False
+    assert bb.text_config._attn_implementation == "adapt"
+
+
+def test_idefics3_layout_is_one_global_view(backbones):
+    bb = backbones["idefics3"]
+    proc = bb.processor
+    big = (150, 50)  # with splitting on, the stock processor would add tiles: several grids
+    model, stock = tiny_idefics3()
+    tiled = stock(images=[_image(big)], text=[stock.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe"}]}],
+        add_generation_prompt=True)], return_tensors="pt")
+    assert int((tiled["input_ids"] == bb.image_token_id).sum()) > proc.image_seq_len
+    p = bb.prepare_batch([_image(big), _image((56, 84), 1)], ["describe", "is there a red circle in the picture ?"])
+    ids = p.inputs["input_ids"]
+    vc = bb.model.config.vision_config
+    side = vc.image_size // vc.patch_size // bb.model.config.scale_factor
+    assert p.span.grid == (side, side) and p.span.n == proc.image_seq_len
+    for b in range(2):
+        pos = p.span.positions[b]
+        assert torch.equal(pos, (ids[b] == bb.image_token_id).nonzero()[:, 0])
+        assert [int(ids[b, pos[0] - 2]), int(ids[b, pos[0] - 1]), int(ids[b, pos[-1] + 1])] == \
+            [proc.fake_image_token_id, proc.global_image_token_id, proc.fake_image_token_id]
+    assert p.span.positions[0, 0] != p.span.positions[1, 0]
+
+
+def test_idefics3_cell_boxes_follow_the_stretch_and_the_pixel_shuffle(backbones):
+    """Each token is a scale_factor × scale_factor block of patches (the connector's pixel shuffle): a block
+    painted at a cell box's centre changes that token's pixels most."""
+    bb = backbones["idefics3"]
+    vc = bb.model.config.vision_config
+    s = bb.model.config.scale_factor
+    size = (84, 56)
+    grid = bb.prepare(_image(size), "describe").span.grid
+    # the model's own pixel shuffle: token (i, j) holds the patches of block (i, j), row-major
+    side = vc.image_size // vc.patch_size
+    patch_id = torch.arange(side * side, dtype=torch.float32).view(1, -1, 1)
+    folded = bb.model.model.connector.pixel_shuffle(patch_id, s)[0]  # [tokens, s²]
+    for t in range(grid[0] * grid[1]):
+        i, j = divmod(t, grid[1])
+        block_ids = {(i * s + a) * side + j * s + b for a in range(s) for b in range(s)}
+        assert set(folded[t].long().tolist()) == block_ids
+    geo = bb.input_geometry(size)
+    assert geo.covers_whole_image() and geo.scale == pytest.approx((32 / 84, 32 / 56))
+    boxes = bb.cell_boxes(size, grid)
+    for r in range(grid[0]):
+        for c in range(grid[1]):
+            x0, y0, x1, y1 = boxes[r, c]
+            block = (int(round((x0 + x1) / 2 - 3)), int(round((y0 + y1) / 2 - 3)), 6)
+            hits = patch_hits(bb.processor.image_processor, size, block, vc.patch_size * s)
             assert np.unravel_index(int(np.argmax(hits)), grid) == (r, c), (r, c, block)

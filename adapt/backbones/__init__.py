@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..paths import asset
 from .base import Backbone, BackboneError, Generation, Prepared
+from .idefics3 import Idefics3Backbone
 from .llava import LlavaBackbone
 from .paligemma import PaliGemmaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
@@ -19,10 +20,11 @@ FAMILIES: dict[str, type[Backbone]] = {
     "qwen2_5_vl": Qwen2_5_VLBackbone,
     "qwen3_vl": Qwen3VLBackbone,
     "paligemma": PaliGemmaBackbone,
+    "idefics3": Idefics3Backbone,
 }
 # model type -> what a user knows it as (the unsupported-family message lists these)
 FAMILY_NAMES = {"llava": "LLaVA-1.5", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL",
-                "paligemma": "PaliGemma (Gemma 1)"}
+                "paligemma": "PaliGemma (Gemma 1)", "idefics3": "Idefics3 / SmolVLM with image splitting off"}
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = asset("embedded")
@@ -74,4 +76,5 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 
 
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
-           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "PaliGemmaBackbone", "FAMILY_NAMES"]
+           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "PaliGemmaBackbone", "Idefics3Backbone",
+           "FAMILY_NAMES"]
