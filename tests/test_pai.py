@@ -50,3 +50,23 @@ def test_without_either_part_pai_is_greedy():
     # the guidance with γ = 1 + ε and the amplification off changes nothing either, now through the pair rows
     near = PAI(PAIConfig(alpha=0.0, gamma=1.0 + 1e-7)).answer_batch(bb, images, qs, 24)
     assert [a.token_ids for a in near] == [a.token_ids for a in none]
+
+
+def test_text_only_rows_carry_no_image():
+    """The guidance's text-only rows send no pixels: the vision tower sees the n answered images once."""
+    import numpy as np
+    from PIL import Image
+
+    from adapt.backbones import LlavaBackbone
+    from adapt.testing import tiny_llava
+
+    bb = LlavaBackbone(*tiny_llava(layers=2), "tiny")
+    images = [Image.fromarray((np.random.default_rng(s).random((32, 32, 3)) * 255).astype("uint8")) for s in (1, 2)]
+    seen = []
+    hook = bb.model.model.vision_tower.register_forward_pre_hook(lambda m, args, kw: seen.append(
+        (args[0] if args else kw["pixel_values"]).shape[0]), with_kwargs=True)
+    try:
+        PAI(PAIConfig(gamma=1.5)).answer_batch(bb, images, ["describe the image"] * 2, 4)
+    finally:
+        hook.remove()
+    assert seen == [2]  # one pass, two images (the four-row batch's text rows carry none)

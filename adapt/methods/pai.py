@@ -75,6 +75,7 @@ class PAI(Method):
         prepared = backbone.prepare_batch(list(images) * 2, list(questions) * 2)
         inputs = prepared.inputs
         inputs["attention_mask"] = text_only_mask(backbone, inputs, n)  # rows n…2n−1: the text alone
+        drop_images(backbone, inputs, n)  # …which carry no image: one vision-tower pass, for rows 0…n−1
         procs = LogitsProcessorList([*generate_kwargs.pop("logits_processor", []),
                                      VCDLogitsProcessor(n, cfg.gamma - 1, cfg.beta, None)])
         # VCD's processor contrasts raw logits; on log-probabilities (the paper's form) the two
@@ -100,6 +101,29 @@ def text_only_mask(backbone, inputs: dict, n: int) -> torch.Tensor:
     block = torch.isin(ids, torch.tensor(backbone.image_block_ids(), device=ids.device))
     mask[n:][block] = 0
     return mask
+
+
+def drop_images(backbone, inputs: dict, n: int) -> None:
+    """Rows n… of ``inputs`` without their images, in place: their image tokens become padding (already
+    masked by :func:`text_only_mask`, so nothing attends to them) and the pixel tensors keep the first n
+    images only, so the vision tower runs for the rows that see an image. LLaVA-style inputs hold one
+    pixel tensor per image (dim 0); Qwen-VL concatenates each image's patches (``image_grid_thw``)."""
+    ids = inputs["input_ids"].clone()
+    image = ids[n:] == backbone.image_token_id
+    ids[n:][image] = backbone.model.generation_config.pad_token_id
+    inputs["input_ids"] = ids
+    if "mm_token_type_ids" in inputs:  # Qwen-VL's per-token modality (3-D rope): text now
+        types = inputs["mm_token_type_ids"].clone()
+        types[n:][image] = 0
+        inputs["mm_token_type_ids"] = types
+    if "image_grid_thw" in inputs:
+        keep = int(inputs["image_grid_thw"][:n].prod(-1).sum())
+        inputs["pixel_values"] = inputs["pixel_values"][:keep]
+        inputs["image_grid_thw"] = inputs["image_grid_thw"][:n]
+        return
+    for key in ("pixel_values", "pixel_attention_mask", "image_sizes"):
+        if key in inputs:
+            inputs[key] = inputs[key][:n]
 
 
 def attention_only(cfg: PAIConfig | None = None) -> PAIConfig:
