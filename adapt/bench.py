@@ -266,6 +266,79 @@ def bench_ops(tokens: int = 3) -> dict[str, float]:
     return {"capture": extra["capture"], "steered": extra["steered"], "masked": sdpa.masked}
 
 
+def bench_export(images: int, repeats: int, batches: list[int], workers: int) -> dict[int, dict]:
+    """Images/s of ``export-anchors``'s whole path (parquet in → decode → batched anchor-only run →
+    enhancement, PNG encoding → parquet out) against K-token stock-SDPA greedy decoding of the same
+    images (decoded from the same parquet, same batches), interleaved, on the embedded model."""
+    import io
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from datasets import Dataset, Features, Image as ImageF, Value
+
+    from .anchor import BiasCache
+    from .backbones import load_backbone
+    from .config import AdaptConfig
+    from .export import ExportOptions, export_dataset, open_source
+    from .world import DEFAULT_DESCRIBE_PROMPT, make_split
+
+    bb = load_backbone("embedded")
+    cfg = AdaptConfig()
+    k = cfg.anchor.k
+    work = Path(tempfile.mkdtemp(prefix="adapt-bench-export-"))
+    rows = []
+    for i, scene in enumerate(make_split("validation", images, seed=11)):
+        buf = io.BytesIO()
+        scene.image().save(buf, format="PNG")
+        rows.append({"id": f"s{i:05d}", "image": {"bytes": buf.getvalue(), "path": None},
+                     "question": DEFAULT_DESCRIBE_PROMPT})
+    features = Features({"id": Value("string"), "image": ImageF(), "question": Value("string")})
+    (work / "in" / "data").mkdir(parents=True)
+    Dataset.from_list(rows, features=features).to_parquet(str(work / "in" / "data" / "train-00000-of-00001.parquet"))
+    cache = BiasCache(work / "cache")
+
+    def export(batch: int) -> float:
+        out = work / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        export_dataset(bb, open_source(work / "in"), out, cfg, cache, ExportOptions(batch_size=batch, workers=workers))
+        return time.perf_counter() - t0
+
+    def greedy(batch: int) -> float:
+        bb.model.set_attn_implementation({"text_config": "sdpa"})
+        t0 = time.perf_counter()
+        src = open_source(work / "in")
+        pending = []
+        with torch.inference_mode():
+            for row in src.rows():
+                pending.append((Image.open(io.BytesIO(row.image)).convert("RGB"), row.question))
+                if len(pending) == batch or row.index == images - 1:
+                    prepared = bb.prepare_batch([im for im, _ in pending], [q for _, q in pending])
+                    bb.model.generate(**prepared.inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False)
+                    pending = []
+        seconds = time.perf_counter() - t0
+        bb.model.set_attn_implementation({"text_config": ATTN_IMPL})
+        return seconds
+
+    export(batches[0])  # warm-up; fills the bias-map cache, as any run after the first per question
+    times = {b: {"export": [], "greedy": []} for b in batches}
+    for _ in range(repeats):
+        for b in batches:
+            times[b]["greedy"].append(greedy(b))
+            times[b]["export"].append(export(b))
+    shutil.rmtree(work, ignore_errors=True)
+    out = {}
+    print(f"embedded model, {images} world scenes (96x96 PNG in parquet), K = {k}, {repeats} repeats interleaved, "
+          f"{torch.get_num_threads()} torch thread(s), {workers} worker thread(s); median:", flush=True)
+    for b in batches:
+        e, g = statistics.median(times[b]["export"]), statistics.median(times[b]["greedy"])
+        out[b] = {"ratio": e / g, "images_per_s": images / e, "greedy_images_per_s": images / g}
+        print(f"  batch {b:>3}: export {images / e:7.1f} images/s ({e / images * 1000:6.1f} s per 1 000 images), "
+              f"K-step greedy {images / g:7.1f} images/s: {e / g:.2f}x", flush=True)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m adapt.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -292,8 +365,21 @@ def main(argv=None) -> None:
     ms.add_argument("--threads", type=int, default=1)
     op = sub.add_parser("ops", help="extra aten ops per (layer, step) over stock SDPA; SDPA calls with a mask")
     op.add_argument("--threads", type=int, default=1)
+    ex = sub.add_parser("export", help="export-anchors' images/s against K-step greedy of the same images")
+    ex.add_argument("--images", type=int, default=64)
+    ex.add_argument("--repeats", type=int, default=3)
+    ex.add_argument("--batches", default="1,8,32", help="batch sizes to time")
+    ex.add_argument("--batch-size", type=int, default=8, help="the batch of the headline line")
+    ex.add_argument("--workers", type=int, default=2, help="decoding / encoding threads beside the model")
+    ex.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.what == "export":
+        batches = sorted({int(b) for b in args.batches.split(",") if b.strip()} | {args.batch_size})
+        r = bench_export(args.images, args.repeats, batches, args.workers)[args.batch_size]
+        print(f"export per image vs K-step greedy: {r['ratio']:.2f}x ({r['images_per_s']:.1f} images/s, "
+              f"batch {args.batch_size})")
+        return
     if args.what == "ops":
         r = bench_ops()
         print(f"ops per layer-step vs stock: capture +{r['capture']:.0f}, adapt-tf steered +{r['steered']:.0f}; "
