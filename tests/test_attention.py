@@ -162,7 +162,7 @@ def test_load_backbone_from_local_directory(family, tmp_path, rand_image):
 def test_load_backbone_errors_are_clear(tmp_path):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(BackboneError, match="supported: llava, qwen2_5_vl"):
+    with pytest.raises(BackboneError, match="supported: .*llava, .*qwen2_5_vl"):
         load_backbone(str(tmp_path / "bert"))
     with pytest.raises(BackboneError, match="without a config.json"):
         load_backbone(str(tmp_path))
