@@ -23,9 +23,8 @@ QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end
 
 @dataclass(frozen=True)
 class Family:
-    """How to build one family's tiny checkpoint, and what its hub folder calls its classes."""
+    """How to build one Qwen-VL family's tiny checkpoint, and what its hub folder calls its classes."""
 
-    model_type: str
     patch: int
     processor_class: str  # the stock processor's class name, as the hub's processor_config.json has it
     image_processor_type: str  # as the hub's preprocessor_config.json names it
@@ -34,9 +33,9 @@ class Family:
 
 
 QWEN_FAMILIES = {
-    "qwen2_vl": Family("qwen2_vl", 14, "Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor", True),
-    "qwen2_5_vl": Family("qwen2_5_vl", 14, "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
-    "qwen3_vl": Family("qwen3_vl", 16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
+    "qwen2_vl": Family(14, "Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor", True),
+    "qwen2_5_vl": Family(14, "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
+    "qwen3_vl": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
 }
 
 
@@ -106,64 +105,14 @@ def tiny_qwen_vl(model_type: str, hidden: int = 64, layers: int = 2, heads: int 
     return model, processor
 
 
-def save_like_hub(model, processor, path, fam: Family) -> str:
-    """Save ``model`` and ``processor`` to ``path`` as a hub folder of ``fam`` lays them out: the stock
-    processor's class name (which needs torchvision to load here), the image processor in its own
-    ``preprocessor_config.json`` under the hub's type name, and a video processor config."""
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    for f in path.glob("*.json"):
-        data = json.loads(f.read_text())
-        if isinstance(data, dict) and "processor_class" in data:
-            data["processor_class"] = fam.processor_class
-            f.write_text(json.dumps(data, indent=2))
-    top = json.loads((path / "processor_config.json").read_text())
-    image = top.pop("image_processor")
-    image.update(image_processor_type=fam.image_processor_type, processor_class=fam.processor_class)
-    if fam.pixel_keys:
-        size = image.pop("size")
-        image.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
-    (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
-    (path / "processor_config.json").write_text(json.dumps(top, indent=2))
-    video = {k: image[k] for k in ("patch_size", "merge_size", "temporal_patch_size") if k in image}
-    video.update(video_processor_type=fam.video_processor, processor_class=fam.processor_class)
-    (path / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
-    return str(path)
-
-
 def qwen_checkpoint(model_type: str, path, **kw) -> str:
     """A tiny ``model_type`` checkpoint folder at ``path`` (built once per path)."""
     path = Path(path)
     if not (path / "config.json").exists():
-        model, processor = tiny_qwen_vl(model_type, **kw)
-        save_like_hub(model, processor, path, QWEN_FAMILIES[model_type])
+        fam = QWEN_FAMILIES[model_type]
+        save_like_hub(*tiny_qwen_vl(model_type, **kw), path, fam.processor_class, fam.image_processor_type,
+                      fam.video_processor, fam.pixel_keys)
     return str(path)
-
-
-def _grey(size: tuple[int, int], block: tuple[int, int, int] | None = None):
-    """A mid-grey ``size`` image, with a white square ``block`` = (x0, y0, side) painted on it."""
-    import numpy as np
-    from PIL import Image
-
-    a = np.full((size[1], size[0], 3), 128, dtype=np.uint8)
-    if block is not None:
-        x0, y0, s = block
-        a[y0:y0 + s, x0:x0 + s] = 255
-    return Image.fromarray(a)
-
-
-def token_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int]):
-    """Per image token of a Qwen-VL input (after the merge), how much a white square ``block`` = (x0, y0,
-    side) painted on a grey ``size`` image changed its pixels, ``[h, w]`` from the processor's own output."""
-    import numpy as np
-
-    out = [image_processor(images=[_grey(size, b)], return_tensors="np") for b in (None, block)]
-    _, gh, gw = (int(x) for x in out[0]["image_grid_thw"][0])
-    m = image_processor.merge_size
-    # patches come in merge windows: m² consecutive patch rows make one token, tokens row-major
-    d = np.abs(out[1]["pixel_values"] - out[0]["pixel_values"]).sum(1).reshape(-1, m * m).sum(1)
-    return d.reshape(gh // m, gw // m)
 
 
 def gemma_tokenizer(extra_words: int = 160):
@@ -212,35 +161,11 @@ def tiny_paligemma(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: 
 
 
 def paligemma_checkpoint(path, **kw) -> str:
-    """A tiny PaliGemma checkpoint folder at ``path`` (built once per path), laid out as the hub's: the
-    image processor's hub type name in its own ``preprocessor_config.json``."""
+    """A tiny PaliGemma checkpoint folder at ``path`` (built once per path), laid out as the hub's."""
     path = Path(path)
     if not (path / "config.json").exists():
-        model, processor = tiny_paligemma(**kw)
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-        top = json.loads((path / "processor_config.json").read_text())
-        image = top.pop("image_processor")
-        image.update(image_processor_type="SiglipImageProcessor", processor_class="PaliGemmaProcessor")
-        (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
-        (path / "processor_config.json").write_text(json.dumps(top, indent=2))
+        save_like_hub(*tiny_paligemma(**kw), path, "PaliGemmaProcessor", "SiglipImageProcessor")
     return str(path)
-
-
-def patch_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int], patch: int):
-    """Per image token of a one-tensor-per-image input (SigLIP / CLIP patches, row-major; ``patch`` is the
-    pixels one token covers), how much a white square ``block`` on a grey ``size`` image changed its
-    pixels, ``[h, w]``."""
-    import numpy as np
-
-    def canvas(b):  # [3, H, W] of the first image (Idefics3 nests images per row: [B, N, 3, H, W])
-        pv = image_processor(images=[_grey(size, b)], return_tensors="np")["pixel_values"]
-        return pv.reshape(-1, *pv.shape[-3:])[0]
-
-    plain, painted = canvas(None), canvas(block)
-    d = np.abs(painted - plain).sum(0)  # [H, W] of the canvas
-    h, w = d.shape[0] // patch, d.shape[1] // patch
-    return d[: h * patch, : w * patch].reshape(h, patch, w, patch).sum((1, 3))
 
 
 IDEFICS3_TEMPLATE = (
@@ -286,16 +211,78 @@ def tiny_idefics3(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: i
 
 
 def idefics3_checkpoint(path, **kw) -> str:
-    """A tiny Idefics3 checkpoint folder at ``path`` (built once per path), the image processor in its own
-    ``preprocessor_config.json`` under the hub's type name."""
+    """A tiny Idefics3 checkpoint folder at ``path`` (built once per path), laid out as the hub's."""
     path = Path(path)
     if not (path / "config.json").exists():
-        model, processor = tiny_idefics3(**kw)
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-        top = json.loads((path / "processor_config.json").read_text())
-        image = top.pop("image_processor")
-        image.update(image_processor_type="Idefics3ImageProcessor", processor_class="Idefics3Processor")
-        (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
-        (path / "processor_config.json").write_text(json.dumps(top, indent=2))
+        save_like_hub(*tiny_idefics3(**kw), path, "Idefics3Processor", "Idefics3ImageProcessor")
     return str(path)
+
+
+def save_like_hub(model, processor, path, processor_class: str, image_processor_type: str,
+                  video_processor: str | None = None, pixel_keys: bool = False) -> str:
+    """Save ``model`` and ``processor`` to ``path`` as hub folders lay them out: the stock processor's class
+    name (for Qwen-VL one that needs torchvision to load here), the image processor in its own
+    ``preprocessor_config.json`` under its hub type name (with ``pixel_keys``, its budget as
+    ``min_pixels`` / ``max_pixels``), and a ``video_preprocessor_config.json`` naming ``video_processor``."""
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    for f in path.glob("*.json"):
+        data = json.loads(f.read_text())
+        if isinstance(data, dict) and "processor_class" in data:
+            data["processor_class"] = processor_class
+            f.write_text(json.dumps(data, indent=2))
+    top = json.loads((path / "processor_config.json").read_text())
+    image = top.pop("image_processor")
+    image.update(image_processor_type=image_processor_type, processor_class=processor_class)
+    if pixel_keys:
+        size = image.pop("size")
+        image.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+    (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    (path / "processor_config.json").write_text(json.dumps(top, indent=2))
+    if video_processor:
+        video = {k: image[k] for k in ("patch_size", "merge_size", "temporal_patch_size") if k in image}
+        video.update(video_processor_type=video_processor, processor_class=processor_class)
+        (path / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
+    return str(path)
+
+
+def _grey(size: tuple[int, int], block: tuple[int, int, int] | None = None):
+    """A mid-grey ``size`` image, with a white square ``block`` = (x0, y0, side) painted on it."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.full((size[1], size[0], 3), 128, dtype=np.uint8)
+    if block is not None:
+        x0, y0, s = block
+        a[y0:y0 + s, x0:x0 + s] = 255
+    return Image.fromarray(a)
+
+
+def token_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int]):
+    """Per image token of a Qwen-VL input (after the merge), how much a white square ``block`` = (x0, y0,
+    side) painted on a grey ``size`` image changed its pixels, ``[h, w]`` from the processor's own output."""
+    import numpy as np
+
+    out = [image_processor(images=[_grey(size, b)], return_tensors="np") for b in (None, block)]
+    _, gh, gw = (int(x) for x in out[0]["image_grid_thw"][0])
+    m = image_processor.merge_size
+    # patches come in merge windows: m² consecutive patch rows make one token, tokens row-major
+    d = np.abs(out[1]["pixel_values"] - out[0]["pixel_values"]).sum(1).reshape(-1, m * m).sum(1)
+    return d.reshape(gh // m, gw // m)
+
+
+def patch_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int], patch: int):
+    """Per image token of a one-tensor-per-image input (SigLIP / CLIP patches, row-major; ``patch`` is the
+    pixels one token covers), how much a white square ``block`` on a grey ``size`` image changed its
+    pixels, ``[h, w]``."""
+    import numpy as np
+
+    def canvas(b):  # [3, H, W] of the first image (Idefics3 nests images per row: [B, N, 3, H, W])
+        pv = image_processor(images=[_grey(size, b)], return_tensors="np")["pixel_values"]
+        return pv.reshape(-1, *pv.shape[-3:])[0]
+
+    plain, painted = canvas(None), canvas(block)
+    d = np.abs(painted - plain).sum(0)  # [H, W] of the canvas
+    h, w = d.shape[0] // patch, d.shape[1] // patch
+    return d[: h * patch, : w * patch].reshape(h, patch, w, patch).sum((1, 3))

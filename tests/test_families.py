@@ -1,7 +1,8 @@
-"""Each model family end to end on a tiny random checkpoint saved like a hub folder (Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL, PaliGemma, Idefics3 / SmolVLM with image splitting off): loading with our requirements alone, capture against the model's own eager
-attention, the image layout against what the processor emitted, cell boxes against the processor's
-resize, every registered method, VCD's noised pixels and PAI's text-only branch."""
+"""Each model family end to end on a tiny random checkpoint saved like a hub folder (Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL, PaliGemma, Idefics3 / SmolVLM with image splitting off): loading with our
+requirements alone, capture against the model's own eager attention, the image layout against what the
+processor emitted, cell boxes against the processor's resize, every registered method, VCD's noised
+pixels and PAI's text-only branch."""
 
 from __future__ import annotations
 
