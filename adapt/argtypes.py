@@ -65,6 +65,21 @@ def out_dir(text: str) -> str:
     return text
 
 
+def out_file(text: str) -> str:
+    """A file to write: new or existing, never a folder (nor under a file)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an output file is needed, got an empty path")
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    for q in p.parents:
+        if q.exists():
+            if not q.is_dir():
+                raise argparse.ArgumentTypeError(f"{q} is a file, not a folder")
+            break
+    return text
+
+
 def name_list(known: list[str], what: str):
     """A comma-separated, non-empty list of distinct names out of ``known`` (kept as the cleaned string)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .argtypes import out_file
 from .eval import amber, coco, pope
 from .eval.formats import DataError, iter_jsonl, write_json
 
@@ -98,18 +99,18 @@ def add_parser(sub, fn) -> None:
     p.add_argument("--parser", default="original", choices=list(pope.PARSERS),
                    help="original: POPE's (no/not -> no, else yes); strict: first word yes/no, else unknown; "
                         "exclusive: yes xor negation, else unknown")
-    p.add_argument("--out", help="write the metrics here (JSON)")
+    p.add_argument("--out", type=out_file, help="write the metrics here (JSON)")
     c = b.add_parser("chair", help="CHAIR of captions ({image_id, caption} lines) on COCO")
     c.add_argument("--captions", required=True, help="caption JSONL ({image_id, caption} lines)")
     c.add_argument("--annotations", required=True, help="folder with COCO instances_*.json and captions_*.json")
-    c.add_argument("--out", help="write the metrics and per-image results here (JSON)")
+    c.add_argument("--out", type=out_file, help="write the metrics and per-image results here (JSON)")
     a = b.add_parser("amber", help="AMBER responses ({id, response}) against its annotations")
     a.add_argument("--responses", required=True, help="JSON list (or JSONL) of {id, response}")
     a.add_argument("--annotations", required=True, help="AMBER annotations.json")
     a.add_argument("--association", required=True, help="AMBER relation.json (word associations)")
     a.add_argument("--safe-words", default=None, help="AMBER safe_words.txt")
     a.add_argument("--parser", default="strict", choices=list(pope.PARSERS), help="yes/no parser")
-    a.add_argument("--out", help="write the metrics here (JSON)")
+    a.add_argument("--out", type=out_file, help="write the metrics here (JSON)")
     for q in (p, c, a):
         q.set_defaults(fn=fn)
 

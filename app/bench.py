@@ -43,15 +43,18 @@ def _images(n: int):
 
 
 def main(argv=None) -> int:
+    from adapt.argtypes import int_range, out_file, positive_int, threads
+
     ap = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded")
-    ap.add_argument("--images", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per image")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the app's policy, 1 for small models)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's value")
+    ap.add_argument("--images", type=positive_int, default=3)
+    ap.add_argument("--repeats", type=positive_int, default=5, help="timed calls per image")
+    ap.add_argument("--threads", type=threads, default=None,
+                    help="torch threads (default: the app's policy, 1 for small models)")
+    ap.add_argument("--max-new-tokens", type=int_range(1, 2048), default=None, help="default: the config's value")
     ap.add_argument("--no-server", action="store_true", help="skip the end-to-end measurement")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--json", default=None, type=out_file, help="also write the results here")
     args = ap.parse_args(argv)
 
     from adapt.backbones import load_backbone

@@ -97,6 +97,9 @@ def test_flags_of_each_subcommand(tmp_path, capsys):
         (["train", "dpo", "--out", out, "--threads", "100000"], ["--threads"]),
         (["train", "dpo", "--out", out, "--sft-weight", "inf"], ["--sft-weight"]),
         (["train", "dpo", "--out", out, "--eval-scenes", "-1"], ["--eval-scenes"]),
+        (["score", "pope", "--questions", "q", "--answers", "a", "--out", str(tmp_path)], ["--out", "is a folder"]),
+        (["score", "chair", "--captions", "c", "--annotations", "a", "--out", str(BAD / "ok.png" / "m.json")],
+         ["--out", "ok.png is a file"]),
     ]
     for argv, expect in cases:
         _refused(argv, capsys, *expect)
