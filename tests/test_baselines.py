@@ -262,3 +262,38 @@ def test_opera_capture_is_one_layer_and_the_window_only(llava):
     assert len(tokens) == 12 and len(seen) == info["forwards"] - 1 - len(info["rollbacks"])
     assert all(layers == {llava.num_layers - 1} and shape == (25, 4) for layers, shape in seen)
     assert dec.capture.rows == {} and dec.cache is None
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_opera_candidates_as_queries_equal_one_forward_each(family, llava, qwen):
+    """k candidates fed as k query tokens per beam under a 4-D mask give each candidate the logits, window
+    row and image mass of feeding it alone; keeping some as the beams leaves the cache of feeding them
+    alone; a rollback to the first token (image_steps = 0) returns the prompt's own logits."""
+    from adapt.methods.opera import ModelDecoder
+
+    bb = llava if family == "llava" else qwen
+    cfg = OPERAConfig(num_beams=2, num_candidates=3, window=3)
+    prepared = bb.prepare(_images(1, seed=4)[0], "describe the image")
+    with torch.inference_mode(), ModelDecoder(bb, prepared, cfg) as dec:
+        first = dec.prefill()
+        tokens = first.topk(6, -1).indices.reshape(-1, 1)  # [6, 1]: one cached row, six candidates
+        logits, rows, mass = dec.candidates(tokens, 6)
+        dec.select(torch.tensor([4, 1]))
+        nxt = torch.tensor([[7], [9]])
+        after = dec.model(input_ids=nxt, past_key_values=dec.cache, use_cache=True).logits[:, -1]
+        again = dec.refeed(torch.zeros(2, 0, dtype=torch.long))
+        assert dec.cache.get_seq_length() == prepared.prompt_len
+        torch.testing.assert_close(again, first.expand(2, -1))
+    with torch.inference_mode():
+        for i, t in enumerate(tokens[:, 0].tolist()):
+            with TextWindowCapture(3, (dec.layer,), reduce=cfg.head_reduce,
+                                   image_positions=prepared.span.positions[0]) as cap:
+                out = bb.model(**prepared.inputs, use_cache=True)
+                one = bb.model(input_ids=torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
+                torch.testing.assert_close(logits[i], one.logits[0, -1].float(), atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(rows[i], cap.rows[dec.layer][0], atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(mass[i], cap.image_mass[dec.layer][0], atol=1e-6, rtol=1e-5)
+                if i in (4, 1):
+                    b = [4, 1].index(i)
+                    more = bb.model(input_ids=nxt[b:b + 1], past_key_values=one.past_key_values, use_cache=True)
+                    torch.testing.assert_close(after[b], more.logits[0, -1], atol=1e-5, rtol=1e-4)

@@ -23,9 +23,10 @@ is tried, and then no more.
 Public defaults (the authors' scripts, :class:`OPERAConfig`): 5 beams, σ = 50, r = 15, N_can = 5,
 α = 1, last decoder layer.
 
-**How it runs here.** Candidates' attention rows come from one batched forward per step: the
-beams' KV cache is repeated N_can times, every beam × candidate row is fed its candidate, and the
-:data:`adapt.hooks.HOOK_TEXT_WINDOW` hook point gives each row's attention over the last
+**How it runs here.** Candidates' attention rows come from one batched forward per step: every
+beam is fed its N_can candidates as N_can query tokens at the same position, under a 4-D mask in which
+each sees the beam's cache and itself (the cache is not copied per candidate), and the
+:data:`adapt.hooks.HOOK_TEXT_WINDOW` hook point gives each candidate's attention over the last
 ``window`` keys at the last layer. The same forward gives the logits of the next step, so once the
 beams are chosen the cache keeps the chosen rows and nothing is recomputed (the public code runs
 N_can + 1 forwards per step). Column products are kept per beam as running log sums, one per
@@ -108,7 +109,12 @@ class OPERAConfig:
 
 class ModelDecoder:
     """The model side of the search for one (image, question): a KV cache over the beams and the
-    batched candidate forward, read through :class:`~adapt.hooks.TextWindowCapture`."""
+    batched candidate forward, read through :class:`~adapt.hooks.TextWindowCapture`.
+
+    Candidates are fed as ``k`` query tokens per cached row, all at the next position, with a 4-D mask
+    in which each sees its row's cache and itself (not its sibling candidates): one forward, and the
+    cache is never copied per candidate. Choosing the beams keeps, per new beam, its parent row with
+    the chosen candidate's key and value moved to the next position, then crops the rest."""
 
     def __init__(self, backbone, prepared, cfg: OPERAConfig):
         self.model = backbone.model
@@ -116,9 +122,13 @@ class ModelDecoder:
         self.inputs = prepared.inputs
         layer = cfg.layer % backbone.num_layers
         self.layer = layer
+        self.window = cfg.window
         self.capture = TextWindowCapture(cfg.window, (layer,), reduce=cfg.head_reduce,
-                                         image_positions=prepared.span.positions[0])
+                                         image_positions=prepared.span.positions[0],
+                                         queries=cfg.num_beams * cfg.num_candidates)
         self.cache = None
+        self._fed = None  # (cache length before the candidates, candidates per row)
+        self._prefill_logits = None
 
     def __enter__(self):
         self.capture.__enter__()
@@ -131,23 +141,59 @@ class ModelDecoder:
     def prefill(self) -> torch.Tensor:
         out = self.model(**self.inputs, use_cache=True)
         self.cache = out.past_key_values
-        return out.logits[:, -1].float()
+        self._prefill_logits = out.logits[:, -1].float()
+        return self._prefill_logits
+
+    def _position(self, past: int, rows: int, device) -> torch.Tensor:
+        """``[rows, 1]`` position of the token after ``past`` cached ones, as the model would number it
+        (Qwen-VL: shifted by the image's rope delta; PaliGemma counts from one)."""
+        inner = getattr(self.model, "model", None)
+        delta = getattr(inner, "rope_deltas", None)
+        pos = torch.full((rows, 1), past + (self.model.config.model_type == "paligemma"), dtype=torch.long,
+                         device=device)
+        return pos if delta is None else pos + delta.to(device).view(-1, 1)[:1]
 
     def candidates(self, tokens: torch.Tensor, repeat: int):
-        """Feed ``tokens`` ``[R, 1]`` after repeating every cached row ``repeat`` times; returns the next
-        logits ``[R, V]``, each row's attention over the window ``[R, w]`` and its image mass ``[R]``."""
-        self.cache.batch_repeat_interleave(repeat)
-        out = self.model(input_ids=tokens, past_key_values=self.cache, use_cache=True)
+        """Feed ``tokens`` ``[R, 1]``, ``repeat`` of them after each cached row; returns the next logits
+        ``[R, V]``, each candidate's attention over the window ``[R, w]`` (its row's last generated keys,
+        then itself) and its image mass ``[R]``."""
+        rows = tokens.shape[0] // repeat
+        past = self.cache.get_seq_length()
+        dev = tokens.device
+        mask = torch.ones(rows, 1, repeat, past + repeat, dtype=torch.bool, device=dev)
+        mask[..., past:] = torch.eye(repeat, dtype=torch.bool, device=dev)
+        out = self.model(input_ids=tokens.view(rows, repeat), past_key_values=self.cache, attention_mask=mask,
+                         position_ids=self._position(past, rows, dev).expand(rows, repeat), use_cache=True)
         self.cache = out.past_key_values
-        return out.logits[:, -1].float(), self.capture.rows[self.layer], self.capture.image_mass[self.layer]
+        self._fed = (past, repeat)
+        full = self.capture.full[self.layer]  # [rows, repeat, past + repeat]
+        w = min(self.window, past + 1)
+        own = torch.diagonal(full[..., past:], dim1=1, dim2=2)  # each candidate on itself
+        window = torch.cat([full[..., past - (w - 1): past], own[..., None]], -1).reshape(-1, w)
+        mass = self.capture.all_image_mass[self.layer].reshape(-1)
+        logits = out.logits.reshape(tokens.shape[0], -1).float()
+        # the search runs where the LM head put the logits; the capture is on the last layer's device
+        return logits, window.to(logits.device), mass.to(logits.device)
 
     def select(self, rows: torch.Tensor) -> None:
-        self.cache.reorder_cache(rows)
+        """Keep candidate ``rows`` (indices into the last :meth:`candidates` call's ``R``) as the beams."""
+        past, repeat = self._fed
+        parent, j = rows // repeat, rows % repeat
+        for layer in self.cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name).index_select(0, parent)
+                idx = (past + j).view(-1, 1, 1, 1).expand(-1, t.shape[1], 1, t.shape[3])
+                t[:, :, past: past + 1] = t.gather(2, idx)
+                setattr(layer, name, t[:, :, : past + 1])
 
     def refeed(self, sequences: torch.Tensor) -> torch.Tensor:
         """Back to the prompt (every row shares it), then the beams' ``[nb, pos]`` tokens in one forward."""
-        self.cache.crop(-(self.cache.get_seq_length() - self.prompt_len))
+        extra = self.cache.get_seq_length() - self.prompt_len
+        if extra:
+            self.cache.crop(-extra)
         self.cache.batch_select_indices(torch.zeros(sequences.shape[0], dtype=torch.long, device=sequences.device))
+        if sequences.shape[1] == 0:  # back to the first token: the prompt's own next-token logits
+            return self._prefill_logits.expand(sequences.shape[0], -1)
         out = self.model(input_ids=sequences, past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[:, -1].float()
