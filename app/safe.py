@@ -9,7 +9,8 @@ where they go, and nowhere else escapes by hand:
 - :func:`md` — inside ``gr.Markdown`` (and ``gr.Error``, whose toast renders HTML): no tag, no
   link or image, no code span can start in it, and it stays on its line.
 - :func:`md_code` — the same, shown as code (a backtick span would show the escapes literally).
-- :func:`plot` — plotly titles, legend names and hover text (plotly reads a few tags and links).
+- :func:`tags` — plotly titles, legend names and hover text (plotly reads a few tags and links),
+  and ``gr.Error`` messages (its toast renders HTML; API clients read the rest as written).
 
 Component labels, ``gr.HighlightedText``, text boxes, dropdowns and table cells of type "str"
 are drawn as plain text by the browser: they take the string as it is (escaping would show
@@ -24,7 +25,7 @@ import html as _html
 # and raw HTML (< > &); written as character references, which Markdown shows but never parses
 _MD = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord("["): "&#91;", ord("]"): "&#93;",
        ord("`"): "&#96;", ord("\\"): "&#92;", ord("\n"): " ", ord("\r"): " "}
-_PLOT = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
+_TAGS = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
 
 
 def _text(value, limit: int | None) -> str:
@@ -49,7 +50,7 @@ def md_code(value, limit: int | None = None) -> str:
     return f"<code>{md(value, limit)}</code>"
 
 
-def plot(value, limit: int | None = None) -> str:
-    """``value`` as plotly text (titles, trace names, hover templates): shown, never parsed as a
-    tag or link."""
-    return _text(value, limit).translate(_PLOT)
+def tags(value, limit: int | None = None) -> str:
+    """``value`` with only ``& < >`` escaped: for plotly text (titles, trace names, hover
+    templates) and ``gr.Error`` messages, which read tags but not Markdown."""
+    return _text(value, limit).translate(_TAGS)

@@ -200,7 +200,7 @@ def test_escaping_helper_per_output_kind():
     assert "".join(parser.text).strip() == s.replace("\n", " ")
     code = markdown_html(f"x {safe.md_code(s)} y")
     assert "<code>" in code and not markup_problems(code)
-    assert safe.plot("<b>x</b> & y") == "&lt;b&gt;x&lt;/b&gt; &amp; y"
+    assert safe.tags("<b>x</b> & y") == "&lt;b&gt;x&lt;/b&gt; &amp; y"
     assert safe.html("a" * 50, limit=10) == "a" * 9 + "…"
 
 

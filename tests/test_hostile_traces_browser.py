@@ -145,6 +145,10 @@ def test_bombs_through_the_api_and_the_page_stay_within_memory(server, page, cor
         peaks[name] = (_kb(proc.pid, "VmHWM") - base) / 1024
         assert "not a readable trace" in str(info.value), (name, str(info.value)[:300])
     print("server peak MB per bomb:", {k: round(v, 1) for k, v in peaks.items()})
+    # an API client reads the refusal as written, its tags escaped (a gr.Error toast renders HTML)
+    with pytest.raises(Exception) as info:
+        client.predict(handle_file(str(corpus["format"])), api_name="/open_trace")
+    assert "unsupported trace format '&lt;img src=x" in str(info.value) and "<img" not in str(info.value)
     assert all(v <= PEAK_MB for v in peaks.values()), peaks
     name, path = next((k, v) for k, v in corpus["bombs"].items() if k.startswith("array bomb"))
     clear.write_text("5")

@@ -81,10 +81,10 @@ def amc_figure(trace, layer: int | None = None, step: int | None = None) -> go.F
                                              hovertemplate=f"layer {l}<br>step %{{x}}<br>AMC %{{y:.4g}}"
                                                            "<extra></extra>"))
             y = amc[:, monitored].mean(1)
-            name = f"{safe.plot(run_label(trace, run))}: mean of monitored layers"
+            name = f"{safe.tags(run_label(trace, run))}: mean of monitored layers"
         else:
             y = amc[:, layer]
-            name = f"{safe.plot(run_label(trace, run))}: layer {layer}"
+            name = f"{safe.tags(run_label(trace, run))}: layer {layer}"
         unsteered = run == "unsteered"
         fig.add_trace(go.Scatter(x=steps, y=y.tolist(), mode="lines+markers", name=name,
                                  legendrank=10 if unsteered else 20,
@@ -97,7 +97,7 @@ def amc_figure(trace, layer: int | None = None, step: int | None = None) -> go.F
                 l_idx = np.full_like(t_idx, layer)
             fig.add_trace(go.Scatter(
                 x=t_idx.tolist(), y=amc[t_idx, l_idx].tolist(), mode="markers", legendrank=40,
-                name=f"ASI intervention ({int(steered.sum())} in the {safe.plot(run_label(trace, run))} run)",
+                name=f"ASI intervention ({int(steered.sum())} in the {safe.tags(run_label(trace, run))} run)",
                 marker=dict(symbol="x", size=8, color="#ff7f0e", line=dict(width=1)),
                 customdata=l_idx.tolist(),
                 hovertemplate="step %{x}, layer %{customdata}<br>AMC %{y:.4g}<extra>intervention</extra>"))
@@ -148,7 +148,7 @@ def signals_figure(trace, layer: int | None = None, step: int | None = None) -> 
             continue
         for col, (key, _) in enumerate(SIGNALS, start=1):
             y = _series(getattr(a, key), layer)
-            fig.add_trace(go.Scatter(x=list(range(len(y))), y=y.tolist(), mode="lines", name=safe.plot(run_label(trace, run)),
+            fig.add_trace(go.Scatter(x=list(range(len(y))), y=y.tolist(), mode="lines", name=safe.tags(run_label(trace, run)),
                                      legendgroup=run, showlegend=col == 1,
                                      line=dict(color=RUN_COLOURS[run], width=2,
                                                dash="dash" if run == "unsteered" else "solid")),

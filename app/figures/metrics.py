@@ -80,14 +80,14 @@ def running_metric_figure(rows_by_file: dict[str, list[dict]], metric: str | Non
                 continue
             y = np.cumsum(vals) / np.arange(1, len(vals) + 1)
         # file names and metric names come from the job's files: shown, never read as markup
-        label = safe.plot(name.replace("items-", ""))
+        label = safe.tags(name.replace("items-", ""))
         fig.add_trace(go.Scatter(x=list(range(1, len(y) + 1)), y=y.tolist(), mode="lines", name=label,
-                                 hovertemplate=f"{label}<br>item %{{x}}<br>{safe.plot(metric)} %{{y:.4g}}"
+                                 hovertemplate=f"{label}<br>item %{{x}}<br>{safe.tags(metric)} %{{y:.4g}}"
                                                "<extra></extra>"))
-    title = f"running {safe.plot(metric)} over items done" if metric else "no numeric metric yet"
+    title = f"running {safe.tags(metric)} over items done" if metric else "no numeric metric yet"
     fig.update_layout(title=dict(text=title, font=dict(size=14)), **PLOT_LAYOUT)
     fig.update_xaxes(title_text="items done")
-    fig.update_yaxes(title_text=safe.plot(metric or ""))
+    fig.update_yaxes(title_text=safe.tags(metric or ""))
     return fig
 
 
@@ -121,12 +121,12 @@ def training_figure(rows: list[dict], smooth: int = SMOOTH_STEPS) -> go.Figure:
                 continue
             x = [p[0] for p in pts]
             y = np.array([p[1] for p in pts])
-            name = f"{safe.plot(stage)}: " if stage is not None else ""
+            name = f"{safe.tags(stage)}: " if stage is not None else ""
             colour = palette[si % len(palette)]
             fig.add_trace(go.Scatter(x=x, y=y.tolist(), mode="lines+markers" if len(x) <= 60 else "lines",
                                      name=f"{name}per step", legendgroup=f"{name}-raw", showlegend=col == 1,
                                      opacity=0.45, line=dict(color=colour, width=1), marker=dict(size=4),
-                                     hovertemplate=f"step %{{x}}<br>{key} %{{y:.4g}}<extra>{safe.plot(stage or '')}</extra>"),
+                                     hovertemplate=f"step %{{x}}<br>{key} %{{y:.4g}}<extra>{safe.tags(stage or '')}</extra>"),
                           row=1, col=col)
             if len(y) > 1:
                 c = np.cumsum(np.insert(y, 0, 0.0))

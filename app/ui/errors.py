@@ -17,8 +17,8 @@ from .. import safe
 
 log = logging.getLogger("adapt.app")
 
-# every message goes to Markdown (a status line) or a gr.Error toast (HTML): file names, questions
-# and trace fields in it are the visitor's; quotes stay as they are for API clients
+# messages name the visitor's files, questions and trace fields: a status line (Markdown) takes
+# them through esc, a gr.Error (HTML toast, API clients) through safe.tags
 esc = safe.md
 
 
@@ -69,7 +69,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            raise gr.Error(esc(message(exc, fn.__name__)), print_exception=False) from None
+            raise gr.Error(safe.tags(message(exc, fn.__name__)), print_exception=False) from None
 
     return wrapper
 
