@@ -36,6 +36,7 @@ QWEN_FAMILIES = {
     "qwen2_vl": Family(14, "Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor", True),
     "qwen2_5_vl": Family(14, "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
     "qwen3_vl": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
+    "qwen3_vl_moe": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
 }
 
 
@@ -65,22 +66,25 @@ def _qwen_configs(model_type: str, tokenizer, ids: dict, hidden: int, layers: in
                       patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2, fullatt_block_indexes=[0],
                       window_size=patch * merge * 2)
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
-    if model_type == "qwen3_vl":
-        from transformers import Qwen3VLConfig
+    if model_type in ("qwen3_vl", "qwen3_vl_moe"):
+        from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
         text["head_dim"] = head_dim
         # DeepStack: vision blocks 0 and 1 each give a map, added after decoder layers 0 and 1
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
                       patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2, num_position_embeddings=16,
                       deepstack_visual_indexes=[0, 1])
-        return Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
+        if model_type == "qwen3_vl":
+            return Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden, decoder_sparse_step=1)
+        return Qwen3VLMoeConfig(text_config=text, vision_config=vision, **tokens)
     raise ValueError(model_type)
 
 
 def tiny_qwen_vl(model_type: str, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                  merge: int = 2, pixels: int | None = None, attn: str = ATTN_IMPL, seed: int = 0,
                  dtype=torch.float32):
-    """A random Qwen-VL model of ``model_type`` (qwen2_vl, qwen2_5_vl, qwen3_vl) and its image-only
+    """A random Qwen-VL model of ``model_type`` (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe) and its image-only
     processor. The pixel budget defaults to 6 merged tokens' area (a 56 × 84 image at patch 14)."""
     from transformers import Qwen2VLImageProcessorPil
 

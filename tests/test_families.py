@@ -1,5 +1,5 @@
 """Each model family end to end on a tiny random checkpoint saved like a hub folder (Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL, PaliGemma, Idefics3 / SmolVLM with image splitting off): loading with our
+Qwen2.5-VL, Qwen3-VL and its MoE, PaliGemma, Idefics3 / SmolVLM with image splitting off): loading with our
 requirements alone, capture against the model's own eager attention, the image layout against what the
 processor emitted, cell boxes against the processor's resize, every registered method, VCD's noised
 pixels and PAI's text-only branch."""
@@ -23,10 +23,10 @@ from adapt.pipeline import analyse
 from families import QWEN_FAMILIES, idefics3_checkpoint, paligemma_checkpoint, patch_hits, qwen_checkpoint, \
     tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
 
-QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 ALL = QWEN + ["paligemma", "idefics3"]
 # tokens around the image run that a text-only branch must mask too
-WRAPPERS = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "paligemma": 0, "idefics3": 3}
+WRAPPERS = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "qwen3_vl_moe": 2, "paligemma": 0, "idefics3": 3}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,7 +108,7 @@ def test_unsupported_family_message_lists_the_families(tmp_path):
         load_backbone(str(tmp_path / "bert"))
     msg = str(err.value)
     assert "\n" not in msg and "'bert'" in msg
-    for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "idefics3", "llava", "Qwen2-VL", "Qwen3-VL",
+    for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "paligemma", "idefics3", "llava", "Qwen2-VL", "Qwen3-VL",
                  "PaliGemma", "SmolVLM"):
         assert name in msg
 
@@ -146,10 +146,11 @@ def test_capture_equals_eager_attention_per_layer(family, folders, backbones):
     assert float(gens[0].maps.sum(-1).min()) > 1e-3  # real image mass at every (step, layer)
 
 
-def test_qwen3_vl_deepstack_reaches_the_image_keys_of_later_layers_only(backbones):
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
+def test_qwen3_vl_deepstack_reaches_the_image_keys_of_later_layers_only(family, backbones):
     """DeepStack adds vision maps to the image positions after decoder layer 0 (and 1, …): switching them
     off leaves layer 0's attention as it was and changes layer 1's (its image keys)."""
-    bb = backbones["qwen3_vl"]
+    bb = backbones[family]
     assert bb.deepstack_layers == (1,)
     p = bb.prepare(_image((84, 56), 3), "describe the image")
     with torch.no_grad():

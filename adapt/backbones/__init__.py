@@ -12,18 +12,20 @@ from .llava import LlavaBackbone
 from .paligemma import PaliGemmaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
 from .qwen2_vl import Qwen2VLBackbone
-from .qwen3_vl import Qwen3VLBackbone
+from .qwen3_vl import Qwen3VLBackbone, Qwen3VLMoeBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {
     "llava": LlavaBackbone,
     "qwen2_vl": Qwen2VLBackbone,
     "qwen2_5_vl": Qwen2_5_VLBackbone,
     "qwen3_vl": Qwen3VLBackbone,
+    "qwen3_vl_moe": Qwen3VLMoeBackbone,
     "paligemma": PaliGemmaBackbone,
     "idefics3": Idefics3Backbone,
 }
 # model type -> what a user knows it as (the unsupported-family message lists these)
 FAMILY_NAMES = {"llava": "LLaVA-1.5", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL",
+                "qwen3_vl_moe": "Qwen3-VL-MoE",
                 "paligemma": "PaliGemma (Gemma 1)", "idefics3": "Idefics3 / SmolVLM with image splitting off"}
 
 EMBEDDED = "embedded"
@@ -76,5 +78,5 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 
 
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
-           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "PaliGemmaBackbone", "Idefics3Backbone",
+           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone", "PaliGemmaBackbone", "Idefics3Backbone",
            "FAMILY_NAMES"]

@@ -52,3 +52,16 @@ class Qwen3VLBackbone(QwenVLBackbone):
         """Decoder layers whose image keys carry a DeepStack feature map added after the layer before."""
         k = len(self.model.config.vision_config.deepstack_visual_indexes)
         return tuple(range(1, min(k + 1, self.num_layers)))
+
+
+class Qwen3VLMoeBackbone(Qwen3VLBackbone):
+    """Qwen3-VL with a mixture-of-experts decoder (``Qwen3VLMoeForConditionalGeneration``, e.g. the 30B-A3B
+    models): the same processor, layout and DeepStack; the experts change the MLPs, not the attention."""
+
+    family = "qwen3_vl_moe"
+
+    @classmethod
+    def model_class(cls):
+        from transformers import Qwen3VLMoeForConditionalGeneration
+
+        return Qwen3VLMoeForConditionalGeneration
