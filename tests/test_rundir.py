@@ -170,3 +170,14 @@ def test_the_rule_itself(tmp_path):
     f.write_text("x")
     with pytest.raises(RunDirError, match="is a file"):
         open_run(f, config)
+
+
+def test_world_resume_after_a_torn_line_answers_it_again(tmp_path, answered, capsys):
+    out = tmp_path / "run"
+    argv = WORLD + ["--method", "greedy", "--limit", "2", "--out", str(out)]
+    assert _main(argv, capsys)[0] == 0
+    items = out / "items-greedy.jsonl"
+    first, second = items.read_text().splitlines()
+    items.write_text(first + "\n" + second[:25])  # the second record cut mid-write, no newline
+    assert _main(argv, capsys)[0] == 0 and answered["scenes"] == 3  # only the torn scene again
+    assert json.loads((out / "summary.json").read_text())["greedy"]["n"] == 2

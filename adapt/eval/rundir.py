@@ -170,6 +170,17 @@ def open_run(out, config: dict, overwrite: bool = False, redo_changed: bool = Fa
                       f"resume it, add --overwrite to redo it, or choose another --out")
 
 
+def end_torn_line(path: Path) -> None:
+    """End an answer file whose last line an interrupted write left without its newline, so the next
+    record appended does not join it (the torn record is answered again on the resume)."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def record(out, config: dict, **extra) -> str:
     """Write ``out/run.json``: ``config`` (what :func:`open_run` compares), its hash and ``extra``
     (facts that may change on a resume: commit, processes, …). Returns the hash."""

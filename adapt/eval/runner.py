@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .formats import write_json
-from .rundir import backbone_identity, model_revision, open_run, record
+from .rundir import backbone_identity, end_torn_line, model_revision, open_run, record
 from .tables import TimedMethod, cost_figures, write_tables
 from .tasks import Task
 
@@ -135,7 +135,7 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
         done_n += len(mine) - len(todo)
         report(method.name)
         path = _items_path(run_dir, method.name, shard if shard.count > 1 else None)
-        _end_torn_line(path)
+        end_torn_line(path)
         with path.open("a", encoding="utf-8") as f:
             timed = TimedMethod(method)
             for start in range(0, len(todo), bs):
@@ -161,15 +161,6 @@ def run_task(backbone, task: Task, methods: list, out: str | Path, config: dict 
     write_tables(run_dir, summary, task.table_keys)
     report("done")
     return summary
-
-
-def _end_torn_line(path: Path) -> None:
-    # an interrupted write can leave half a line without its newline; the next record must not join it
-    if path.exists() and path.stat().st_size:
-        with path.open("rb+") as f:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
 
 
 def _barrier() -> None:

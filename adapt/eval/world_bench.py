@@ -21,7 +21,7 @@ from ..backbones import Backbone
 from ..config import AdaptConfig
 from ..methods import Method, get_methods
 from .metrics import chair, chair_i_change, paired_mean_diff, parse_yes_no, pope_metrics
-from .rundir import backbone_identity, open_run, record
+from .rundir import backbone_identity, end_torn_line, open_run, record
 from .tables import write_tables
 
 POPE_KINDS = ("random", "popular", "adversarial")
@@ -149,6 +149,7 @@ def run_world(backbone: Backbone, methods: list[Method], run: WorldRun,
         done = _done_indices(path)
         todo = [i for i in range(n) if i not in done]
         done_count += n - len(todo)
+        end_torn_line(path)
         with path.open("a") as f:
             for start in range(0, len(todo), max(1, run.batch_size)):
                 if should_stop is not None and should_stop():
