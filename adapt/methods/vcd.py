@@ -86,11 +86,20 @@ def contrast(logits: torch.Tensor, noised: torch.Tensor, alpha: float, beta: flo
 
 class VCDLogitsProcessor(LogitsProcessor):
     """Scores for a batch laid out as [N rows on v, N rows on v′]: each pair gets the contrast of its
-    two rows, written to both rows so they pick the same token. With ``generators`` (one per pair)
-    the token is drawn from softmax(contrast) and only it is left finite."""
+    two rows, written to both rows so they pick the same token. With ``generators`` (one per pair:
+    ``torch.Generator`` objects, or seeds) the token is drawn from softmax(contrast) and only it is left
+    finite. Seeds become generators at the first call, on the device of the scores (where the LM head
+    put them; with ``device_map`` over several GPUs that need not be the first parameter's)."""
 
-    def __init__(self, n: int, alpha: float, beta: float, generators: list[torch.Generator] | None = None):
+    def __init__(self, n: int, alpha: float, beta: float, generators: list[torch.Generator | int] | None = None):
         self.n, self.alpha, self.beta, self.generators = n, alpha, beta, generators
+
+    def _generators(self, device: torch.device) -> list[torch.Generator]:
+        gens = self.generators
+        if any(isinstance(g, int) for g in gens):
+            gens = self.generators = [torch.Generator(device=device).manual_seed(g) if isinstance(g, int) else g
+                                      for g in gens]
+        return gens
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         n = self.n
@@ -99,7 +108,8 @@ class VCDLogitsProcessor(LogitsProcessor):
         cd = contrast(scores[:n].float(), scores[n:].float(), self.alpha, self.beta)
         if self.generators is not None:
             probs = torch.softmax(cd, -1)
-            picks = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(self.generators)])
+            picks = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0]
+                                 for i, g in enumerate(self._generators(probs.device))])
             cd = torch.full_like(cd, float("-inf")).scatter(-1, picks[:, None], 0.0)
         return torch.cat([cd, cd]).to(scores.dtype)
 
@@ -139,9 +149,8 @@ class VCD(Method):
         prepared = backbone.prepare_batch(list(images) * 2, list(questions) * 2)
         seeds = [image_seed(im, cfg.seed) for im in images]
         prepared.inputs["pixel_values"] = noise_pixels(prepared.inputs, n, seeds, cfg.noise_step)
-        gens = None
-        if cfg.sample:  # generators on the scores' device; offset so sampling and noise draws differ
-            gens = [torch.Generator(device=backbone.device).manual_seed(s + 1) for s in seeds]
+        # sampling seeds offset so sampling and noise draws differ; generators made on the scores' device
+        gens = [s + 1 for s in seeds] if cfg.sample else None
         procs = LogitsProcessorList([VCDLogitsProcessor(n, cfg.alpha, cfg.beta, gens)])
         extra = generate_kwargs.pop("logits_processor", None)
         if extra:
