@@ -113,6 +113,19 @@ def test_unsupported_family_message_lists_the_families(tmp_path):
         assert name in msg
 
 
+def test_catalog_and_docs_cover_every_registered_family():
+    from pathlib import Path
+
+    from adapt.backbones import CATALOG
+
+    assert set(CATALOG) == set(FAMILIES)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "families.md").read_text()
+    for model_type, info in CATALOG.items():
+        assert info.model_class == FAMILIES[model_type].model_class().__name__
+        assert f"| `{model_type}` |" in docs and info.model_class in docs, model_type
+        assert all(hub_id in docs for hub_id in info.hub_ids), model_type
+
+
 def test_sliding_window_layers_are_refused():
     model, proc = tiny_qwen_vl("qwen2_vl")
     cfg = model.config.get_text_config()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..paths import asset
 from .base import Backbone, BackboneError, Generation, Prepared
+from .catalog import CATALOG, FamilyInfo
 from .idefics3 import Idefics3Backbone
 from .llava import LlavaBackbone
 from .paligemma import PaliGemmaBackbone
@@ -23,10 +24,6 @@ FAMILIES: dict[str, type[Backbone]] = {
     "paligemma": PaliGemmaBackbone,
     "idefics3": Idefics3Backbone,
 }
-# model type -> what a user knows it as (the unsupported-family message lists these)
-FAMILY_NAMES = {"llava": "LLaVA-1.5", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL",
-                "qwen3_vl_moe": "Qwen3-VL-MoE",
-                "paligemma": "PaliGemma (Gemma 1)", "idefics3": "Idefics3 / SmolVLM with image splitting off"}
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = asset("embedded")
@@ -72,11 +69,11 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
     if family is None:
         raise BackboneError(f"unsupported model family '{model_type or '?'}' at {path}; "
                             f"supported: {', '.join(sorted(FAMILIES))} "
-                            f"({', '.join(FAMILY_NAMES[k] for k in FAMILIES)}, and the embedded model)")
+                            f"({', '.join(CATALOG[k].name for k in FAMILIES)}, and the embedded model)")
     return family.load(path, dtype=dtype, device=device, device_map=device_map,
                        trust_remote_code=trust_remote_code)
 
 
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
-           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone", "PaliGemmaBackbone", "Idefics3Backbone",
-           "FAMILY_NAMES"]
+           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
+           "PaliGemmaBackbone", "Idefics3Backbone", "CATALOG", "FamilyInfo"]

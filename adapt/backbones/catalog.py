@@ -1,0 +1,60 @@
+"""What a researcher needs to know about each registered family, in one place (the unsupported-family
+message, a ``models`` listing and docs/families.md read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """One registered family: how a user knows it, its transformers classes, how its image is laid out,
+    which decoder layers are captured, example hub ids and what was never run on real weights."""
+
+    name: str
+    model_class: str
+    processor: str
+    layout: str
+    capturable: str
+    hub_ids: tuple[str, ...]
+    untested: str
+
+
+_QWEN_LAYOUT = "one grid per image: image_grid_thw / merge, row-major, smart_resize (no crop, no pad)"
+_NO_REAL = "no real checkpoint was run (tiny random configs only)"
+
+CATALOG: dict[str, FamilyInfo] = {
+    "llava": FamilyInfo(
+        "LLaVA-1.5", "LlavaForConditionalGeneration", "LlavaProcessor",
+        "one square grid, (image_size / patch)², CLIP resize + centre crop (or pad to square)", "all (full attention)",
+        ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
+        "7B / 13B run only through the paper-table benchmark script; the embedded model is this class"),
+    "qwen2_vl": FamilyInfo(
+        "Qwen2-VL", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor (image-only without torchvision)",
+        _QWEN_LAYOUT + "; patch 14 × merge 2", "all (full attention; sliding-window configs refused)",
+        ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"), _NO_REAL),
+    "qwen2_5_vl": FamilyInfo(
+        "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor (image-only without torchvision)",
+        _QWEN_LAYOUT + "; patch 14 × merge 2", "all (full attention)",
+        ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+        "run only through the paper-table benchmark script"),
+    "qwen3_vl": FamilyInfo(
+        "Qwen3-VL", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor (image-only without torchvision)",
+        _QWEN_LAYOUT + "; patch 16 × merge 2; DeepStack adds vision maps at the image positions after layers 0…k−1",
+        "all (full attention); layers 1…k hold DeepStack-injected image keys",
+        ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"), _NO_REAL),
+    "qwen3_vl_moe": FamilyInfo(
+        "Qwen3-VL-MoE", "Qwen3VLMoeForConditionalGeneration", "Qwen3VLProcessor (image-only without torchvision)",
+        "as Qwen3-VL", "all (full attention); DeepStack as Qwen3-VL", ("Qwen/Qwen3-VL-30B-A3B-Instruct",), _NO_REAL),
+    "paligemma": FamilyInfo(
+        "PaliGemma (Gemma 1)", "PaliGemmaForConditionalGeneration", "PaliGemmaProcessor (no chat template)",
+        "one square grid, (image_size / patch)², image stretched to size; prefix-LM (bidirectional prompt)",
+        "all (full attention); PaliGemma 2 (Gemma 2 softcap) refused",
+        ("google/paligemma-3b-mix-224", "google/paligemma-3b-pt-224"), _NO_REAL),
+    "idefics3": FamilyInfo(
+        "Idefics3 / SmolVLM with image splitting off", "Idefics3ForConditionalGeneration", "Idefics3Processor",
+        "one square grid: the global view alone, stretched to max_image_size, scale_factor² patches per token",
+        "all (full attention)",
+        ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceM4/Idefics3-8B-Llama3"),
+        _NO_REAL + "; the tiles the model was trained with are not shown to it"),
+}
