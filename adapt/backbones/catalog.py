@@ -28,7 +28,7 @@ CATALOG: dict[str, FamilyInfo] = {
         "LLaVA-1.5", "LlavaForConditionalGeneration", "LlavaProcessor",
         "one square grid, (image_size / patch)², CLIP resize + centre crop (or pad to square)", "all (full attention)",
         ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
-        "7B / 13B run only through the paper-table benchmark script; the embedded model is this class"),
+        "7B / 13B never run (the paper-table commands are written, not run); the embedded model is this class"),
     "qwen2_vl": FamilyInfo(
         "Qwen2-VL", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor (image-only without torchvision)",
         _QWEN_LAYOUT + "; patch 14 × merge 2", "all (full attention; sliding-window configs refused)",
@@ -36,8 +36,7 @@ CATALOG: dict[str, FamilyInfo] = {
     "qwen2_5_vl": FamilyInfo(
         "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor (image-only without torchvision)",
         _QWEN_LAYOUT + "; patch 14 × merge 2", "all (full attention)",
-        ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
-        "run only through the paper-table benchmark script"),
+        ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"), _NO_REAL),
     "qwen3_vl": FamilyInfo(
         "Qwen3-VL", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor (image-only without torchvision)",
         _QWEN_LAYOUT + "; patch 16 × merge 2; DeepStack adds vision maps at the image positions after layers 0…k−1",
