@@ -181,3 +181,23 @@ def test_world_resume_after_a_torn_line_answers_it_again(tmp_path, answered, cap
     items.write_text(first + "\n" + second[:25])  # the second record cut mid-write, no newline
     assert _main(argv, capsys)[0] == 0 and answered["scenes"] == 3  # only the torn scene again
     assert json.loads((out / "summary.json").read_text())["greedy"]["n"] == 2
+
+
+def test_a_moved_model_folder_is_the_same_model_and_retrained_weights_are_not(tmp_path):
+    import shutil
+
+    from adapt.backbones import EMBEDDED_DIR, load_backbone
+    from adapt.eval.rundir import backbone_identity
+
+    here = tmp_path / "a" / "embedded"
+    shutil.copytree(EMBEDDED_DIR, here)
+    shipped = backbone_identity(load_backbone("embedded"))
+    assert backbone_identity(load_backbone(str(here))) == shipped  # same weights elsewhere: resumes
+    with open(here / "model.safetensors", "r+b") as f:  # one byte of the weights differs
+        f.seek(100_000)
+        b = f.read(1)
+        f.seek(100_000)
+        f.write(bytes([b[0] ^ 1]))
+    changed = backbone_identity(load_backbone(str(here)))
+    assert differences(shipped, changed) == [f"files_sha256: {json.dumps(shipped['files_sha256'])[:37]}… → "
+                                             f"{json.dumps(changed['files_sha256'])[:37]}…"]

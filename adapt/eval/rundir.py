@@ -63,9 +63,11 @@ def backbone_identity(backbone) -> dict:
     """The part of a backbone that decides its answers: name, weights (hub commit or file digest) and
     dtype. Where the folder sits is left out, so a moved checkout still resumes."""
     rev = model_revision(backbone)
-    model = getattr(backbone, "model", None)
-    dtype = getattr(model, "dtype", None)
-    return {"name": rev["name"], "hub_commit": rev["hub_commit"], "files_sha256": rev.get("files_sha256"),
+    dtype = getattr(getattr(backbone, "model", None), "dtype", None)
+    name = rev["name"]
+    if name and rev.get("files_sha256") and Path(str(name)).is_dir():  # a local folder: its digest says which
+        name = Path(str(name)).name
+    return {"name": name, "hub_commit": rev["hub_commit"], "files_sha256": rev.get("files_sha256"),
             "dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
 
 
