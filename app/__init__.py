@@ -17,6 +17,9 @@ def build_app(model: str | None = None, admin_token: str | None = None, jobs_roo
     from .ui import App, build
 
     demo = build(App(model=model, admin_token=admin_token, jobs_root=jobs_root, max_jobs=max_jobs, warm=warm))
+    # events taken from the queue at once, analyses and exports among them (one concurrency group); they
+    # compute one at a time (Models.compute) once their model is loaded, so with 2 or more a slow model
+    # load never holds up analyses on loaded models
     concurrency = int(os.environ.get("ADAPT_APP_CONCURRENCY", "4"))
     demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("ADAPT_APP_QUEUE", "64")))
     return demo

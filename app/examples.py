@@ -66,30 +66,40 @@ def outcome(greedy: dict, steered: dict) -> dict:
     return {"verdict": verdict, "greedy_errors": greedy, "adapt_tf_errors": steered}
 
 
+LABEL_CHARS = 60  # Gradio cuts an example's label after this many characters
+LABEL_LEGEND = ("Each label: the absent object greedy decoding names and what ADAPT-TF does with it (drops it, "
+                "keeps it, or both add it), then the wrong colours and places, greedy → ADAPT-TF.")
+
+
 def outcome_label(e: dict) -> str:
-    """What happens on a shipped example, from its recorded errors, the added objects apart from the
-    wrong colours and places: ``trap_01: greedy adds diamond · ADAPT-TF adds nothing · wrong places:
-    greedy 1, ADAPT-TF 1``."""
+    """What happens on a shipped example, from its recorded errors, the absent objects apart from the
+    wrong colours and places (:data:`LABEL_LEGEND`): ``trap_01: ADAPT-TF drops diamond · places 1→1``."""
     outcome = e.get("outcome") if isinstance(e.get("outcome"), dict) else {}
     name = Path(str(e.get("file") or "example")).stem
-    runs = {}
-    for run, key in (("greedy", "greedy_errors"), ("ADAPT-TF", "adapt_tf_errors")):
+    runs = []
+    for key in ("greedy_errors", "adapt_tf_errors"):
         errs = outcome.get(key) if isinstance(outcome.get(key), dict) else {}
-        runs[run] = {k: [str(x) for x in errs.get(k) or []] for k in ("objects", "colour", "position")}
-    added, kept = runs["greedy"]["objects"], runs["ADAPT-TF"]["objects"]
-    parts = [f"greedy adds {', '.join(added) or 'nothing'}"]
-    if not kept:
-        parts.append("ADAPT-TF adds nothing")
-    elif set(kept) <= set(added):
-        dropped = [o for o in added if o not in kept]
-        parts.append(f"ADAPT-TF still adds {', '.join(kept)}" + (f" (drops {', '.join(dropped)})" if dropped else ""))
-    else:
-        parts.append(f"ADAPT-TF adds {', '.join(kept)}")
-    for kind, words in (("colour", "wrong colours"), ("position", "wrong places")):
-        counts = [f"{run} {len(errs[kind])}" for run, errs in runs.items() if errs[kind]]
-        if counts:
-            parts.append(f"{words}: {', '.join(counts)}")
-    return f"{name}: " + " · ".join(parts)
+        runs.append({k: [str(x) for x in errs.get(k) or []] for k in ("objects", "colour", "position")})
+    greedy, steered = runs
+    dropped = [o for o in greedy["objects"] if o not in steered["objects"]]
+    kept = [o for o in greedy["objects"] if o in steered["objects"]]
+    new = [o for o in steered["objects"] if o not in greedy["objects"]]
+    parts = []
+    if dropped:
+        parts.append(f"ADAPT-TF drops {', '.join(dropped)}" + (f", keeps {', '.join(kept)}" if kept else ""))
+    elif kept:
+        parts.append(f"both add {', '.join(kept)}")
+    if new:
+        parts.append(f"ADAPT-TF adds {', '.join(new)}")
+    parts = parts or ["no absent object named"]
+    counts = {kind: (len(greedy[kind]), len(steered[kind])) for kind in ("colour", "position")}
+    wrong = [f"{word} {g}→{a}" for (kind, word) in (("colour", "colours"), ("position", "places"))
+             for g, a in [counts[kind]] if g or a]
+    label = f"{name}: " + " · ".join(parts + wrong)
+    if len(label) > LABEL_CHARS and len(wrong) > 1:  # one count for both kinds rather than a cut label
+        g, a = (sum(c[i] for c in counts.values()) for i in (0, 1))
+        label = f"{name}: " + " · ".join(parts + [f"colours+places {g}→{a}"])
+    return label
 
 
 def generate(count: int = 6, split: str = "test", seed: int = 7, scan: int = 200, out: Path = EXAMPLES_DIR,

@@ -201,5 +201,5 @@ def model_notice(default: str) -> str:
             return ""
         where = f"`{path.name}` has no config.json"
         what = "The default model is missing"
-    return (f"⚠️ **{what}** ({where}). Open a saved trace, or choose another backbone under *Method settings* (the operator "
-            f"offers more with `{MODELS_ENV}`: LLaVA-1.5 / Qwen2.5-VL folders or hub ids).")
+    return (f"⚠️ **{what}** ({where}). Open a saved trace, or choose another backbone under *Method settings* "
+            f"(the operator offers more with `{MODELS_ENV}`: LLaVA-1.5 / Qwen2.5-VL folders or hub ids).")

@@ -8,7 +8,8 @@ where they go, and nowhere else escapes by hand:
 - :func:`html` — inside ``gr.HTML`` or the figures page, as element text or a quoted attribute.
 - :func:`md` — inside ``gr.Markdown`` (and ``gr.Error``, whose toast renders HTML): no tag, no
   link or image, no code span can start in it, and it stays on its line.
-- :func:`md_code` — the same, shown as code (a backtick span would show the escapes literally).
+- :func:`md_code` — shown as code: a backtick span whose fence no backtick inside can close
+  (a code span shows its characters as they are: no tag, link or reference is read in it).
 - :func:`tags` — plotly titles, legend names and hover text (plotly reads a few tags and links),
   and ``gr.Error`` messages (its toast renders HTML; API clients read the rest as written).
 
@@ -20,11 +21,13 @@ are drawn as plain text by the browser: they take the string as it is (escaping 
 from __future__ import annotations
 
 import html as _html
+import re
 
 # characters that open Markdown structure inline: links and images ([ ]), code (`), escapes (\)
 # and raw HTML (< > &); written as character references, which Markdown shows but never parses
 _MD = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord("["): "&#91;", ord("]"): "&#93;",
-       ord("`"): "&#96;", ord("\\"): "&#92;", ord("\n"): " ", ord("\r"): " "}
+       ord("`"): "&#96;", ord("\\"): "&#92;", ord("\n"): " ", ord("\r"): " ", 0: None}
+_LINE = {ord("\n"): " ", ord("\r"): " ", 0: None}
 _TAGS = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
 
 
@@ -46,8 +49,15 @@ def md(value, limit: int | None = None) -> str:
 
 
 def md_code(value, limit: int | None = None) -> str:
-    """``value`` as inline code in Markdown (an HTML ``<code>`` element around :func:`md`)."""
-    return f"<code>{md(value, limit)}</code>"
+    """``value`` as inline code in Markdown, on one line: fenced by one backtick more than its
+    longest run of them, padded with a space where it starts or ends with one (CommonMark takes
+    one space off each side again)."""
+    s = _text(value, limit).translate(_LINE)
+    if not s.strip():
+        return md(s)
+    fence = "`" * (1 + max((len(r) for r in re.findall("`+", s)), default=0))
+    pad = " " if s[0] == "`" or s[-1] == "`" else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
 
 
 def tags(value, limit: int | None = None) -> str:

@@ -69,6 +69,11 @@ class Backbone(ABC):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.name = name
+        # a prompt over the model's context is refused by check_context with the model's limit: the
+        # tokenizer's own warning about it ("Token indices sequence length ...") would be a second line
+        warned = getattr(self.tokenizer, "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
         gc = self.model.generation_config
         if gc.pad_token_id is None:
             pad = self.tokenizer.pad_token_id  # Gemma's is 0: a real id, not a missing one

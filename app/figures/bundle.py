@@ -59,13 +59,26 @@ body {font-family: system-ui, sans-serif; margin: 16px auto; max-width: 1100px; 
 """
 
 
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+
+
 def _markdown_html(text: str) -> str:
-    """The summary's bit of Markdown (bold, code, italics, hard line breaks) as HTML. Its strings
-    from the trace are already escaped (:func:`app.safe.md`: character references, ``<code>``)."""
-    out = text
+    """The summary's bit of Markdown (bold, code, italics, hard line breaks) as HTML. Its text
+    from the trace is already escaped (:func:`app.safe.md`); code spans (:func:`app.safe.md_code`)
+    hold it as it is, so they are set aside, escaped here and put back last."""
+    spans = []
+
+    def keep(m):
+        body = m.group(2)
+        if len(body) > 1 and body[0] == " " and body[-1] == " " and body.strip():
+            body = body[1:-1]
+        spans.append(f"<code>{safe.html(body)}</code>")
+        return f"\0{len(spans) - 1}\0"  # md() and md_code() drop NUL: no text can forge one
+
+    out = _CODE_SPAN.sub(keep, text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
-    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
     out = re.sub(r"(?<![*\w])\*(?!\s)(.+?)\*(?!\w)", r"<i>\1</i>", out)
+    out = re.sub("\0(\\d+)\0", lambda m: spans[int(m.group(1))], out)
     return out.replace("  \n", "<br>")
 
 

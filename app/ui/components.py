@@ -33,6 +33,11 @@ class _RawOnFailure:
         except Exception:
             return payload
 
+    def get_block_name(self) -> str:
+        # the frontend draws the Gradio component adapted here; Gradio's default names the first base
+        # class, this mixin, which the frontend does not know (the knob was silently not drawn)
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.")).__name__.lower()
+
 
 class SafeSlider(_RawOnFailure, gr.Slider):
     is_template = True

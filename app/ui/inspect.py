@@ -14,7 +14,7 @@ import gradio as gr
 from .. import figures as F
 from ..analysis import (DEFAULT_COMPARE, MODEL_KEY, UNKNOWN_KEY, WORLD_KEY, analyse, answer_note, check_compare,
                         compare_choices, compare_names, is_world_model)
-from ..examples import outcome_label
+from ..examples import LABEL_LEGEND, outcome_label
 from ..knobs import Knobs
 from ..scenes import add_hallucinations, random_trap_scene, scene_meta
 from ..scratch import scratch_dir
@@ -59,27 +59,33 @@ class InspectTab:
                                                       "(LLaVA-1.5, Qwen2.5-VL)") if app.any_model else
                                                 "the models this server offers (its operator adds more with "
                                                 "ADAPT_MODELS)")
-                    k = SafeSlider(1, max(40, d.k), value=d.k, step=1, label="K: anchor steps")
-                    tau = SafeSlider(0.0, 2.0, value=d.tau, step=0.05, label="τ: AMC trigger")
-                    alpha = SafeSlider(0.0, 3.0, value=d.alpha, step=0.05, label="α: steering strength")
+                    k = SafeSlider(1, max(40, d.k), value=d.k, step=1, label="K: anchor steps", elem_id="adapt-k")
+                    tau = SafeSlider(0.0, 2.0, value=d.tau, step=0.05, label="τ: AMC trigger", elem_id="adapt-tau")
+                    alpha = SafeSlider(0.0, 3.0, value=d.alpha, step=0.05, label="α: steering strength",
+                                       elem_id="adapt-alpha")
                     with gr.Row():
-                        w_spec = SafeNumber(d.w_spec, label="ω spec", minimum=0, step=0.05)
-                        w_smooth = SafeNumber(d.w_smooth, label="ω smooth", minimum=0, step=0.05)
-                        w_focus = SafeNumber(d.w_focus, label="ω focus", minimum=0, step=0.05)
-                    num_noise = SafeSlider(0, 8, value=d.num_noise, step=1, label="noise images M (0 = no debiasing)")
-                    enhance = gr.Checkbox(d.enhance, label="ADAPT-TF answers on the anchor-guided image")
-                    max_new = SafeSlider(4, 256, value=d.max_new_tokens, step=1, label="max new tokens")
+                        w_spec = SafeNumber(d.w_spec, label="ω spec", minimum=0, step=0.05, elem_id="adapt-w-spec")
+                        w_smooth = SafeNumber(d.w_smooth, label="ω smooth", minimum=0, step=0.05,
+                                              elem_id="adapt-w-smooth")
+                        w_focus = SafeNumber(d.w_focus, label="ω focus", minimum=0, step=0.05, elem_id="adapt-w-focus")
+                    num_noise = SafeSlider(0, 8, value=d.num_noise, step=1, label="noise images M (0 = no debiasing)",
+                                           elem_id="adapt-num-noise")
+                    enhance = gr.Checkbox(d.enhance, label="ADAPT-TF answers on the anchor-guided image",
+                                          elem_id="adapt-enhance")
+                    max_new = SafeSlider(4, 256, value=d.max_new_tokens, step=1, label="max new tokens",
+                                         elem_id="adapt-max-new")
                     asi_layers = gr.Textbox(d.asi_layers, label="ASI layers",
-                                            info="all · top:N (highest λ) · from:i · 0,3,5 (empty: the default)")
+                                            info="all · top:N (highest λ) · from:i · 0,3,5 (empty: the default)",
+                                            elem_id="adapt-asi-layers")
                     operator = gr.Dropdown(operator_choices(), value=d.operator, label="ASI operator (how it steers)",
                                            allow_custom_value=True, elem_id="adapt-operator")
                     trigger = gr.Dropdown(trigger_choices(), value=d.trigger, label="ASI trigger (when it steers)",
                                           allow_custom_value=True, elem_id="adapt-trigger")
                     with gr.Row():
                         mass_tau = SafeNumber(d.mass_tau, label="mass τ (mass trigger: M_t < mass τ·M_ref)",
-                                              minimum=0, step=0.05)
+                                              minimum=0, step=0.05, elem_id="adapt-mass-tau")
                         gamma = SafeNumber(d.gamma, label="γ (mass-aware: share of the drop given back)", minimum=0,
-                                           step=0.1)
+                                           step=0.1, elem_id="adapt-gamma")
                     self.reset_btn = gr.Button("Defaults", size="sm")
                 with gr.Accordion("Open a saved trace", open=False):
                     self.trace_in = gr.File(label="Trace file (.zip from the app or the CLI)", file_types=[".zip"],
@@ -260,6 +266,7 @@ class InspectTab:
             except Exception as exc:
                 text = esc(message(exc, work.__name__))
                 if previous is not None:
+                    text += ("" if text.rstrip().endswith((".", "!", "?")) else ".")
                     text += (f" The results below are still those of the previous analysis "
                              f"(“{esc(previous.question)}”).")
                     box = gr.Column(elem_classes=["adapt-stale"])
@@ -350,7 +357,7 @@ class InspectTab:
                 ex = gr.Examples([[e["path"], e["question"]] for e in app.presets], [self.image, self.question],
                                  example_labels=[outcome_label(e) for e in app.presets],
                                  label="Trap scenes (a shape without its usual companion), in the order the rule of "
-                                       "the README picked them; each says what happens on it. Click one to analyse it.",
+                                       f"the README picked them. {LABEL_LEGEND} Click one to analyse it.",
                                  examples_per_page=8, preload=False, elem_id="adapt-examples")
                 cancellable.append(ex.load_input_event.then(page_run, [*ins, self.trace_state], run_outs, **priv,
                                                             **model_kw))
