@@ -30,13 +30,14 @@ class Family:
     image_processor_type: str  # as the hub's preprocessor_config.json names it
     video_processor: str  # the stock video processor's class (a video_preprocessor_config.json names it)
     pixel_keys: bool = False  # the budget as min_pixels / max_pixels (older hub configs) instead of size
+    nested: bool = False  # one processor_config.json holding image and video processor (newer hub folders)
 
 
 QWEN_FAMILIES = {
     "qwen2_vl": Family(14, "Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor", True),
     "qwen2_5_vl": Family(14, "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
     "qwen3_vl": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
-    "qwen3_vl_moe": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
+    "qwen3_vl_moe": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessor", "Qwen3VLVideoProcessor", nested=True),
 }
 
 
@@ -115,7 +116,7 @@ def qwen_checkpoint(model_type: str, path, **kw) -> str:
     if not (path / "config.json").exists():
         fam = QWEN_FAMILIES[model_type]
         save_like_hub(*tiny_qwen_vl(model_type, **kw), path, fam.processor_class, fam.image_processor_type,
-                      fam.video_processor, fam.pixel_keys)
+                      fam.video_processor, fam.pixel_keys, fam.nested)
     return str(path)
 
 
@@ -223,11 +224,12 @@ def idefics3_checkpoint(path, **kw) -> str:
 
 
 def save_like_hub(model, processor, path, processor_class: str, image_processor_type: str,
-                  video_processor: str | None = None, pixel_keys: bool = False) -> str:
+                  video_processor: str | None = None, pixel_keys: bool = False, nested: bool = False) -> str:
     """Save ``model`` and ``processor`` to ``path`` as hub folders lay them out: the stock processor's class
-    name (for Qwen-VL one that needs torchvision to load here), the image processor in its own
-    ``preprocessor_config.json`` under its hub type name (with ``pixel_keys``, its budget as
-    ``min_pixels`` / ``max_pixels``), and a ``video_preprocessor_config.json`` naming ``video_processor``."""
+    name (for Qwen-VL one that needs torchvision to load here), the image processor under its hub type name
+    (with ``pixel_keys``, its budget as ``min_pixels`` / ``max_pixels``) in its own
+    ``preprocessor_config.json``, and a ``video_preprocessor_config.json`` naming ``video_processor``; with
+    ``nested`` both stay inside ``processor_config.json`` (the layout transformers 5 saves)."""
     path = Path(path)
     model.save_pretrained(path)
     processor.save_pretrained(path)
@@ -242,12 +244,15 @@ def save_like_hub(model, processor, path, processor_class: str, image_processor_
     if pixel_keys:
         size = image.pop("size")
         image.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
-    (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    video = {k: image[k] for k in ("patch_size", "merge_size", "temporal_patch_size") if k in image}
+    video.update(video_processor_type=video_processor, processor_class=processor_class)
+    if nested:
+        top.update(image_processor=image, **({"video_processor": video} if video_processor else {}))
+    else:
+        (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+        if video_processor:
+            (path / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     (path / "processor_config.json").write_text(json.dumps(top, indent=2))
-    if video_processor:
-        video = {k: image[k] for k in ("patch_size", "merge_size", "temporal_patch_size") if k in image}
-        video.update(video_processor_type=video_processor, processor_class=processor_class)
-        (path / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     return str(path)
 
 
