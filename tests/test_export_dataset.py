@@ -351,3 +351,24 @@ def test_the_pair_builder_makes_its_chosen_images_with_the_exporter(bb, tmp_path
         mine = np.asarray(pairs.image(p, "enhanced"), dtype=int)
         theirs = np.asarray(Image.open(io.BytesIO(exported[f"p{i}"]["anchor_guided"]["bytes"])), dtype=int)
         assert np.abs(mine - theirs).max() <= 1 and np.abs(mine - np.asarray(records[i].image, dtype=int)).max() > 20
+
+
+def test_stop_ends_an_export_between_batches_and_a_rerun_finishes_it(bb, tmp_path):
+    """The app's Stop button: ``should_stop`` is read between batches; what is done is kept."""
+    from adapt.export import ExportOptions, export_dataset, rows_source
+    from app.batch import export_batch
+    from app.knobs import Knobs
+
+    rows = [{"file_name": f"x{i}.png", "image": _png(i), "question": Q} for i in range(6)]
+    seen, checks = [], []
+    r = export_dataset(bb, rows_source(rows), tmp_path / "out", opts=ExportOptions(batch_size=1, workers=1),
+                       progress=lambda done, total, name: seen.append(name),
+                       should_stop=lambda: checks.append(1) or len(checks) >= 2)  # Stop after the first window
+    assert r.cancelled and r.ok == 4 and seen == ["x0.png", "x1.png", "x2.png", "x3.png"]
+    again = export_dataset(bb, rows_source(rows), tmp_path / "out", opts=ExportOptions(batch_size=1))
+    assert again.skipped == r.ok and again.ok == 6 - r.ok and len(_table(tmp_path / "out")) == 6
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "a.png").write_bytes(_png(1))
+    _, report, _ = export_batch(bb, [str(tmp_path / "up" / "a.png")], Q, "", Knobs.defaults(),
+                                should_stop=lambda: True)
+    assert report == []  # stopped before the first batch: nothing reported as exported

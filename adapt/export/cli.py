@@ -80,8 +80,14 @@ def cmd_export(args) -> int:
         if sys.argv[1:2] == ["export-anchors"] else "python -m adapt export-anchors"
     opts = ExportOptions(batch_size=args.batch_size, workers=args.workers, overlays=args.overlays,
                          overwrite=args.overwrite, shard_rows=args.shard_rows, command=command)
-    r = export_dataset(backbone, source, out, cfg, _cache(args), opts, progress=progress, dist=dist)
-    bar.close()
+    try:
+        r = export_dataset(backbone, source, out, cfg, _cache(args), opts, progress=progress, dist=dist)
+    finally:
+        bar.close()
+        if dist.world > 1:
+            import torch.distributed as td
+
+            td.destroy_process_group()
     where = f" (process {dist.rank} of {dist.world})" if dist.world > 1 else ""
     print(f"exported {r.ok}, already done {r.skipped}, errors {r.error}{where}"
           + (f"; {out} holds {r.rows} rows ({r.rows_ok} ok, {r.rows_error} errors): "

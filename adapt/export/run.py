@@ -371,7 +371,7 @@ def export_dataset(backbone: Backbone, source: Source, out: str | Path, cfg: Ada
     ex = _Exporter(backbone, source, out, cfg, cache, opts)
     writer = ShardWriter(out, dist.rank, features, opts.shard_rows)
     result = ExportResult()
-    window = max(opts.batch_size * 4, 16)
+    window = max(opts.batch_size * 2, 4)  # rows decoded ahead; also how often a stop is read
 
     def todo():
         for row in source.rows():
