@@ -93,7 +93,8 @@ def enrich(doc) -> None:
     meta = doc.setdefault("meta", {})
     meta.update({"compare": "pai", "compare_about": "PAI: attention to the image scaled up",
                  "compare_info": {"fired": 3, "monitored": 8}, "hallucinated": {"unsteered": ["moon"]},
-                 "scene_objects": [{"category": "star", "colour": "red", "position": "top"}]})
+                 "scene_objects": [{"category": "star", "colour": "red", "position": "top"}],
+                 "model": "embedded", "unknown_words": ["cat", "dog"]})
     doc.setdefault("timings", {})["compare"] = 0.25
 
 

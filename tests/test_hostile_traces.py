@@ -130,9 +130,11 @@ def check_views(out, bundle_dir=None) -> list[str]:
     """Markup problems of every HTML / Markdown / plot output of an opened trace (and of its
     figures download when ``bundle_dir`` is given)."""
     from app import figures as F
+    from app.analysis import answer_note
 
     status, trace, summary, _, _, align = out[:6]
     problems = [f"status: {p}" for p in markup_problems(markdown_html(status))]
+    problems += [f"answer note: {p}" for p in markup_problems(markdown_html(answer_note(trace)))]
     problems += [f"summary: {p}" for p in markup_problems(markdown_html(summary))]
     problems += [f"token table: {p}" for p in markup_problems(align)]
     for name, fig in (("amc", out[10]), ("signals", out[11]), ("criteria", out[14])):
