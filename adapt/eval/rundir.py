@@ -116,17 +116,14 @@ def recorded_config(out: Path):
     return doc["config"]
 
 
-def clear(out: Path, outputs=OUTPUTS) -> int:
+def clear(out: Path, outputs=OUTPUTS) -> None:
     """Delete the run files ``outputs`` (glob patterns) from ``out``; the user's other files stay."""
-    n = 0
     for pattern in outputs:
         for p in Path(out).glob(pattern):
             if p.is_dir():
                 shutil.rmtree(p)
             else:
                 p.unlink()
-            n += 1
-    return n
 
 
 def open_run(out, config: dict, overwrite: bool = False, redo_changed: bool = False, outputs=OUTPUTS) -> bool:
@@ -138,38 +135,37 @@ def open_run(out, config: dict, overwrite: bool = False, redo_changed: bool = Fa
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; give a folder")
+    same = False
+    if not overwrite:
+        try:
+            same = _holds_same_run(out, config)
+        except RunDirError:
+            if not redo_changed:
+                raise
+            overwrite = True
     if overwrite:
         clear(out, outputs)
-        out.mkdir(parents=True, exist_ok=True)
-        return False
-    try:
-        old = recorded_config(out)
-    except RunDirError:
-        if redo_changed:
-            clear(out, outputs)
-            out.mkdir(parents=True, exist_ok=True)
-            return False
-        raise
+    out.mkdir(parents=True, exist_ok=True)
+    return same
+
+
+def _holds_same_run(out: Path, config: dict) -> bool:
+    """True: ``out`` holds a run of ``config``; False: no run to reuse; raises for another run."""
+    old = recorded_config(out)
     if old is None:
         # a shard's file may precede run.json: process 0 writes it, another process can finish first
         stray = [p.name for pattern in ANSWERS for p in out.glob(pattern) if ".shard-" not in p.name]
-        if stray and not redo_changed:
+        if stray:
             raise RunDirError(f"{out} holds answers ({stray[0]}) but no {RUN_FILE} saying how they were made; "
                               f"add --overwrite to redo the run, or choose another --out")
-        if stray:
-            clear(out, outputs)
-        out.mkdir(parents=True, exist_ok=True)
         return False
     diffs = differences(old, config)
-    if not diffs:
-        return True
-    if redo_changed:
-        clear(out, outputs)
-        out.mkdir(parents=True, exist_ok=True)
-        return False
-    listed = "; ".join(diffs[:MAX_LISTED]) + (f"; and {len(diffs) - MAX_LISTED} more" if len(diffs) > MAX_LISTED else "")
-    raise RunDirError(f"{out} holds a run with another configuration ({listed}); rerun with its options to "
-                      f"resume it, add --overwrite to redo it, or choose another --out")
+    if diffs:
+        listed = "; ".join(diffs[:MAX_LISTED]) + (f"; and {len(diffs) - MAX_LISTED} more"
+                                                  if len(diffs) > MAX_LISTED else "")
+        raise RunDirError(f"{out} holds a run with another configuration ({listed}); rerun with its options to "
+                          f"resume it, add --overwrite to redo it, or choose another --out")
+    return True
 
 
 def end_torn_line(path: Path) -> None:

@@ -238,10 +238,10 @@ def _check_setting(folder: Path, expect: dict | None, backbone: dict | None) -> 
     """The run configuration ``folder`` records, refused where it differs from ``expect`` / ``backbone``."""
     if expect is None and backbone is None:
         return None
-    if not (folder / RUN_FILE).exists():
+    config = recorded_config(folder)
+    if config is None:
         raise RunDirError(f"{folder} holds no {RUN_FILE}: its answers cannot be told to belong to this sweep; "
                           f"rerun the sweep with --overwrite")
-    config = recorded_config(folder)
     want = dict(expect or {}) | ({"backbone": backbone} if backbone is not None else {})
     diffs = differences({k: config.get(k) for k in want}, want)
     if diffs:
