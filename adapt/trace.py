@@ -204,10 +204,11 @@ class _Refused(ValueError):
 
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # others decompress unbounded per read
 _OPTIONAL_DOC = {"bias_cache_hit": False, "timings": {}, "meta": {}}
+_DOC = {"question": str, "backbone": str, "grid": list, "config": dict, "target_entropy": (int, float),
+        "asi_layers": list, "scores": list, "unsteered": dict, "steered": (dict, type(None)), "bias_cache_hit": bool,
+        "timings": dict, "meta": dict}
 _ANSWER_DOC = {"text": str, "token_ids": list, "tokens": list, "seconds": (int, float), "image_used": str}
 _FINITE = ("layer_maps", "fused", "anchor", "bias", "debias_mask", "lam")  # maps shown as images or weights
-
-
 _KIND_NAMES = {str: "text", list: "a list", dict: "an object", (dict, type(None)): "an object or null",
                (int, float): "a number", bool: "true or false"}
 
@@ -257,8 +258,8 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _has_type(v, kind) -> bool:
+    return isinstance(v, kind) and not (kind == (int, float) and isinstance(v, bool))  # JSON true is no number
 
 
 def _read_doc(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
@@ -271,13 +272,10 @@ def _read_doc(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
         raise _Refused(f"unsupported trace format {shown[:60]} (expected {FORMAT})")
     for key, default in _OPTIONAL_DOC.items():
         doc.setdefault(key, default)
-    need = {"question": str, "backbone": str, "grid": list, "config": dict, "target_entropy": (int, float),
-            "asi_layers": list, "scores": list, "unsteered": dict, "steered": (dict, type(None)),
-            "bias_cache_hit": bool, "timings": dict, "meta": dict}
-    for key, kind in need.items():
+    for key, kind in _DOC.items():
         if key not in doc:
             raise _Refused(f"trace.json: no {key!r}")
-        if not isinstance(doc[key], kind) or (kind == (int, float) and isinstance(doc[key], bool)):
+        if not _has_type(doc[key], kind):
             raise _Refused(f"trace.json: {key!r} is not {_KIND_NAMES[kind]}")
     if not math.isfinite(doc["target_entropy"]):
         raise _Refused("trace.json: 'target_entropy' is not a finite number")
@@ -300,7 +298,7 @@ def _read_doc(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
                 continue  # written by later versions; the dataclass has defaults
             if key not in a:
                 raise _Refused(f"trace.json: {run} has no {key!r}")
-            if not isinstance(a[key], kind) or (kind == (int, float) and isinstance(a[key], bool)):
+            if not _has_type(a[key], kind):
                 raise _Refused(f"trace.json: {run}.{key} is not {_KIND_NAMES[kind]}")
         if not all(isinstance(t, str) for t in a["tokens"]) or not all(_is_int(t) for t in a["token_ids"]):
             raise _Refused(f"trace.json: {run} tokens must be strings and token ids integers")

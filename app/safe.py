@@ -6,8 +6,8 @@ there is one function per kind; every figure and view passes such strings throug
 where they go, and nowhere else escapes by hand:
 
 - :func:`html` — inside ``gr.HTML`` or the figures page, as element text or a quoted attribute.
-- :func:`md` — inside ``gr.Markdown`` (and ``gr.Error``, whose toast renders HTML): no tag, no
-  link or image, no code span can start in it, and it stays on its line.
+- :func:`md` — inside ``gr.Markdown`` (the summary, status lines, notes): no tag, no link or
+  image, no code span can start in it, and it stays on its line.
 - :func:`md_code` — shown as code: a backtick span whose fence no backtick inside can close
   (a code span shows its characters as they are: no tag, link or reference is read in it).
 - :func:`tags` — plotly titles, legend names and hover text (plotly reads a few tags and links),
@@ -31,28 +31,22 @@ _LINE = {ord("\n"): " ", ord("\r"): " ", 0: None}
 _TAGS = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
 
 
-def _text(value, limit: int | None) -> str:
-    s = str(value)
-    return s if limit is None or len(s) <= limit else s[: max(0, limit - 1)] + "…"
+def html(value) -> str:
+    """``value`` as HTML element text or a quoted attribute value (both quote kinds escaped)."""
+    return _html.escape(str(value), quote=True)
 
 
-def html(value, limit: int | None = None) -> str:
-    """``value`` as HTML element text or a quoted attribute value (both quote kinds escaped);
-    cut to ``limit`` characters first where given."""
-    return _html.escape(_text(value, limit), quote=True)
-
-
-def md(value, limit: int | None = None) -> str:
+def md(value) -> str:
     """``value`` as inline Markdown text that renders as exactly its characters, on one line (a
     bare ``scheme://`` is not turned into a link either)."""
-    return _text(value, limit).translate(_MD).replace("://", "&#58;//")
+    return str(value).translate(_MD).replace("://", "&#58;//")
 
 
-def md_code(value, limit: int | None = None) -> str:
+def md_code(value) -> str:
     """``value`` as inline code in Markdown, on one line: fenced by one backtick more than its
     longest run of them, padded with a space where it starts or ends with one (CommonMark takes
     one space off each side again)."""
-    s = _text(value, limit).translate(_LINE)
+    s = str(value).translate(_LINE)
     if not s.strip():
         return md(s)
     fence = "`" * (1 + max((len(r) for r in re.findall("`+", s)), default=0))
@@ -60,7 +54,7 @@ def md_code(value, limit: int | None = None) -> str:
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
-def tags(value, limit: int | None = None) -> str:
+def tags(value) -> str:
     """``value`` with only ``& < >`` escaped: for plotly text (titles, trace names, hover
     templates) and ``gr.Error`` messages, which read tags but not Markdown."""
-    return _text(value, limit).translate(_TAGS)
+    return str(value).translate(_TAGS)
