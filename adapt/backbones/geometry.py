@@ -155,8 +155,10 @@ def clip_style_geometry(image_processor, image_size: tuple[int, int]) -> InputGe
 
 
 def qwen_geometry(image_processor, image_size: tuple[int, int]) -> InputGeometry:
-    """Qwen2.5-VL: a plain resize to ``smart_resize``'s size (min / max pixels from ``size``'s
-    shortest_edge / longest_edge, factor patch_size × merge_size); no crop, no pad."""
+    """Every Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL and its MoE; they share
+    ``Qwen2VLImageProcessor``): a plain resize to ``smart_resize``'s size (min / max pixels from
+    ``size``'s shortest_edge / longest_edge, or the older ``min_pixels`` / ``max_pixels``; factor
+    patch_size × merge_size, 28 for Qwen2-VL / Qwen2.5-VL and 32 for Qwen3-VL); no crop, no pad."""
     w, h = image_size
     if not getattr(image_processor, "do_resize", True):
         return InputGeometry.stretch(image_size)
