@@ -288,7 +288,8 @@ def broken(src, out_dir) -> dict[str, Path]:
         "inf anchor": with_arrays(src, d / "inf-anchor.zip", lambda a: a["anchor"].__setitem__((1, 1), np.inf)),
         "NaN step maps": with_arrays(src, d / "nan-steps.zip",
                                      lambda a: a["unsteered.maps"].__setitem__((0, 0, 0), np.nan)),
-        "anchor 4x16": with_arrays(src, d / "anchor-shape.zip", lambda a: a.__setitem__("anchor", a["anchor"].reshape(4, 16))),
+        "anchor 4x16": with_arrays(src, d / "anchor-shape.zip",
+                                   lambda a: a.__setitem__("anchor", a["anchor"].reshape(4, 16))),
         "maps of another grid": with_arrays(src, d / "maps-grid.zip",
                                             lambda a: a.__setitem__("steered.maps", a["steered.maps"][..., :32])),
         "maps of other steps": with_arrays(src, d / "maps-steps.zip",
@@ -297,7 +298,7 @@ def broken(src, out_dir) -> dict[str, Path]:
         "maps as strings": with_arrays(src, d / "maps-str.zip",
                                        lambda a: a.__setitem__("anchor", np.full((8, 8), "x"))),
         "object array": with_arrays(src, d / "maps-obj.zip",
-                                    lambda a: a.__setitem__("anchor", np.array([None] * 64, dtype=object).reshape(8, 8))),
+                                    lambda a: a.__setitem__("anchor", np.full((8, 8), None, dtype=object))),
     }
     return out
 

@@ -30,7 +30,8 @@ INJECTED = """() => ({
   handlers: [...document.querySelectorAll('*')].filter(e => [...e.attributes].some(a => /^on/i.test(a.name))).length,
   svg_onload: document.querySelectorAll('svg[onload]').length,
   scripts: [...document.querySelectorAll('script')].filter(s => s.textContent.includes('__pwned')).length,
-  js_links: [...document.querySelectorAll('a[href]')].filter(a => /^\\s*javascript:/i.test(a.getAttribute('href'))).length,
+  js_links: [...document.querySelectorAll('a[href]')]
+    .filter(a => /^\\s*javascript:/i.test(a.getAttribute('href'))).length,
   bold: [...document.querySelectorAll('b')].filter(b => b.textContent === 'bold').length,
 })"""
 

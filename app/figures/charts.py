@@ -148,7 +148,8 @@ def signals_figure(trace, layer: int | None = None, step: int | None = None) -> 
             continue
         for col, (key, _) in enumerate(SIGNALS, start=1):
             y = _series(getattr(a, key), layer)
-            fig.add_trace(go.Scatter(x=list(range(len(y))), y=y.tolist(), mode="lines", name=safe.tags(run_label(trace, run)),
+            fig.add_trace(go.Scatter(x=list(range(len(y))), y=y.tolist(), mode="lines",
+                                     name=safe.tags(run_label(trace, run)),
                                      legendgroup=run, showlegend=col == 1,
                                      line=dict(color=RUN_COLOURS[run], width=2,
                                                dash="dash" if run == "unsteered" else "solid")),

@@ -126,7 +126,8 @@ def training_figure(rows: list[dict], smooth: int = SMOOTH_STEPS) -> go.Figure:
             fig.add_trace(go.Scatter(x=x, y=y.tolist(), mode="lines+markers" if len(x) <= 60 else "lines",
                                      name=f"{name}per step", legendgroup=f"{name}-raw", showlegend=col == 1,
                                      opacity=0.45, line=dict(color=colour, width=1), marker=dict(size=4),
-                                     hovertemplate=f"step %{{x}}<br>{key} %{{y:.4g}}<extra>{safe.tags(stage or '')}</extra>"),
+                                     hovertemplate=f"step %{{x}}<br>{key} %{{y:.4g}}"
+                                                   f"<extra>{safe.tags(stage or '')}</extra>"),
                           row=1, col=col)
             if len(y) > 1:
                 c = np.cumsum(np.insert(y, 0, 0.0))

@@ -166,7 +166,8 @@ class AdminTab:
         bar = ""
         if total:
             frac = max(0.0, min(1.0, float(done or 0) / float(total)))
-            bar = f" · **{esc(done)}/{esc(total)}** ({frac:.0%})" + (f" · {esc(p['stage'])}" if p.get("stage") else "")
+            bar = (f" · **{esc(done)}/{esc(total)}** ({frac:.0%})"
+                   + (f" · {esc(p['stage'])}" if p.get("stage") else ""))
         command = scrub(" ".join(job.argv[2:]), runner.out_dir(job_id), runner.root)[:400]
         info = (f"**{esc(job.id)}** · {safe.md_code(job.kind)} · **{esc(job.status)}**{bar}"
                 + (f" · {job.duration:.0f} s" if job.duration is not None else "")
@@ -210,7 +211,8 @@ class AdminTab:
             raise UserError("Parameters must be a JSON object.")
         job = self.runner.submit(kind_name, p)
         rows = job_rows(self.runner)
-        return (f"Started **{esc(job.id)}** ({esc(job.status)}).", rows, gr.Dropdown(choices=[r[0] for r in rows], value=job.id),
+        return (f"Started **{esc(job.id)}** ({esc(job.status)}).", rows,
+                gr.Dropdown(choices=[r[0] for r in rows], value=job.id),
                 *self.detail(job.id, None))
 
     def cancelled(self, tok, job_id):
