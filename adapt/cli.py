@@ -1,4 +1,4 @@
-"""Command line: ``python -m adapt {run, export-anchors, eval, score, sweep, diagnose, train}``."""
+"""Command line: ``python -m adapt {run, export-anchors, eval, score, sweep, diagnose, models, train}``."""
 
 from __future__ import annotations
 
@@ -338,6 +338,30 @@ def cmd_train(args) -> int:
         raise UsageError(str(exc)) from None
 
 
+def cmd_models(args) -> int:
+    """``models``: every registered family from the catalog (adapt/backbones/catalog.py)."""
+    from dataclasses import asdict
+
+    from .backbones import CATALOG, EMBEDDED, FAMILIES
+
+    # the registry decides what is listed; the catalog only describes (a test keeps the two in step)
+    entries = [{"model_type": k, **asdict(CATALOG[k])} for k in FAMILIES]
+    embedded = {"backbone": EMBEDDED, "model_type": "llava",
+                "about": "the shipped small LLaVA-class model, trained and measured on the synthetic world"}
+    if args.json:
+        print(json.dumps({"families": entries, "embedded": embedded}, indent=2, ensure_ascii=False))
+        return 0
+    for e in entries:
+        print(f"{e['model_type']}: {e['name']}")
+        for label, value in (("classes", f"{e['model_class']} · {e['processor']}"),
+                             ("layout", f"[{e['layout_kind']}] {e['layout']}"), ("capturable", e["capturable"]),
+                             ("hub ids", ", ".join(e["hub_ids"])), ("untested", e["untested"])):
+            print(f"  {label + ':':12s}{value}")
+    print(f"{EMBEDDED}: {embedded['about']} (model type llava; --backbone {EMBEDDED}, the default)")
+    print("load any of them with --backbone <local folder or hub id>; details: docs/families.md")
+    return 0
+
+
 OVERWRITE_HELP = ("redo the run when --out holds one of another configuration (without it: the same configuration "
                   "resumes, another is refused)")
 
@@ -420,6 +444,11 @@ def parser() -> argparse.ArgumentParser:
     _backbone_args(d)
     _config_args(d)
     d.set_defaults(fn=cmd_diagnose)
+
+    m = sub.add_parser("models", help="the supported model families: classes, image layout, capturable layers, "
+                                      "example hub ids, what is untested on real weights")
+    m.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    m.set_defaults(fn=cmd_models)
 
     from .train.cli import add_parser as add_train_parser
 

@@ -18,6 +18,9 @@ class FamilyInfo:
     capturable: str
     hub_ids: tuple[str, ...]
     untested: str
+    # what the hooks and the app draw: "one grid" (one contiguous row-major run of image tokens) is the
+    # only kind today; tiles, crops and cross-attention wait for issue 21's multi-view layout
+    layout_kind: str = "one grid"
 
 
 _QWEN_LAYOUT = "one grid per image: image_grid_thw / merge, row-major, smart_resize (no crop, no pad)"
