@@ -124,6 +124,24 @@ class Models:
                 self._loading.pop(key, None)
             return bb
 
+    def preload(self, name: str | None) -> bool:
+        """Start loading ``name`` in the background, so that the analysis asked for next finds it loaded
+        and no queue slot waits for the load. False when it is loaded or already loading; raises
+        BackboneError when it is not offered (at once, before any analysis)."""
+        key = self.check(name)
+        with self._lock:
+            if key in self._loaded or key in self._loading:
+                return False
+
+        def run():
+            try:
+                self.get(key)
+            except Exception as exc:  # remembered (FAILURE_MEMORY_S): the analysis reports it
+                log.warning("model %r not preloaded: %s", key, exc)
+
+        threading.Thread(target=run, name="adapt-preload", daemon=True).start()
+        return True
+
     def _load(self, key: str):
         from adapt.backbones import BackboneError, load_backbone
 

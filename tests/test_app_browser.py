@@ -444,3 +444,25 @@ def test_reopening_a_trace_restores_every_input(page, tmp_path):
     assert "trace-image.png" in status and trace.question in status and "against pai" in status, status
     page.click("text=Defaults")
     page.get_by_text("Method settings").first.click()
+
+
+def test_the_backbone_box_refuses_what_is_not_offered_and_preloads_what_is(page):
+    """Issue 20.3 on the page: a typed path is refused at once, in one line, before any analysis; an
+    offered model starts loading as soon as it is chosen, and the next analysis runs on it."""
+    if not page.is_visible("#adapt-backbone"):
+        page.get_by_text("Method settings").first.click()
+    box = page.locator("#adapt-backbone input")
+    box.click()
+    box.fill("../../etc/passwd")
+    box.press("Enter")
+    page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('not offered')")
+    assert "the model '../../etc/passwd' is not offered on this server; choose one of:" in _status(page)
+    page.locator("#adapt-status").screenshot(path=str(ARTIFACTS / "app-model-refused.png"))
+    if not (EMBEDDED_DIR.parent / "embedded-vagdpo" / "config.json").exists():
+        return
+    _choose(page, "adapt-backbone", "embedded-vagdpo")
+    page.wait_for_function("() => /Loading the model|Showing/.test(document.querySelector('#adapt-status').innerText)")
+    page.click("#adapt-run")
+    page.wait_for_function("() => document.querySelector('#adapt-summary').innerText.includes('embedded-vagdpo')")
+    assert "Showing the analysis" in _status(page)
+    page.get_by_text("Method settings").first.click()

@@ -126,6 +126,20 @@ def test_a_slow_load_does_not_block_a_loaded_model():
     assert loader.calls == ["embedded", "org/slow"]  # two visitors, one load
 
 
+def test_preload_starts_a_load_in_the_background_and_refuses_at_once():
+    release = threading.Event()
+    loader = FakeLoader(gate={"org/slow": release})
+    models = Models("embedded", offered=lambda: ["embedded", "org/slow"], loader=loader)
+    with pytest.raises(BackboneError, match="not offered"):
+        models.preload("/etc")
+    assert models.preload("org/slow") is True  # returns while the load waits
+    assert loader.entered["org/slow"].wait(30) and not models.is_loaded("org/slow")
+    assert models.preload("org/slow") is False  # already loading: not twice
+    release.set()
+    assert models.get("org/slow") == "backbone<org/slow>" and loader.calls == ["org/slow"]
+    assert models.preload("org/slow") is False  # loaded
+
+
 @needs_model
 def test_a_slow_load_does_not_hold_up_an_analysis_on_a_loaded_model(monkeypatch, tmp_path):
     """Through the Inspect tab's own analysis: visitor A's model is still loading while visitor B's

@@ -352,6 +352,19 @@ class InspectTab:
             comp.change(on_step, [self.trace_state, self.step, self.layer], view_outs, **priv,
                         trigger_mode="always_last", show_progress="hidden")
         self.reset_btn.click(lambda: d.values(), None, self.knobs, **priv, queue=False)
+
+        def preload(name):
+            # a visitor's choice: refused at once when not offered, else loaded in the background
+            try:
+                started = app.models.preload(name)
+            except Exception as exc:
+                return status_line(esc(message(exc, "preload")))
+            if not started:
+                return gr.skip()
+            return status_line(f"Loading the model **{esc(app.models.key(name))}** in the background: *Analyse* "
+                               "uses it once it is ready.", "note")
+
+        self.backbone.input(preload, [self.backbone], [self.status], **priv, queue=False)
         with self.examples_box:
             if app.presets:
                 ex = gr.Examples([[e["path"], e["question"]] for e in app.presets], [self.image, self.question],
