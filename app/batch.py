@@ -53,7 +53,7 @@ def export_batch(backbone, paths: list[str], question: str, per_image: str, knob
             progress(done / max(1, total), f"{done}/{total}: {name}")
 
     use_threads(backbone)
-    export_dataset(backbone, source, out, cfg, cache=bias_cache(), opts=ExportOptions(overlays=overlays),
+    export_dataset(backbone, source, out, cfg, cache=bias_cache(), opts=ExportOptions(overlays=overlays, batch_size=8),
                    progress=report_progress, should_stop=should_stop)
     report, previews = [], []
     manifest = out / "manifest.jsonl"

@@ -82,19 +82,28 @@ class NoiseMaps:
                 self._remember(key, maps)
 
 
-def anchor_batch(backbone: Backbone, images: list[Image.Image], questions: list[str], cfg: AdaptConfig,
-                 noise: NoiseMaps) -> tuple[list[Anchor], tuple[int, int]]:
-    """The anchors of several (image, question) pairs whose images give one image-token grid (see
-    :func:`adapt.backbones.base.group_by_grid`), from one batched K-step greedy run. Returns
-    ``(anchors, grid)``; the images are what the model reads (already fitted)."""
+def anchor_runs(backbone: Backbone, images: list[Image.Image], questions: list[str], cfg: AdaptConfig,
+                noise: NoiseMaps) -> tuple[list[tuple], tuple[int, int]]:
+    """The model's part of :func:`anchor_batch`: one batched K-step greedy run. Returns, per row, the
+    arguments of :func:`adapt.pipeline.anchor_from_maps` (layer maps, question, config, noise maps,
+    prefill maps), and the grid; the array math can then run off the model's thread."""
     k = cfg.anchor.k
     prepared = backbone.prepare_batch(images, questions)
     grid = tuple(prepared.span.grid)
     gens = backbone.generate_batch(prepared, max_new_tokens=k,
                                    capture_prefill=cfg.anchor.target_entropy == "model")
     maps = noise.get([(q, grid, im.size) for q, im in zip(prepared.questions, images)])
-    anchors = []
+    runs = []
     for q, g, m in zip(prepared.questions, gens, maps):
         prefill = g.prefill_maps.numpy() if g.prefill_maps is not None else None
-        anchors.append(anchor_from_maps(layer_maps_from(g.maps.numpy(), k, grid), q, cfg, m, prefill))
-    return anchors, grid
+        runs.append((layer_maps_from(g.maps.numpy(), k, grid), q, cfg, m, prefill))
+    return runs, grid
+
+
+def anchor_batch(backbone: Backbone, images: list[Image.Image], questions: list[str], cfg: AdaptConfig,
+                 noise: NoiseMaps) -> tuple[list[Anchor], tuple[int, int]]:
+    """The anchors of several (image, question) pairs whose images give one image-token grid (see
+    :func:`adapt.backbones.base.group_by_grid`), from one batched K-step greedy run. Returns
+    ``(anchors, grid)``; the images are what the model reads (already fitted)."""
+    runs, grid = anchor_runs(backbone, images, questions, cfg, noise)
+    return [anchor_from_maps(*r) for r in runs], grid

@@ -36,7 +36,8 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--id-column", default=None, help="a unique id per row (default: 'id' if present, else the "
                                                      "row's index)")
     e.add_argument("--split", default="train")
-    e.add_argument("--batch-size", type=_positive, default=8, help="images per model call (one grid together)")
+    e.add_argument("--batch-size", type=_positive, default=32,
+                   help="images per model call (one grid together; lower it for a large model on a small GPU)")
     e.add_argument("--workers", type=_positive, default=2, help="threads decoding and encoding images")
     e.add_argument("--shard-rows", type=_positive, default=500, help="rows per parquet shard")
     e.add_argument("--overlays", action="store_true", help="also write original | heat map | enhanced strips")
