@@ -20,8 +20,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import recorder as _recorder
-from . import window as _window
+from .recorder import _ACTIVE
+from .window import _WINDOW
 
 ATTN_IMPL = "adapt"
 
@@ -37,9 +37,10 @@ def adapt_attention_forward(
     **kwargs,
 ):
     """The registered attention function (transformers' signature; returns ``(out[B,q,H,D], None)``)."""
-    rec = _recorder.active()
+    # every decoder layer of every step passes here: the calls handed on to SDPA stay few lines long
+    rec = _ACTIVE.get()
+    win = _WINDOW.get()
     layer = getattr(module, "layer_idx", None)
-    win = _window.active()
     if win is not None and layer in win.layers:
         win.capture(layer, query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling)
     if rec is None or layer is None:
@@ -48,7 +49,7 @@ def adapt_attention_forward(
         )
     q_len = query.shape[2]
     step = rec.step_of(q_len, key.shape[2])
-    if q_len == 1 and rec.skips(layer, step):
+    if q_len == 1 and rec.lean is not None and not rec.lean(layer, step):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

@@ -16,7 +16,7 @@ import contextvars
 
 import torch
 
-from .kernels import apply_mask, causal_rows, decode_row, grouped_logits, grouped_output, row_logits
+from .kernels import apply_mask, causal_rows, decode_row, grouped_logits, row_logits
 from .layout import ImageSpan
 from .writes import HOOK_LOGITS, HOOK_PROBS, HOOKS, AttentionPoint, LogitBias, correct_output, resolve
 
@@ -24,9 +24,6 @@ _ACTIVE: contextvars.ContextVar["AttentionRecorder | None"] = contextvars.Contex
     "adapt_active_recorder", default=None
 )
 
-
-def active() -> "AttentionRecorder | None":
-    return _ACTIVE.get()
 
 
 class StepBuffer:
@@ -60,10 +57,18 @@ class StepBuffer:
         by_device: dict[torch.device, list[int]] = {}
         for layer, b in enumerate(bufs):
             by_device.setdefault(b.device, []).append(layer)
-        parts = {}
+        parts, pending = {}, []
         for dev, layers in by_device.items():
             stacked = torch.stack([bufs[l].index_select(0, idx.to(dev)) for l in layers], 1)
-            parts.update(zip(layers, stacked.to("cpu", non_blocking=False).unbind(1)))
+            if dev.type == "cuda":  # into pinned memory without blocking; one wait per device below
+                host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                host.copy_(stacked, non_blocking=True)
+                pending.append(dev)
+            else:
+                host = stacked.to("cpu")
+            parts.update(zip(layers, host.unbind(1)))
+        for dev in pending:
+            torch.cuda.synchronize(dev)
         return torch.stack([parts[l] for l in range(self.num_layers)], 1)
 
 
@@ -93,7 +98,7 @@ class AttentionRecorder:
         self._intervene = getattr(policy, "intervene", None)
         # lean: a (layer, step) the intervention says it does not read (``needs(layer, step)``) runs as
         # plain SDPA and is not captured; maps() then holds the steps every layer was captured at
-        self._needs = getattr(policy, "needs", None) if lean else None
+        self.lean = getattr(policy, "needs", None) if lean else None
         self.per_head = per_head
         self.capture_prefill = capture_prefill
         self.cache_logits = HOOK_LOGITS in cache
@@ -148,7 +153,8 @@ class AttentionRecorder:
         raise KeyError(f"hook point {hook!r} was not cached (pass cache=({hook!r},))")
 
     def skips(self, layer: int, step: int) -> bool:
-        return self._needs is not None and not self._needs(layer, step)
+        """Whether (layer, step) runs as plain SDPA, uncaptured (lean mode)."""
+        return self.lean is not None and not self.lean(layer, step)
 
     # the hot path ----------------------------------------------------------------------------
     def last_row(self, layer: int, step: int, query, key, value, mask, scaling, out: torch.Tensor | None = None):

@@ -19,9 +19,6 @@ _WINDOW: contextvars.ContextVar["TextWindowCapture | None"] = contextvars.Contex
 )
 
 
-def active() -> "TextWindowCapture | None":
-    return _WINDOW.get()
-
 
 class TextWindowCapture:
     """At each layer in ``layers`` and every forward pass, the newest query row's attention over the last

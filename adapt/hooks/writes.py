@@ -147,7 +147,7 @@ def resolve(edit, point: AttentionPoint) -> tuple[torch.Tensor, torch.Tensor]:
         c = b.amax(-1, keepdim=True).clamp_min(0)  # [B, 1|H, 1]
         q = p * torch.exp(b - c)
         scale = torch.exp(-c)  # e^{−c}
-        z = torch.addcmul(q.sum(-1, keepdim=True), 1 - point.head_mass, scale)  # Z′·e^{−c}
+        z = torch.addcmul(q.sum(-1, keepdim=True), torch.rsub(point.head_mass, 1), scale)  # Z′·e^{−c}
         return scale / z, q / z
     if isinstance(edit, ImageProbs):
         new = _on(edit.probs, p)
@@ -157,7 +157,7 @@ def resolve(edit, point: AttentionPoint) -> tuple[torch.Tensor, torch.Tensor]:
         if not edit.bounded:  # an image mass above one is capped at one
             cap = m_new.clamp_min(1.0)
             new, m_new = new / cap, (m_new / cap).clamp_max(1.0)
-        return (1 - m_new) / (1 - point.head_mass).clamp_min(1e-12), new
+        return torch.rsub(m_new, 1) / torch.rsub(point.head_mass, 1).clamp_min(1e-12), new
     raise TypeError(f"an intervention returned {type(edit).__name__}; expected LogitBias, ImageProbs or None")
 
 

@@ -285,18 +285,15 @@ class ASIPolicy:
 
     def fire_counts(self, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per row: steered and monitored (step, layer) pairs within the row's own ``lengths[b]`` steps."""
-        B = len(lengths)
         fired_all = self._logs()[1]
-        fired = np.zeros(B, dtype=np.int64)
-        monitored = np.zeros(B, dtype=np.int64)
-        mask = self._row_mask.numpy() if self._row_mask is not None else None
+        T, B = len(self._checked), len(lengths)
+        checked = np.zeros((T, self.num_layers), dtype=bool)
         for t, layers in enumerate(self._checked):
-            alive = np.array([t < n for n in lengths])
-            for layer in layers:
-                mon = alive if mask is None else alive & mask[layer]
-                monitored += mon
-                fired += mon & fired_all[t, layer, :B]
-        return fired, monitored
+            checked[t, list(layers)] = True
+        mon = checked[:, :, None] & (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, None, :]  # [T, L, B]
+        if self._row_mask is not None:
+            mon &= self._row_mask.numpy()[None]
+        return (mon & fired_all[:T, :, :B]).sum((0, 1)), mon.sum((0, 1))
 
     def thresholds(self, row: int = 0) -> np.ndarray:
         """Per layer, the AMC threshold of one row (NaN where the trigger does not use AMC)."""
