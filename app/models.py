@@ -24,7 +24,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .names import shown_path
+from .names import model_name, shown_path
 
 log = logging.getLogger("adapt.app")
 
@@ -81,22 +81,34 @@ class Models:
         name = (name or "").strip()
         return name or EMBEDDED
 
+    def canonical(self, name: str | None) -> str | None:
+        """The offered model ``name`` stands for: itself, or the one it is the shown name of
+        (:func:`app.names.model_name`: a folder by its own name, never the server's path); None when
+        it is not offered."""
+        key = self.key(name)
+        values = list(dict.fromkeys(self.key(n) for n in self.offered()))
+        if key in values:
+            return key
+        return next((v for v in values if model_name(v) == key), None)
+
     def allowed(self, name: str | None) -> bool:
         """Whether ``name`` may be loaded on a visitor's request."""
-        key = self.key(name)
-        return self.allow_any or key in {self.key(n) for n in self.offered()}
+        return self.allow_any or self.canonical(name) is not None
 
     def check(self, name: str | None) -> str:
-        """The cache key of ``name``; raises BackboneError (one line, naming the choices) when it is
-        not offered. The message is the same for any name: it says nothing about the server's files."""
+        """The cache key of ``name``; raises BackboneError (one line, naming the choices by their shown
+        names) when it is not offered. The message is the same for any name: it says nothing about the
+        server's files."""
         from adapt.backbones import BackboneError
 
-        key = self.key(name)
-        if not self.allowed(key):
-            choices = ", ".join(dict.fromkeys(self.key(n) for n in self.offered()))
-            raise BackboneError(f"the model '{_shown_name(key)}' is not offered on this server; "
-                                f"choose one of: {choices}")
-        return key
+        key = self.canonical(name)
+        if key is not None:
+            return key
+        if self.allow_any:
+            return self.key(name)
+        choices = ", ".join(dict.fromkeys(model_name(self.key(n)) for n in self.offered()))
+        raise BackboneError(f"the model '{_shown_name(self.key(name))}' is not offered on this server; "
+                            f"choose one of: {choices}")
 
     def get(self, name: str | None = None):
         """The backbone called ``name`` (one of :meth:`allowed`), loaded on first use."""
@@ -145,7 +157,7 @@ class Models:
     def _load(self, key: str):
         from adapt.backbones import BackboneError, load_backbone
 
-        listed = key in {self.key(n) for n in self.offered()}
+        listed = self.canonical(key) is not None
         try:
             source = self.resolve(key)
             bb = (self.loader or load_backbone)(source)
@@ -194,7 +206,7 @@ class Models:
         threading.Thread(target=run, name="adapt-warm", daemon=True).start()
 
     def is_loaded(self, name: str | None) -> bool:
-        return self.key(name) in self._loaded
+        return (self.canonical(name) or self.key(name)) in self._loaded
 
 
 def embedded_available() -> bool:

@@ -69,13 +69,18 @@ def test_names_not_offered_are_refused_alike_and_never_loaded(tmp_path):
 def test_the_operator_list_and_the_default_are_offered(tmp_path, monkeypatch):
     monkeypatch.setenv(MODELS_ENV, f" {tmp_path / 'llava'} , org/model-a,")
     loader = FakeLoader()
-    models = Models(str(tmp_path / "default-model"), loader=loader)
+    models = Models(str(tmp_path / "default-model"), capacity=8, loader=loader)
     for name in (str(tmp_path / "llava"), "org/model-a", str(tmp_path / "default-model"), "embedded"):
         assert models.get(name) == f"backbone<{name}>"
     with pytest.raises(BackboneError, match="not offered"):
         models.get(str(tmp_path / "llava") + "/")  # exactly the operator's spelling, nothing near it
-    with pytest.raises(BackboneError, match="not offered"):
+    with pytest.raises(BackboneError, match="not offered") as info:
         models.get("org/model-b")
+    # the choices by their shown names: a folder by its own name, never the server's path
+    assert "choose one of: embedded, default-model, llava, org/model-a" in str(info.value)
+    assert str(tmp_path) not in str(info.value)
+    assert models.get("llava") == f"backbone<{tmp_path / 'llava'}>"  # the shown name stands for the folder
+    assert loader.calls.count(str(tmp_path / "llava")) == 1
 
 
 def test_free_text_only_when_the_operator_allows_it_and_then_without_leaks(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from ..analysis import (DEFAULT_COMPARE, MODEL_KEY, UNKNOWN_KEY, WORLD_KEY, anal
                         compare_choices, compare_names, is_world_model)
 from ..examples import LABEL_LEGEND, outcome_label
 from ..knobs import Knobs
+from ..names import model_name
 from ..scenes import add_hallucinations, random_trap_scene, scene_meta
 from ..scratch import scratch_dir
 from .components import SafeImage, SafeNumber, SafeSlider
@@ -53,7 +54,7 @@ class InspectTab:
                 with gr.Accordion("Method settings", open=False):
                     # any value reaches Models.get, whose allow-list is the boundary (and whose refusal
                     # names the choices); typing is offered only where the operator allows any model
-                    self.backbone = gr.Dropdown(app.backbone_choices(), value=app.default_model,
+                    self.backbone = gr.Dropdown(app.backbone_choices(), value=app.default_choice,
                                                 allow_custom_value=True, label="Backbone", elem_id="adapt-backbone",
                                                 info=("one of the list, a local checkpoint folder or a hub id "
                                                       "(LLaVA-1.5, Qwen2.5-VL)") if app.any_model else
@@ -180,7 +181,7 @@ class InspectTab:
         with models.compute:
             trace = analyse(bb, img, question, knobs, meta=meta, progress=report, compare=compare)
         trace.meta = dict(trace.meta or {})
-        trace.meta[MODEL_KEY] = models.key(backbone_name)
+        trace.meta[MODEL_KEY] = model_name(models.check(backbone_name))  # as the backbone box names it
         trace.meta[WORLD_KEY] = is_world_model(bb)
         unknown = unknown_words(question, bb.processor)
         if unknown:
@@ -239,19 +240,19 @@ class InspectTab:
         models = self.app.models
         meta = trace.meta if isinstance(trace.meta, dict) else {}
         name = meta.get(MODEL_KEY)
-        if isinstance(name, str) and name.strip() and models.allowed(name):
-            return models.key(name)
+        if isinstance(name, str) and name.strip() and models.canonical(name) is not None:
+            return model_name(models.canonical(name))
         made_with = str(trace.backbone or "").strip()
         if not made_with:
             return None
         tail = Path(made_with).parts[-2:]
-        for _, choice in self.app.backbone_choices():
+        for offered in models.offered():
             try:
-                where = resolve(self.app.resolve_backbone(choice))
-            except Exception:  # a choice that cannot be resolved now (a missing model) is not it
+                where = resolve(self.app.resolve_backbone(offered))
+            except Exception:  # a model that cannot be resolved now (missing) is not it
                 continue
             if where == made_with or (len(tail) == 2 and Path(where).parts[-2:] == tail):
-                return choice
+                return model_name(offered)
         return None
 
     # ----------------------------------------------------------------------------- page events
@@ -361,8 +362,9 @@ class InspectTab:
                 return status_line(esc(message(exc, "preload")))
             if not started:
                 return gr.skip()
-            return status_line(f"Loading the model **{esc(app.models.key(name))}** in the background: *Analyse* "
-                               "uses it once it is ready.", "note")
+            shown = esc(model_name(app.models.key(name)))
+            return status_line(f"Loading the model **{shown}** in the background: *Analyse* uses it once it is "
+                               "ready.", "note")
 
         self.backbone.input(preload, [self.backbone], [self.status], **priv, queue=False)
         with self.examples_box:

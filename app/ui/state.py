@@ -9,6 +9,7 @@ import time
 import gradio as gr
 
 from ..models import EMBEDDED, Models, operator_models
+from ..names import model_name
 from ..scenes import SceneRegistry
 
 ADMIN_ENV = "ADAPT_ADMIN_TOKEN"
@@ -24,7 +25,7 @@ class App:
 
         self.default_model = Models.key(model or os.environ.get(MODEL_ENV) or EMBEDDED)
         self.models = Models(self.default_model, resolve=self.resolve_backbone,
-                             offered=lambda: [v for _, v in self.backbone_choices()])
+                             offered=self.offered_models)
         self.scenes = SceneRegistry()
         self.presets = load_presets()
         register_presets(self.scenes, self.presets)
@@ -43,15 +44,32 @@ class App:
                     examples.append((e["path"], e["question"]))
             self.models.warm(examples)
 
-    def backbone_choices(self) -> list[tuple[str, str]]:
-        """(label, value): the default, the embedded model, the operator's ``$ADAPT_MODELS``, then the
-        tuned models (shipped, and those of finished training jobs) to compare with their base.
-        These are the only names :meth:`Models.get` loads (unless ``$ADAPT_ALLOW_ANY_MODEL``)."""
+    def offered_models(self) -> list[str]:
+        """The models a visitor may choose, as the server knows them: the default, the embedded model,
+        the operator's ``$ADAPT_MODELS``, then the tuned models (shipped, and those of finished training
+        jobs) to compare with their base. The only names :meth:`Models.get` loads (unless
+        ``$ADAPT_ALLOW_ANY_MODEL``)."""
         from ..trainjob import tuned_models
 
-        plain = [(n, n) for n in dict.fromkeys([self.default_model, EMBEDDED, *operator_models()])]
-        seen = {v for _, v in plain}
-        return plain + [(label, v) for label, v in tuned_models(self.runner) if v not in seen]
+        plain = [self.default_model, EMBEDDED, *operator_models()]
+        return list(dict.fromkeys(plain + [v for _, v in tuned_models(self.runner)]))
+
+    def backbone_choices(self) -> list[tuple[str, str]]:
+        """(label, value) of :meth:`offered_models` for the backbone box: a local folder by its shown
+        name (:func:`app.names.model_name`), never the server's path; Models takes either."""
+        from ..trainjob import tuned_models
+
+        labels = dict((v, label) for label, v in tuned_models(self.runner))
+        out = {}
+        for v in self.offered_models():
+            shown = model_name(v)
+            out.setdefault(shown, (labels.get(v, shown), shown))
+        return list(out.values())
+
+    @property
+    def default_choice(self) -> str:
+        """The backbone box's first value: the default model by its shown name."""
+        return model_name(self.default_model)
 
     @property
     def any_model(self) -> bool:
