@@ -11,6 +11,7 @@ task's ``max_new_tokens`` and ``until`` stop strings; ``loglikelihood`` scores a
 unsteered model (a decoding method changes how tokens are chosen, not what a fixed text costs). One
 image per question, single round: what every adapt method answers; other requests are refused with a
 message. Under ``accelerate launch`` each process loads the model on its own GPU, as lmms-eval expects.
+The requests' handling lives in :mod:`adapt.integrations.lmms_core` (no lmms-eval needed there).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import json
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from PIL import Image
 
 from ..backbones import load_backbone
 from ..config import AdaptConfig
 from ..methods import get_method
 from ..pipeline import default_bias_cache
+from .lmms_core import Answerer
 
 MODEL_ID = "adapt"
 
@@ -35,22 +36,6 @@ def manifest():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.AdaptLMM")
-
-
-def _one_image(visuals) -> Image.Image:
-    flat = [v for group in visuals for v in (group if isinstance(group, (list, tuple)) else [group])] \
-        if isinstance(visuals, (list, tuple)) else [visuals]
-    images = [v for v in flat if isinstance(v, Image.Image)]
-    if len(images) != 1 or len(flat) != 1:
-        raise ValueError(f"adapt answers one image per question; this request has {len(flat)} visual(s)")
-    return images[0]
-
-
-def _cut(text: str, until: list[str]) -> str:
-    for stop in until:
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-    return text
 
 
 class AdaptLMM(lmms):
@@ -78,55 +63,16 @@ class AdaptLMM(lmms):
         cfg = AdaptConfig.from_dict(json.loads(open(config).read())) if config else AdaptConfig()
         self.method = get_method(method, cfg, default_bias_cache())
         self.batch_size = int(batch_size)
-        self.max_new_tokens = int(max_new_tokens)
+        self.answerer = Answerer(self.backbone, self.method, self.batch_size, int(max_new_tokens))
 
     def _doc(self, doc_id, task, split):
         return self.task_dict[task][split][doc_id]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        out: list[str | None] = [None] * len(requests)
-        groups: dict[str, list[int]] = {}  # requests with the same generation settings answer together
-        for i, r in enumerate(requests):
-            groups.setdefault(json.dumps(r.args[1], sort_keys=True, default=str), []).append(i)
-        for idx in groups.values():
-            gen = dict(requests[idx[0]].args[1])
-            until = gen.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen.get("max_new_tokens") or self.max_new_tokens)
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
-                images, questions = [], []
-                for i in chunk:
-                    context, _, doc_to_visual, doc_id, task, split = requests[i].args
-                    images.append(_one_image(doc_to_visual(self._doc(doc_id, task, split))))
-                    questions.append(context.replace("<image>", "").strip())
-                answers = self.method.answer_batch(self.backbone, images, questions, max_new)
-                for i, a in zip(chunk, answers):
-                    out[i] = _cut(a.text, until)
-        return out
+        return self.answerer.generate_until(requests, self._doc)
 
-    @torch.inference_mode()
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        bb = self.backbone
-        res = []
-        for r in requests:
-            context, target, doc_to_visual, doc_id, task, split = r.args
-            doc = self._doc(doc_id, task, split)
-            continuation = target if isinstance(target, str) else target(doc)
-            prepared = bb.prepare(_one_image(doc_to_visual(doc)), context.replace("<image>", "").strip())
-            n = prepared.prompt_len
-            cont = bb.tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"].to(bb.device)
-            inputs = dict(prepared.inputs)
-            for key, v in prepared.inputs.items():  # every per-token tensor grows by the continuation
-                if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == n:
-                    tail = cont if key == "input_ids" else torch.ones_like(cont) if key == "attention_mask" \
-                        else torch.zeros_like(cont)
-                    inputs[key] = torch.cat([v, tail.to(v.dtype)], 1)
-            logits = bb.model(**inputs).logits[0, n - 1:-1].float()
-            logp = torch.log_softmax(logits, -1)
-            ids = cont[0]
-            res.append((float(logp.gather(1, ids[:, None]).sum()), bool((logits.argmax(-1) == ids).all())))
-        return res
+        return self.answerer.loglikelihood(requests, self._doc)
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise ValueError("adapt's methods answer single-round questions; multi-round tasks are not supported")
