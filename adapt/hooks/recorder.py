@@ -25,7 +25,6 @@ _ACTIVE: contextvars.ContextVar["AttentionRecorder | None"] = contextvars.Contex
 )
 
 
-
 class StepBuffer:
     """Per layer, a ``[steps, *shape]`` tensor on that layer's device, written in place at an explicit
     step; :meth:`gather` stacks the steps asked for into one ``[T, L, *shape]`` CPU tensor."""
@@ -188,8 +187,8 @@ class AttentionRecorder:
             o = correct_output(o, value, span, point.probs, r, img)
         if self.per_head:
             self._maps.slot(layer, step, img).copy_(img)
-        elif edit is None and point._attn is not None:  # the policy already took the head mean
-            self._maps.slot(layer, step, img, drop=1).copy_(point.attn)
+        elif edit is None:  # the unsteered head mean, shared with the policy if it took it
+            point.attn_into(self._maps.slot(layer, step, img, drop=1))
         else:
             torch.mean(img, 1, out=self._maps.slot(layer, step, img, drop=1))
         while len(self._written) <= step:

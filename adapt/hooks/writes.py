@@ -71,6 +71,14 @@ class AttentionPoint:
             self._attn = self.probs.mean(1)
         return self._attn
 
+    def attn_into(self, out: torch.Tensor) -> torch.Tensor:
+        """:attr:`attn` written into ``out`` (a buffer slot): taken there directly when not yet computed."""
+        if self._attn is None:
+            self._attn = torch.mean(self.probs, 1, out=out)
+        else:
+            out.copy_(self._attn)
+        return out
+
     @property
     def head_mass(self) -> torch.Tensor:
         """Each head's total attention on the image keys, ``[B, H, 1]`` (kept 3-D: it scales rows)."""

@@ -206,10 +206,8 @@ class ASIPolicy:
         score = None
         if self._amc_now:
             score = amc_into(point.attn, st["w"], point.mass, self._amc.slot(layer, step, point.mass)).view(-1, 1, 1)
-        elif point._attn is None:  # the head mean taken straight into the buffer its AMC is computed from
-            point._attn = torch.mean(probs, 1, out=self._unsteered.slot(layer, step, probs, drop=1))
-        else:
-            self._unsteered.slot(layer, step, probs, drop=1).copy_(point.attn)
+        else:  # the unsteered head mean kept: its AMC is computed after decoding
+            point.attn_into(self._unsteered.slot(layer, step, probs, drop=1))
         mass = point.mass3
         fired = fire_into(self.cfg, score, mass, st["amc_thr"], st["mass_thr"],
                           self._fired.slot(layer, step, mass, dtype=torch.bool))
