@@ -24,7 +24,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .names import model_name, shown_path
+from .names import model_name, scrub, shown_path
 
 log = logging.getLogger("adapt.app")
 
@@ -158,17 +158,19 @@ class Models:
         from adapt.backbones import BackboneError, load_backbone
 
         listed = self.canonical(key) is not None
+        source = None
         try:
             source = self.resolve(key)
             bb = (self.loader or load_backbone)(source)
         except Exception as exc:  # BackboneError, a broken checkpoint, out of memory, ...
             detail = str(exc) if isinstance(exc, BackboneError) else f"{type(exc).__name__}: {exc}"
             self.errors[key] = detail
-            if listed:  # the operator's own name: the reason helps them and tells a visitor nothing
-                err = exc if isinstance(exc, BackboneError) else BackboneError(
-                    f"could not load the model '{_shown_name(key)}': {detail[:300]}")
-            else:  # a visitor's free text: the same words whether or not such a path exists
-                log.warning("model %r (free text) not loaded: %s", key, detail)
+            log.warning("model %r not loaded: %s", key, detail)
+            if listed:  # the operator's own model: the reason helps, without the server's folders in it
+                if Path(str(source or key)).expanduser().is_absolute():
+                    detail = scrub(detail, source, key)
+                err = BackboneError(f"could not load the model '{_shown_name(model_name(key))}': {detail[:300]}")
+            else:  # a visitor's free text, echoed as typed: the same words whether or not such a path exists
                 err = BackboneError(f"could not load the model '{_shown_name(key)}': it is not a supported model "
                                     "checkpoint (LLaVA-1.5 or Qwen2.5-VL folder or hub id) that this server can reach")
             with self._lock:

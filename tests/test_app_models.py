@@ -108,6 +108,17 @@ def test_a_failed_load_is_answered_from_memory(monkeypatch):
     assert loader.calls == ["org/broken"]  # no retry storm (a hub id retried for 23 s per click)
 
 
+def test_an_offered_model_that_fails_says_why_without_the_server_path(tmp_path, monkeypatch):
+    folder = tmp_path / "llava-broken"
+    folder.mkdir()
+    monkeypatch.setenv(MODELS_ENV, str(folder))
+    with pytest.raises(BackboneError) as info:
+        Models("embedded").get("llava-broken")  # the operator's folder, by the name the box shows
+    line = str(info.value)
+    assert "could not load the model 'llava-broken'" in line and "without a config.json" in line
+    assert str(tmp_path) not in line
+
+
 def test_a_slow_load_does_not_block_a_loaded_model():
     release = threading.Event()
     loader = FakeLoader(gate={"org/slow": release})
