@@ -33,6 +33,7 @@ MODELS_ENV = "ADAPT_MODELS"  # the operator's extra models: comma-separated hub 
 LEGACY_MODELS_ENV = "ADAPT_BACKBONES"  # the older name of the same list, still read
 ANY_MODEL_ENV = "ADAPT_ALLOW_ANY_MODEL"  # "1": visitors may type any folder or hub id
 FAILURE_MEMORY_S = 30.0  # a failed load is answered from memory this long (no retry storms)
+ZERO_GPU_ENV = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU hardware
 
 
 def operator_models() -> list[str]:
@@ -44,6 +45,31 @@ def operator_models() -> list[str]:
 def any_model_allowed() -> bool:
     """Whether the operator lets visitors type any folder or hub id (``$ADAPT_ALLOW_ANY_MODEL``)."""
     return os.environ.get(ANY_MODEL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def supported_families() -> str:
+    """The registered model families by name (:data:`adapt.backbones.CATALOG`), for messages."""
+    from adapt.backbones import CATALOG, FAMILIES
+
+    return ", ".join(CATALOG[k].name for k in FAMILIES)
+
+
+def on_gpu(fn: Callable, duration: int = 120) -> Callable:
+    """``fn`` under ``spaces.GPU`` where the ``spaces`` package is importable (on ZeroGPU hardware a GPU is
+    attached for each call, at most ``duration`` seconds; elsewhere ``spaces.GPU`` changes nothing), else
+    ``fn`` itself: nothing is imported then."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=duration)(fn)
+
+
+def load_device() -> str | None:
+    """Where the app loads a model: ``cuda`` on ZeroGPU hardware (``$SPACES_ZERO_GPU``; ``spaces`` holds
+    the weights until a ``spaces.GPU`` call attaches the GPU, where CUDA is not available before), else
+    :func:`adapt.backbones.load_backbone`'s own choice."""
+    return "cuda" if os.environ.get(ZERO_GPU_ENV, "").strip().lower() in ("1", "true") else None
 
 
 def _shown_name(name: str, n: int = 80) -> str:
@@ -161,7 +187,7 @@ class Models:
         source = None
         try:
             source = self.resolve(key)
-            bb = (self.loader or load_backbone)(source)
+            bb = self.loader(source) if self.loader else load_backbone(source, device=load_device())
         except Exception as exc:  # BackboneError, a broken checkpoint, out of memory, ...
             detail = str(exc) if isinstance(exc, BackboneError) else f"{type(exc).__name__}: {exc}"
             self.errors[key] = detail
@@ -172,7 +198,8 @@ class Models:
                 err = BackboneError(f"could not load the model '{_shown_name(model_name(key))}': {detail[:300]}")
             else:  # a visitor's free text, echoed as typed: the same words whether or not such a path exists
                 err = BackboneError(f"could not load the model '{_shown_name(key)}': it is not a supported model "
-                                    "checkpoint (LLaVA-1.5 or Qwen2.5-VL folder or hub id) that this server can reach")
+                                    f"checkpoint (a folder or hub id of {supported_families()}) that this server "
+                                    "can reach")
             with self._lock:
                 self._failed[key] = (time.monotonic(), err)
                 self._loading.pop(key, None)
@@ -234,4 +261,4 @@ def model_notice(default: str) -> str:
         where = f"`{path.name}` has no config.json"
         what = "The default model is missing"
     return (f"⚠️ **{what}** ({where}). Open a saved trace, or choose another backbone under *Method settings* "
-            f"(the operator offers more with `{MODELS_ENV}`: LLaVA-1.5 / Qwen2.5-VL folders or hub ids).")
+            f"(the operator offers more with `{MODELS_ENV}`: folders or hub ids of {supported_families()}).")

@@ -16,6 +16,7 @@ from ..analysis import (DEFAULT_COMPARE, MODEL_KEY, UNKNOWN_KEY, WORLD_KEY, anal
                         compare_choices, compare_names, is_world_model)
 from ..examples import LABEL_LEGEND, outcome_label
 from ..knobs import Knobs
+from ..models import on_gpu, supported_families
 from ..names import model_name
 from ..scenes import add_hallucinations, random_trap_scene, scene_meta
 from ..scratch import scratch_dir
@@ -32,6 +33,10 @@ class InspectTab:
 
     def __init__(self, app: App):
         self.app = app
+        # the one place an analysis is computed: on a ZeroGPU Space under spaces.GPU, decorated once at
+        # start (app.models.on_gpu); elsewhere the method itself
+        self.compute = on_gpu(self._compute)
+        self.on_gpu = self.compute != self._compute
         d = Knobs.defaults()
         self.defaults = d
         with gr.Row(equal_height=False):
@@ -57,7 +62,7 @@ class InspectTab:
                     self.backbone = gr.Dropdown(app.backbone_choices(), value=app.default_choice,
                                                 allow_custom_value=True, label="Backbone", elem_id="adapt-backbone",
                                                 info=("one of the list, a local checkpoint folder or a hub id "
-                                                      "(LLaVA-1.5, Qwen2.5-VL)") if app.any_model else
+                                                      f"({supported_families()})") if app.any_model else
                                                 "the models this server offers (its operator adds more with "
                                                 "ADAPT_MODELS)")
                     k = SafeSlider(1, max(40, d.k), value=d.k, step=1, label="K: anchor steps", elem_id="adapt-k")
@@ -179,7 +184,9 @@ class InspectTab:
         if progress and models.compute.locked():
             progress(0.03, desc="waiting for the analysis before this one")
         with models.compute:
-            trace = analyse(bb, img, question, knobs, meta=meta, progress=report, compare=compare)
+            # a GPU worker gets its arguments pickled: no progress callback crosses (its bar stays put)
+            trace = self.compute(backbone_name, img, question, knobs, meta, compare,
+                                 None if self.on_gpu else report)
         trace.meta = dict(trace.meta or {})
         trace.meta[MODEL_KEY] = model_name(models.check(backbone_name))  # as the backbone box names it
         trace.meta[WORLD_KEY] = is_world_model(bb)
@@ -191,6 +198,13 @@ class InspectTab:
         status = status_line(f"Showing the analysis of **{esc(image_name(image_path))}** · “{esc(question)}”"
                              f"{against}{note}", "ok")
         return (status, trace, *render(trace), gr.DownloadButton(value=save_trace(trace), interactive=True))
+
+    def _compute(self, backbone_name, image, question, knobs, meta, compare, progress=None):
+        """One analysis on the loaded model ``backbone_name``. Under ``spaces.GPU`` this runs in a GPU
+        worker that receives its arguments pickled, so they are plain values and the model is looked up
+        by name (loaded before the call, it is in the worker's copy of the cache)."""
+        bb = self.app.models.get(backbone_name)
+        return analyse(bb, image, question, knobs, meta=meta, progress=progress, compare=compare)
 
     def opened(self, path):
         """(status, trace, *results, trace download, image, question, *knobs, compared method, backbone)
