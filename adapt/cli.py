@@ -145,14 +145,19 @@ def load(args):
 
 def _question(text: str, backbone=None) -> str:
     """The question checked (length) and, once the model is known, cleaned of its special tokens."""
-    from .prompts import check_length, clean_question, find_special_tokens
+    from .prompts import check_length, clean_question, find_special_tokens, unknown_words
 
     if backbone is None:
         return check_length(text)
     removed = find_special_tokens(text, backbone.processor)
     if removed:
         print(f"note: removed the model's special token(s) {', '.join(removed)} from the question", file=sys.stderr)
-    return clean_question(text, backbone.processor)
+    text = clean_question(text, backbone.processor)
+    unknown = unknown_words(text, backbone.processor)
+    if unknown:  # a word-level tokenizer reads them as <unk>: the model answers without them
+        print(f"note: the model does not know the word(s) {', '.join(unknown)}; it reads each as its unknown token",
+              file=sys.stderr)
+    return text
 
 
 def _cache(args):

@@ -191,3 +191,13 @@ def test_mass_trigger_prints_the_threshold_it_reads(tmp_path, capsys):
                  "--max-new-tokens", "8", "--trigger", "amc", "--cache-dir", str(tmp_path / "c")])
     amc_line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("AMC:"))
     assert "trigger amc: AMC threshold per layer" in amc_line and "nan" not in amc_line
+
+
+def test_run_names_the_question_words_the_model_does_not_know(tmp_path, capsys):
+    """The embedded model's word-level tokenizer reads "cat" as <unk>: the CLI says so, as the app does."""
+    code = main(["run", "--image", str(BAD / "ok.png"), "--question", "is there a cat on the sofa?", "--out",
+                 str(tmp_path / "o"), "--max-new-tokens", "8", "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 0
+    note = [l for l in err.splitlines() if "does not know" in l]
+    assert len(note) == 1 and "cat" in note[0] and "sofa" in note[0] and "there" not in note[0]
