@@ -10,7 +10,8 @@ the first per question), interleaved over several scenes; the last line reads
 itself kept) on the same descriptions of the embedded model, one answer at a time, interleaved
 over scenes; one line per method (seconds and tokens per answer, ratio to ``greedy`` per answer
 and per token) and a last line ``methods vs greedy: adapt-tf 1.12x, ...`` (paper Table 2b's
-per-answer ratios, measured side by side in one run). Each method ends its answer where it ends it
+per-answer ratios, measured side by side in one run) and the peak memory of one answer's tensors per
+method (after the timed runs; see ``_peak_memory``). Each method ends its answer where it ends it
 (the paper times real answers; tokens per answer are printed beside the seconds). ``--forced``
 makes every answer ``--tokens`` long (``min_new_tokens``) instead; past its natural end the model
 writes degenerate text, in which OPERA's over-trust pattern keeps firing rollbacks, so forced
@@ -23,7 +24,7 @@ per 1 000 images, ratio) and a last line ``export per image vs K-step greedy: 1.
 batch 32)`` (at ``export-anchors``' default batch).
 
 ``python -m adapt.bench overhead``: time to generate N tokens with stock SDPA, with capture on,
-and with capture + a bias on every step at every layer, as ratios over stock, on the tiny
+and with capture + the ASI policy steering every step at every layer, as ratios over stock, on the tiny
 configs and on a mid-size random LLaVA (576 image tokens, hidden 1024, 12 layers). On a GPU,
 ``--device cuda --dtype bfloat16 --configs mid,llava7b`` adds a random model of LLaVA-1.5-7B's
 shape (CLIP-L/336 tower, 32 layers of hidden 4096, 576 image tokens).
@@ -56,14 +57,17 @@ CONFIGS = {
 }
 
 
-class EveryStepBias:
-    """Steers every (step, layer): the worst case for the hot path."""
+def every_step_policy(num_layers: int, n: int, layers: list[int] | None = None):
+    """The real ASI policy (default operator) steering every (layer, step) of ``layers`` (all by default):
+    references given, so it steers from step 0, trigger ``always``. The worst case for the hot path."""
+    from .config import ASIConfig
+    from .steering import ASIPolicy, References
 
-    def __init__(self, n: int, device="cpu"):
-        self.bias = 0.5 * torch.log(torch.linspace(1e-3, 1.0, n, device=device))[None]
-
-    def __call__(self, layer, step, attn):
-        return self.bias
+    w = torch.linspace(0.05, 1.0, n)[None]
+    refs = References(w, torch.full((num_layers, 1), 0.5 / n), torch.full((num_layers, 1), 0.9),
+                      torch.full((num_layers, 1, n), 0.9 / n))
+    return ASIPolicy(num_layers, list(range(num_layers)) if layers is None else layers, ASIConfig(trigger="always"),
+                     0, refs=refs)
 
 
 MODES = ("stock", "capture", "capture+steer")
@@ -79,8 +83,8 @@ def _time_generate(bb, prepared, tokens, mode):
         if mode == "stock":
             bb.model.generate(**prepared.inputs, **kw)
         else:
-            policy = EveryStepBias(prepared.span.n, bb.device) if mode == "capture+steer" else None
-            with AttentionRecorder(prepared.span, bb.num_layers, policy=policy):
+            policy = every_step_policy(bb.num_layers, prepared.span.n) if mode == "capture+steer" else None
+            with AttentionRecorder(prepared.span, bb.num_layers, policy=policy, max_steps=tokens):
                 bb.model.generate(**prepared.inputs, **kw)
     sync()
     return time.perf_counter() - t0
@@ -107,9 +111,16 @@ def overhead(name: str, tokens: int, repeats: int, device: str = "cpu", dtype=to
     return {m: med[m] / med["stock"] for m in MODES[1:]}
 
 
-def _interleaved(bb, images, methods: dict, tokens: int, repeats: int, kw: dict) -> dict[str, list[tuple]]:
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def _interleaved(bb, images, methods: dict, tokens: int, repeats: int, kw: dict,
+                 clock: str = "wall") -> dict[str, list[tuple]]:
     """Each method's (seconds, answer) per description, after one warm-up answer each (which also
-    fills the bias-map cache); interleaved, so drift of the machine hits every method alike."""
+    fills the bias-map cache); interleaved, so drift of the machine hits every method alike.
+    ``clock="process"``: this process's CPU time instead of the wall clock (on a CPU shared with other
+    work, the time spent waiting for a core is left out)."""
+    now = CLOCKS[clock]
     from .world import DEFAULT_DESCRIBE_PROMPT
 
     for m in methods.values():
@@ -118,13 +129,13 @@ def _interleaved(bb, images, methods: dict, tokens: int, repeats: int, kw: dict)
     for _ in range(repeats):
         for im in images:
             for name, m in methods.items():
-                t0 = time.perf_counter()
+                t0 = now()
                 a = m.answer(bb, im, DEFAULT_DESCRIBE_PROMPT, tokens, **kw)
-                runs[name].append((time.perf_counter() - t0, a))
+                runs[name].append((now() - t0, a))
     return runs
 
 
-def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
+def method_overhead(tokens: int, repeats: int, scenes: int, clock: str = "wall") -> dict[str, float]:
     """Per-answer seconds of stock greedy, greedy with capture and ADAPT-TF on the embedded model."""
     import tempfile
 
@@ -139,11 +150,11 @@ def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
     cfg = AdaptConfig()
     methods = {"stock greedy": Greedy(capture=False), "greedy with capture": Greedy(),
                "adapt-tf": AdaptTF(cfg, BiasCache(tempfile.mkdtemp(prefix="adapt-bench-")))}
-    runs = _interleaved(bb, images, methods, tokens, repeats, dict(min_new_tokens=tokens))
+    runs = _interleaved(bb, images, methods, tokens, repeats, dict(min_new_tokens=tokens), clock)
     fired = sum(a.info["fired"] for _, a in runs["adapt-tf"])
     monitored = sum(a.info["monitored"] for _, a in runs["adapt-tf"])
     med = {name: statistics.median(t for t, _ in r) for name, r in runs.items()}
-    print(f"embedded model, {tokens} new tokens, {scenes} scenes x {repeats}, median per answer: "
+    print(f"embedded model, {tokens} new tokens, {scenes} scenes x {repeats}, median per answer ({clock} clock): "
           + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in med.items())
           + f"; ADAPT-TF ({cfg.asi.operator}, trigger {cfg.asi.trigger}, layers {cfg.asi.layers}) fired on "
           f"{fired / max(monitored, 1):.0%} of monitored pairs", flush=True)
@@ -152,8 +163,53 @@ def method_overhead(tokens: int, repeats: int, scenes: int) -> dict[str, float]:
             "adapt-tf/greedy": med["adapt-tf"] / med["stock greedy"]}
 
 
+def _peak_memory(run) -> float:
+    """Peak memory of the tensors ``run()`` makes, in MiB: CUDA's allocator peak on a GPU; on the CPU the
+    live bytes of every storage an aten op returns, followed with a dispatch mode (a storage is released
+    with the first tensor that held it; weights and inputs made before are not counted). Run after the
+    timed runs: it slows the answer down."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
+
+    class Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live, self.peak, self.seen = 0, 0, set()
+
+        def _free(self, key, nbytes):
+            self.seen.discard(key)
+            self.live -= nbytes
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                    st = t.untyped_storage()
+                    key = st.data_ptr()
+                    if key and key not in self.seen:
+                        self.seen.add(key)
+                        self.live += st.nbytes()
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(t, self._free, key, st.nbytes())
+            return out
+
+    mode = Live()
+    with mode:
+        run()
+    return mode.peak / 2 ** 20
+
+
 def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: int, forced: bool = False,
-                  seed: int = 7) -> dict[str, dict[str, float]]:
+                  seed: int = 7, clock: str = "wall") -> dict[str, dict[str, float]]:
     """Seconds and tokens per answer of each method on the embedded model's descriptions, and the
     ratio of its seconds to ``greedy``'s (the registry's greedy: capture on, what every steered
     method is compared with in the evaluation tables)."""
@@ -173,21 +229,27 @@ def bench_methods(names: list[str] | None, tokens: int, repeats: int, scenes: in
     images = [s.image() for s in make_split("validation", scenes, seed=seed)]
     cache = BiasCache(tempfile.mkdtemp(prefix="adapt-bench-"))
     methods = {n: get_method(n, AdaptConfig(), cache) for n in names}
-    runs = _interleaved(bb, images, methods, tokens, repeats, dict(min_new_tokens=tokens) if forced else {})
+    runs = _interleaved(bb, images, methods, tokens, repeats, dict(min_new_tokens=tokens) if forced else {}, clock)
     secs = {n: [t for t, _ in r] for n, r in runs.items()}
     toks = {n: [len(a.token_ids) for _, a in r] for n, r in runs.items()}
     ref = statistics.mean(secs["greedy"])
     ref_tok = sum(secs["greedy"]) / max(sum(toks["greedy"]), 1)
+    from .world import DEFAULT_DESCRIBE_PROMPT
+
+    kw = dict(min_new_tokens=tokens) if forced else {}
+    peak = {n: _peak_memory(lambda: m.answer(bb, images[0], DEFAULT_DESCRIBE_PROMPT, tokens, **kw))
+            for n, m in methods.items()}
     out = {n: {"seconds": statistics.mean(secs[n]), "tokens": statistics.mean(toks[n]),
-               "ratio": statistics.mean(secs[n]) / ref,
+               "ratio": statistics.mean(secs[n]) / ref, "peak_mib": peak[n],
                "ratio_per_token": sum(secs[n]) / max(sum(toks[n]), 1) / ref_tok} for n in methods}
     print(f"embedded model, {scenes} scenes x {repeats}, one answer at a time, "
           + (f"{tokens} new tokens each (forced)" if forced else f"up to {tokens} new tokens (each ends its answer)")
-          + f", {torch.get_num_threads()} thread(s); mean per answer:", flush=True)
+          + f", {torch.get_num_threads()} thread(s); mean per answer ({clock} clock):", flush=True)
     lines = describe()
     for n, r in out.items():
         print(f"  {n:<12} {r['seconds'] * 1000:8.1f} ms/answer  {r['tokens']:6.1f} tokens/answer  "
-              f"{r['ratio']:5.2f}x greedy ({r['ratio_per_token']:5.2f}x per token)   {lines.get(n, methods[n].description)}",
+              f"{r['ratio']:5.2f}x greedy ({r['ratio_per_token']:5.2f}x per token)  peak {r['peak_mib']:6.1f} MiB   "
+              f"{lines.get(n, methods[n].description)}",
               flush=True)
     return out
 
@@ -206,9 +268,6 @@ def bench_ops(tokens: int = 3) -> dict[str, float]:
     one, stock SDPA passes no mask anywhere."""
     from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from .config import ASIConfig
-    from .steering import ASIPolicy, References
 
     class Ops(TorchDispatchMode):
         def __init__(self):
@@ -240,12 +299,6 @@ def bench_ops(tokens: int = 3) -> dict[str, float]:
     n = prepared.span.n
     sdpa = MaskedSDPA()
 
-    def policy(monitored):
-        w = torch.linspace(0.05, 1.0, n)[None]
-        refs = References(w, torch.full((layers, 1), 0.5 / n), torch.full((layers, 1), 0.9),
-                          torch.full((layers, 1, n), 0.9 / n))
-        return ASIPolicy(layers, monitored, ASIConfig(trigger="always"), 5, refs=refs)
-
     def count(mode: str, new: int) -> int:
         bb.model.set_attn_implementation({"text_config": "sdpa" if mode == "stock" else ATTN_IMPL})
         kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
@@ -255,7 +308,7 @@ def bench_ops(tokens: int = 3) -> dict[str, float]:
                 with ops:
                     bb.model.generate(**prepared.inputs, **kw)
             else:
-                pol = policy(list(range(layers)) if mode == "steered" else [0]) if mode != "capture" else None
+                pol = None if mode == "capture" else every_step_policy(layers, n, None if mode == "steered" else [0])
                 rec = AttentionRecorder(prepared.span, layers, policy=pol, lean=True)
                 with rec, sdpa, ops:
                     bb.model.generate(**prepared.inputs, **kw)
@@ -363,6 +416,7 @@ def main(argv=None) -> None:
     m.add_argument("--repeats", type=int, default=3)
     m.add_argument("--scenes", type=int, default=8)
     m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="process: this process's CPU time")
     ms = sub.add_parser("methods", help="every registered method's time per answer over greedy, side by side")
     ms.add_argument("--methods", default=None, help="comma-separated names (default: every registered method, "
                                                     "ADAPT-TF's variants left out)")
@@ -371,6 +425,7 @@ def main(argv=None) -> None:
     ms.add_argument("--scenes", type=int, default=6)
     ms.add_argument("--forced", action="store_true", help="every answer --tokens long (min_new_tokens)")
     ms.add_argument("--threads", type=int, default=1)
+    ms.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="process: this process's CPU time")
     op = sub.add_parser("ops", help="extra aten ops per (layer, step) over stock SDPA; SDPA calls with a mask")
     op.add_argument("--threads", type=int, default=1)
     ex = sub.add_parser("export", help="export-anchors' images/s against K-step greedy of the same images")
@@ -401,11 +456,11 @@ def main(argv=None) -> None:
         unknown = [n for n in names or [] if n not in NAMES]
         if unknown:
             p.error(f"unknown method(s) {unknown}; available: {', '.join(NAMES)}")
-        out = bench_methods(names, args.tokens, args.repeats, args.scenes, args.forced)
+        out = bench_methods(names, args.tokens, args.repeats, args.scenes, args.forced, clock=args.clock)
         print("methods vs greedy: " + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in out.items() if n != "greedy"))
         return
     if args.what == "method":
-        ratios = method_overhead(args.tokens, args.repeats, args.scenes)
+        ratios = method_overhead(args.tokens, args.repeats, args.scenes, args.clock)
         for name, value in ratios.items():
             print(f"method {name}: {value:.2f}x")
         return
