@@ -9,6 +9,7 @@ from PIL import Image
 from adapt.threads import use_threads
 
 from .knobs import Knobs
+from .safe import md
 from .scenes import add_hallucinations
 
 _bias_cache = None
@@ -189,7 +190,7 @@ def answer_note(trace) -> str:
             f"{REAL_CHECKPOINT} …`.")
     unknown = meta.get(UNKNOWN_KEY)
     if isinstance(unknown, list):
-        words = [_plain(w) for w in unknown[:20]]
+        words = [md(" ".join(str(w).split())[:40]) for w in unknown[:20]]
         words = [w for w in words if w]
         if words:
             more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
@@ -197,12 +198,3 @@ def answer_note(trace) -> str:
                          f"{', '.join(f'“{w}”' for w in words)}{more}. Its tokenizer has no token for them and "
                          "read each as the unknown token (`<unk>`): the answers cannot be about them.")
     return "\n\n".join(f"ℹ️ {p}" for p in parts)
-
-
-def _plain(word, n: int = 40) -> str:
-    """A word from a trace or a visitor as inert Markdown text: HTML escaped, Markdown marks escaped."""
-    import html
-    import re
-
-    text = html.escape(" ".join(str(word).split())[:n], quote=False)
-    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", text)

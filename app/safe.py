@@ -23,10 +23,12 @@ from __future__ import annotations
 import html as _html
 import re
 
-# characters that open Markdown structure inline: links and images ([ ]), code (`), escapes (\)
-# and raw HTML (< > &); written as character references, which Markdown shows but never parses
+# characters that open Markdown structure inline: links and images ([ ]), code (`), escapes (\),
+# raw HTML (< > &) and emphasis (* _ ~); written as character references, which Markdown shows but
+# never parses
 _MD = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord("["): "&#91;", ord("]"): "&#93;",
-       ord("`"): "&#96;", ord("\\"): "&#92;", ord("\n"): " ", ord("\r"): " ", 0: None}
+       ord("`"): "&#96;", ord("\\"): "&#92;", ord("*"): "&#42;", ord("_"): "&#95;", ord("~"): "&#126;",
+       ord("\n"): " ", ord("\r"): " ", 0: None}
 _LINE = {ord("\n"): " ", ord("\r"): " ", 0: None}
 _TAGS = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
 

@@ -252,7 +252,7 @@ def test_the_note_says_what_the_embedded_model_knows_and_escapes_words():
     note = answer_note(trace)
     assert f"{len(CATEGORIES)} shapes ({', '.join(CATEGORIES)})" in note
     assert f"{len(COLOUR_NAMES)} colours" in note and "python -m app --model" in note
-    assert "“cat”" in note and "<img" not in note and "&lt;img" in note and "\\*\\*x\\*\\*" in note
+    assert "“cat”" in note and "<img" not in note and "&lt;img" in note and "&#42;&#42;x&#42;&#42;" in note
     trace.meta["objects"] = ["star"]  # a world scene: its answers are checked, no need to warn
     assert "synthetic world" not in answer_note(trace) and "“cat”" in answer_note(trace)
 
