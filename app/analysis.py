@@ -9,6 +9,7 @@ from PIL import Image
 from adapt.threads import use_threads
 
 from .knobs import Knobs
+from .models import supported_families
 from .safe import md
 from .scenes import add_hallucinations
 
@@ -144,7 +145,7 @@ def compared_answer(backbone, image: Image.Image, question: str, name: str, conf
 MODEL_KEY = "model"  # trace.meta: the app's name of the backbone (reopening a trace selects it again)
 UNKNOWN_KEY = "unknown_words"  # trace.meta: the question's words the tokenizer read as its unknown token
 WORLD_KEY = "world_model"  # trace.meta: True when the backbone only knows the synthetic world
-REAL_CHECKPOINT = "llava-hf/llava-1.5-7b-hf"  # the example named in the note; any LLaVA-1.5 / Qwen2.5-VL works
+REAL_CHECKPOINT = "llava-hf/llava-1.5-7b-hf"  # the example named in the note; any supported family works
 
 
 def is_world_model(backbone) -> bool:
@@ -185,7 +186,7 @@ def answer_note(trace) -> str:
             f"{len(f['colours'])} colours ({', '.join(f['colours'])}), with a vocabulary of {f['vocabulary']} words "
             "and punctuation marks. On any other picture it still answers in those shapes, colours and places: "
             "its answers say nothing about what is in this image. For real photos, run a real checkpoint "
-            f"(LLaVA-1.5 or Qwen2.5-VL): `python -m app --model {REAL_CHECKPOINT}` on your own machine (or ask "
+            f"({supported_families()}): `python -m app --model {REAL_CHECKPOINT}` on your own machine (or ask "
             f"this server's operator to offer it through `ADAPT_MODELS`), or `python -m adapt run --backbone "
             f"{REAL_CHECKPOINT} …`.")
     unknown = meta.get(UNKNOWN_KEY)
