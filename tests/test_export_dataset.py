@@ -316,6 +316,10 @@ def test_bad_inputs_get_one_line_and_nothing_outside_out(dataset, tmp_path, caps
     _one_line(main(_args(tmp_path / "missing", tmp_path / "o6", cache)), capsys, "no such file or folder")
     (tmp_path / "notes.txt").write_text("x")
     _one_line(main(_args(tmp_path / "notes.txt", tmp_path / "o7", cache)), capsys, "not a folder of images")
+    (tmp_path / "mine" / "data").mkdir(parents=True)  # someone's own folder: refused even with --overwrite
+    (tmp_path / "mine" / "data" / "keep.txt").write_text("mine")
+    _one_line(main(_args(src, tmp_path / "mine", cache, "--overwrite")), capsys, "did not write")
+    assert (tmp_path / "mine" / "data" / "keep.txt").read_text() == "mine"
     for argv in (["--batch-size", "0"], ["--workers", "-1"]):
         with pytest.raises(SystemExit) as exc:
             main(_args(src, tmp_path / "o8", cache, *argv))
@@ -330,7 +334,7 @@ def test_bad_inputs_get_one_line_and_nothing_outside_out(dataset, tmp_path, caps
     assert "not a readable image" in t["bad"]["error"]
     failed = [l for l in capsys.readouterr().out.splitlines() if l.startswith("failed:")]
     assert len(failed) == 8 and all(len(l.splitlines()) == 1 for l in failed)
-    assert set(os.listdir(tmp_path)) - before - {"cache"} == {"o9", "empty", "notes.txt"}  # the refused: nothing
+    assert set(os.listdir(tmp_path)) - before - {"cache"} == {"o9", "empty", "notes.txt", "mine"}  # the refused: nothing
 
 
 def test_the_pair_builder_makes_its_chosen_images_with_the_exporter(bb, tmp_path):

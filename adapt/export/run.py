@@ -155,7 +155,8 @@ def _difference(old: dict, new: dict) -> str:
 
 
 def prepare_out(out: Path, config: dict, overwrite: bool, main: bool) -> None:
-    """Refuse (or, with ``overwrite``, clear) an ``out`` that holds an export of another configuration."""
+    """Refuse (or, with ``overwrite``, clear) an ``out`` that holds an export of another configuration;
+    a ``data/`` folder that no export of this tool wrote is never touched."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a folder")
     meta = out / "export.json"
@@ -165,19 +166,17 @@ def prepare_out(out: Path, config: dict, overwrite: bool, main: bool) -> None:
             old = json.loads(meta.read_text())
         except (OSError, json.JSONDecodeError):
             old = {"format": "unreadable"}
-    elif (out / "manifest.jsonl").exists() or (out / "data").exists():
-        old = {"format": "an older or unknown export"}
-    if old is not None and old.get("config") != config:
-        if not overwrite:
-            what = _difference(old.get("config") or {"format": old.get("format")}, config)
-            raise ExportError(f"{out} holds an export with another configuration ({what}); "
-                              "give another --out, or --overwrite to redo it")
-        if main:
-            for name in OURS:
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    elif overwrite and main:
-        for name in OURS:
+    elif (out / "data").exists():
+        raise ExportError(f"{out} holds a data/ folder this export did not write; give another --out")
+    elif (out / "manifest.jsonl").exists():
+        old = {"format": "the folder export of an earlier version"}
+    stale = old is not None and old.get("config") != config
+    if stale and not overwrite:
+        what = _difference(old.get("config") or {"format": old.get("format")}, config)
+        raise ExportError(f"{out} holds an export with another configuration ({what}); "
+                          "give another --out, or --overwrite to redo it")
+    if (stale or overwrite) and main:
+        for name in OURS:  # the export's own files only
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if main or (old is None and not overwrite):  # the same content from whichever process comes first
