@@ -376,3 +376,29 @@ def test_stop_ends_an_export_between_batches_and_a_rerun_finishes_it(bb, tmp_pat
     _, report, _ = export_batch(bb, [str(tmp_path / "up" / "a.png")], Q, "", Knobs.defaults(),
                                 should_stop=lambda: True)
     assert report == []  # stopped before the first batch: nothing reported as exported
+
+
+def test_a_hub_id_is_streamed_and_exported(bb, tmp_path, monkeypatch):
+    """A Hub id goes through ``datasets.load_dataset(..., streaming=True)`` (faked here: no network in
+    tests): the rows stream in, nothing is cached, the export is the same dataset as from parquet."""
+    import datasets
+    from datasets import Features, Image as ImageF, IterableDataset, Value
+
+    from adapt.export import ExportOptions, export_dataset, open_source
+
+    rows = [{"id": f"h{i}", "image": {"bytes": _png(i), "path": None}, "question": Q, "extra": i} for i in range(3)]
+    features = Features({"id": Value("string"), "image": ImageF(), "question": Value("string"),
+                         "extra": Value("int64")})
+    asked = []
+
+    def fake(name, split=None, streaming=False, **kw):
+        asked.append((name, split, streaming))
+        return IterableDataset.from_generator(lambda: iter(rows), features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    src = open_source("someone/some-set", split="train")
+    assert src.kind == "hub" and src.num_rows is None and asked == [("someone/some-set", "train", True)]
+    export_dataset(bb, src, tmp_path / "hub", opts=ExportOptions())
+    export_dataset(bb, open_source(_hub_layout(tmp_path / "in", rows, shards=1)), tmp_path / "pq", opts=ExportOptions())
+    _same(_table(tmp_path / "hub"), _table(tmp_path / "pq"))
+    assert "someone/some-set (train)" in (tmp_path / "hub" / "README.md").read_text()
