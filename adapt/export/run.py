@@ -319,7 +319,8 @@ class _Exporter:
 
     # model side ---------------------------------------------------------------------------------
     def anchors(self, decoded: list) -> list:
-        """``(row, original, data, anchor, grid, error)`` for each decoded row, batched by grid."""
+        """``(row, original, data, run, grid, error)`` for each decoded row (``run``: the arguments of
+        :func:`adapt.pipeline.anchor_from_maps`, evaluated in :meth:`finish`), batched by grid."""
         results = {}
         good = [d for d in decoded if not d[4]]
         for d in decoded:
