@@ -378,9 +378,9 @@ def test_stop_ends_an_export_between_batches_and_a_rerun_finishes_it(bb, tmp_pat
     assert report == []  # stopped before the first batch: nothing reported as exported
 
 
-def test_a_hub_id_is_streamed_and_exported(bb, tmp_path, monkeypatch):
+def test_a_hub_id_and_a_save_to_disk_folder_export_as_parquet_does(bb, tmp_path, monkeypatch):
     """A Hub id goes through ``datasets.load_dataset(..., streaming=True)`` (faked here: no network in
-    tests): the rows stream in, nothing is cached, the export is the same dataset as from parquet."""
+    tests) and a ``save_to_disk`` folder is memory-mapped: both give the dataset parquet input gives."""
     import datasets
     from datasets import Features, Image as ImageF, IterableDataset, Value
 
@@ -395,10 +395,15 @@ def test_a_hub_id_is_streamed_and_exported(bb, tmp_path, monkeypatch):
         asked.append((name, split, streaming))
         return IterableDataset.from_generator(lambda: iter(rows), features=features)
 
+    from datasets import Dataset
+
+    Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "disk"))  # a save_to_disk folder too
     monkeypatch.setattr(datasets, "load_dataset", fake)
     src = open_source("someone/some-set", split="train")
     assert src.kind == "hub" and src.num_rows is None and asked == [("someone/some-set", "train", True)]
     export_dataset(bb, src, tmp_path / "hub", opts=ExportOptions())
     export_dataset(bb, open_source(_hub_layout(tmp_path / "in", rows, shards=1)), tmp_path / "pq", opts=ExportOptions())
+    export_dataset(bb, open_source(tmp_path / "disk"), tmp_path / "disk-out", opts=ExportOptions())
     _same(_table(tmp_path / "hub"), _table(tmp_path / "pq"))
+    _same(_table(tmp_path / "disk-out"), _table(tmp_path / "pq"))
     assert "someone/some-set (train)" in (tmp_path / "hub" / "README.md").read_text()
