@@ -157,7 +157,7 @@ def _eval_argv(p: dict, out: Path) -> list[str]:
 
 def _export_argv(p: dict, out: Path) -> list[str]:
     if not p["input"]:
-        raise JobError("parameter 'input' is required: a folder of images or a JSONL manifest on the server")
+        raise JobError("parameter 'input' is required: a folder of images, a JSONL manifest or a dataset folder on the server")
     if not Path(p["input"]).expanduser().exists():
         raise JobError(f"input {p['input']!r} does not exist on the server")
     argv = python_module("adapt", "export-anchors", "--input", p["input"], "--out", str(out))
@@ -202,9 +202,9 @@ register_kind(JobKind(
 register_kind(JobKind(
     name="export-anchors",
     label="Batch anchor export",
-    description="Anchor-guided images + manifest.jsonl for a folder of images (or a JSONL of image/question).",
+    description="Anchor-guided images as a Hugging Face dataset (parquet + card) for a folder of images, a JSONL of image/question, or a parquet / save_to_disk dataset.",
     params=(
-        Param("input", "", "folder of images or JSONL manifest (server path)", kind=str),
+        Param("input", "", "folder of images, JSONL manifest, or parquet / save_to_disk dataset (server path)", kind=str),
         Param("question", "", "question for every image of a folder (a JSONL has its own)", kind=str),
         Param("overlays", False, "also write original | heat map | enhanced strips"),
         MODEL,
