@@ -1,4 +1,4 @@
-"""The newest query row of one attention call, written once: scores, log-sum-exp, image block.
+"""The newest query row of one attention call, written once: scores, probabilities, output.
 
 Everything here works on the un-repeated KV heads: with grouped-query attention the query heads of
 one KV head are stacked as rows of one matmul (``repeat_kv``'s layout: query head h uses KV head
@@ -28,14 +28,6 @@ def grouped_logits(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.bmm(qg, _batched(key).transpose(1, 2)).view(b, h, q, key.shape[2])
 
 
-def grouped_output(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``probs[B, H, q, kv] @ value[B, Hkv, kv, D]`` → ``[B, H, q, D]`` without repeating V."""
-    b, h, q, kv = probs.shape
-    hkv = value.shape[1]
-    out = torch.bmm(probs.reshape(b * hkv, (h // hkv) * q, kv), _batched(value))
-    return out.view(b, h, q, value.shape[-1])
-
-
 def apply_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``logits[B, H, q, kv]`` with ``mask`` (rows already chosen: ``[B, 1|H, q, ≥kv]``) applied."""
     if mask is None:
@@ -53,6 +45,8 @@ def causal_rows(mask: torch.Tensor | None, rows: slice, q_len: int, kv_len: int,
     position kv − q + i) sees keys up to its own position."""
     if mask is not None:
         return mask[:, :, rows]
+    if rows.stop - rows.start == 1 and rows.stop == q_len:  # the last row of a causal call sees every key
+        return None
     qpos = torch.arange(rows.start, rows.stop, device=device) + (kv_len - q_len)
     return (torch.arange(kv_len, device=device)[None, :] <= qpos[:, None])[None, None]
 

@@ -64,8 +64,7 @@ class TextWindowCapture:
     def capture(self, layer: int, query, key, attention_mask, scaling) -> None:
         q_len, kv_len = query.shape[2], key.shape[2]
         rows = slice(max(0, q_len - self.queries), q_len)
-        mask = causal_rows(attention_mask, rows, q_len, kv_len, query.device) if rows.stop - rows.start > 1 else (
-            None if attention_mask is None else attention_mask[:, :, -1:])
+        mask = causal_rows(attention_mask, rows, q_len, kv_len, query.device)
         logits = apply_mask(grouped_logits(query[:, :, rows, :], key) * scaling, mask)  # [B, H, q', kv]
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         if self.reduce == "max":
