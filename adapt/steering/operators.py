@@ -55,7 +55,7 @@ class LayerState:
     layer's device: (w + ε)^α, α·log(w + ε), the quality mask, the anchor phase's HHI."""
 
     def __init__(self, cfg: ASIConfig, w: torch.Tensor, m_ref: torch.Tensor, a_ref: torch.Tensor):
-        self.w, self.m_ref, self.a_ref = w, m_ref, a_ref
+        self.m_ref, self.a_ref = m_ref, a_ref
         op = cfg.operator
         # [B, 1, n] and [B, 1, 1]: they broadcast against the [B, H, ·] rows as they are
         self.toward = (w + cfg.eps).pow(cfg.alpha)[:, None, :] if op in ("logprior-image", "mass-aware") else None
