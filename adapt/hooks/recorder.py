@@ -197,13 +197,19 @@ class AttentionRecorder:
         return o.view(shape)
 
     def prefill_text(self, layer: int, query, key, mask, scaling) -> None:
-        """Mean attention of the prompt rows after the last image token over the image keys."""
+        """Mean attention of the prompt rows after the last image token over the image keys.
+
+        Each batch row averages its own rows: under left padding a longer question ends its image
+        earlier, so the rows after the *latest* image end would drop its first question tokens."""
         q_len, kv_len = query.shape[2], key.shape[2]
-        end = self.span.end
-        if end >= q_len:
+        ends = self.span.positions[:, -1].to(query.device) + 1  # [B], one past each row's last image key
+        start = int(ends.min())
+        if start >= q_len:
             return
-        rows = slice(end, q_len)
+        rows = slice(start, q_len)
         logits = apply_mask(grouped_logits(query[:, :, rows, :], key) * scaling,
                             causal_rows(mask, rows, q_len, kv_len, query.device))
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        self.prefill_text_maps[layer] = self.span.image_cols(probs).mean(dim=(1, 2))
+        per_row = self.span.image_cols(probs).mean(dim=1)  # [B, rows, n]
+        keep = (torch.arange(start, q_len, device=query.device)[None, :] >= ends[:, None]).float()  # [B, rows]
+        self.prefill_text_maps[layer] = (per_row * keep[..., None]).sum(1) / keep.sum(1).clamp_min(1)[:, None]
