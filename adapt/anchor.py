@@ -123,8 +123,19 @@ class Fusion:
     fused: np.ndarray  # [h, w], sums to one
 
 
-def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig) -> Fusion:
-    """Eq. 6: c_l = ω·S_l (+ optional border/depth priors); λ = softmax_l(MM(c)/T); Ā = Σ λ_l N(A_l)."""
+def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig, views=None) -> Fusion:
+    """Eq. 6: c_l = ω·S_l (+ optional border/depth priors); λ = softmax_l(MM(c)/T); Ā = Σ λ_l N(A_l).
+
+    ``views`` (a multi-view layout's :class:`~adapt.hooks.Views`; ``layer_maps`` then ``[L, 1, n]``): see
+    :func:`per_view_fusion`."""
+    if _multi(views):
+        return per_view_fusion(layer_maps, views, lambda maps: _paper_criteria(maps, target, cfg), cfg)
+    c, scores = _paper_criteria(layer_maps, target, cfg)
+    lam = _softmax(minmax(c) / cfg.temperature)
+    return Fusion(scores={**scores, "fused": c}, lam=lam, fused=_weighted(layer_maps, lam))
+
+
+def _paper_criteria(layer_maps: np.ndarray, target: float, cfg: AnchorConfig) -> tuple[np.ndarray, dict]:
     L = layer_maps.shape[0]
     spec = np.array([spectral_score(m, l, L, cfg) for l, m in enumerate(layer_maps)])
     smooth = np.array([smoothness_score(m) for m in layer_maps])
@@ -134,11 +145,65 @@ def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig) -> Fusion:
         c = c - cfg.w_border * np.array([border_mass(m) for m in layer_maps])
     if cfg.w_depth:
         c = c + cfg.w_depth * (np.arange(L) / max(L - 1, 1))
-    z = minmax(c) / cfg.temperature
+    return c, {"spec": spec, "smooth": smooth, "focus": focus}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
     lam = np.exp(z - z.max())
-    lam /= lam.sum()
-    fused = normalize(np.tensordot(lam, np.stack([normalize(m) for m in layer_maps]), axes=1))
-    return Fusion(scores={"spec": spec, "smooth": smooth, "focus": focus, "fused": c}, lam=lam, fused=fused)
+    return lam / lam.sum()
+
+
+def _weighted(layer_maps: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    return normalize(np.tensordot(lam, np.stack([normalize(m) for m in layer_maps]), axes=1))
+
+
+# several views -----------------------------------------------------------------------------------
+def _multi(views) -> bool:
+    return views is not None and not views.plain
+
+
+def _flat(x: np.ndarray, lead: int) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(*x.shape[:lead], -1)
+
+
+def view_shares(flat: np.ndarray, views) -> np.ndarray:
+    """Each view's share of a flat map's mass over grid cells (newline columns left out), ``[V]``."""
+    mass = np.array([float(v.take(flat).sum()) for v in views])
+    return mass / mass.sum() if mass.sum() > 0 else np.array([v.cells for v in views], float) / sum(
+        v.cells for v in views)
+
+
+def join_views(grids: list[np.ndarray], views, weights) -> np.ndarray:
+    """Each view's sum-to-one grid times its weight, written into a ``[1, n]`` map (0 at newline columns)."""
+    out = np.zeros(views.n)
+    for v, g, wt in zip(views, grids, weights):
+        v.put(normalize(g) * wt, out)
+    return out.reshape(views.grid)
+
+
+def per_view_fusion(layer_maps: np.ndarray, views, criteria, cfg: AnchorConfig, authors: bool = False) -> Fusion:
+    """Eq. 6 over a layout of several views (``layer_maps[L, 1, n]``).
+
+    The criteria run on each view's own grid (newline columns are no cells); a layer's criterion is the
+    average over views weighted by their cell counts, so λ is one weight per layer, chosen as on one grid.
+    Ā is built per view (Σ_l λ_l N(A_l^v), sum one within the view) and the views are joined with their
+    *share*: the λ-weighted share of the layers' attention that fell on the view. Ā sums to one over the
+    layout and keeps the model's own split between views; newline columns hold 0."""
+    flat = _flat(layer_maps, 1)
+    cells = np.array([v.cells for v in views], dtype=np.float64)
+    weight = cells / cells.sum()
+    per = [criteria(v.take(flat)) for v in views]
+    c = sum(wt * p[0] for wt, p in zip(weight, per))
+    scores = {k: sum(wt * p[1][k] for wt, p in zip(weight, per)) for k in per[0][1]}
+    lam = _softmax(10.0 * c) if authors else _softmax(minmax(c) / cfg.temperature)
+    return Fusion(scores={**scores, "fused": c}, lam=lam, fused=_weighted_views(flat, lam, views))
+
+
+def _weighted_views(flat: np.ndarray, lam: np.ndarray, views) -> np.ndarray:
+    """Σ_l λ_l N(A_l) per view of ``flat[L, n]``, joined with the λ-weighted attention share of each view."""
+    shares = sum(l * view_shares(m, views) for l, m in zip(lam, flat))
+    return join_views([np.tensordot(lam, np.stack([normalize(m) for m in v.take(flat)]), axes=1) for v in views],
+                      views, shares)
 
 
 AUTHORS_WEIGHTS = {"boundary": 0.25, "frequency": 0.30, "smoothness": 0.15, "concentration": 0.20, "position": 0.10}
@@ -152,12 +217,20 @@ def sobel_smoothness(m: np.ndarray) -> float:
     return 1.0 / (1.0 + float(np.hypot(gx, gy).mean()))
 
 
-def fuse_authors(layer_maps: np.ndarray, cfg: AnchorConfig) -> Fusion:
+def fuse_authors(layer_maps: np.ndarray, cfg: AnchorConfig, views=None) -> Fusion:
     """The authors' public fusion (DESIGN §8), as we read it: five criteria per layer — boundary
     (1 − mass on the border), frequency match (Eq. 2's spectral score), Sobel smoothness,
     concentration (1 − entropy) and a layer-position prior peaking at 20/31 of the depth (their
     layer 20 of 32) — each min-max scaled over layers, weighted 0.25 / 0.30 / 0.15 / 0.20 / 0.10, and
-    λ = exp(10·c) normalised. The paper's ω, T and H*(q) play no part."""
+    λ = exp(10·c) normalised. The paper's ω, T and H*(q) play no part. Several views: as :func:`fuse`."""
+    if _multi(views):
+        return per_view_fusion(layer_maps, views, lambda maps: _authors_criteria(maps, cfg), cfg, authors=True)
+    c, raw = _authors_criteria(layer_maps, cfg)
+    lam = _softmax(10.0 * c)
+    return Fusion(scores={**raw, "fused": c}, lam=lam, fused=_weighted(layer_maps, lam))
+
+
+def _authors_criteria(layer_maps: np.ndarray, cfg: AnchorConfig) -> tuple[np.ndarray, dict]:
     L = layer_maps.shape[0]
     depth = np.arange(L) / max(L - 1, 1)
     raw = {
@@ -167,16 +240,19 @@ def fuse_authors(layer_maps: np.ndarray, cfg: AnchorConfig) -> Fusion:
         "concentration": np.array([1.0 - entropy(m) for m in layer_maps]),
         "position": np.exp(-((depth - 20 / 31) / 0.25) ** 2),
     }
-    c = sum(AUTHORS_WEIGHTS[k] * minmax(v) for k, v in raw.items())
-    z = 10.0 * c
-    lam = np.exp(z - z.max())
-    lam /= lam.sum()
-    fused = normalize(np.tensordot(lam, np.stack([normalize(m) for m in layer_maps]), axes=1))
-    return Fusion(scores={**raw, "fused": c}, lam=lam, fused=fused)
+    return sum(AUTHORS_WEIGHTS[k] * minmax(v) for k, v in raw.items()), raw
 
 
-def halve_border(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The authors' debiasing: the border cells' weight halved. Returns ``(D, N(m ⊙ D))``."""
+def halve_border(m: np.ndarray, views=None) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' debiasing: the border cells' weight halved (each view's border). Returns
+    ``(D, N(m ⊙ D))``."""
+    if _multi(views):
+        flat = _flat(m, 0)
+        parts = [halve_border(v.take(flat)) for v in views]
+        shares = view_shares(flat, views)
+        cells = np.array([v.cells for v in views], dtype=np.float64)
+        return join_views([d for d, _ in parts], views, cells / cells.sum()), \
+            join_views([w for _, w in parts], views, shares)
     d = np.ones_like(np.asarray(m, dtype=np.float64))
     if min(d.shape) > 2:
         d[0, :] = d[-1, :] = d[:, 0] = d[:, -1] = 0.5
@@ -184,8 +260,20 @@ def halve_border(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # bias correction -------------------------------------------------------------------------------
-def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = None):
-    """Eq. 8–9: D = N(1/(B + ε_s)), W = N(Ā ⊙ D). Returns ``(D, W)``; without B, ``(None, N(Ā))``."""
+def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = None, views=None):
+    """Eq. 8–9: D = N(1/(B + ε_s)), W = N(Ā ⊙ D). Returns ``(D, W)``; without B, ``(None, N(Ā))``.
+
+    Several views: D and W per view (ε_s from that view's B), joined with Ā's share of each view (W) and
+    the views' cell counts (D), so the debiasing moves mass within a view, never between views."""
+    if _multi(views):
+        flat_f = _flat(fused, 0)
+        shares = view_shares(flat_f, views)
+        if bias is None:
+            return None, join_views([v.take(flat_f) for v in views], views, shares)
+        parts = [debias(v.take(flat_f), v.take(_flat(bias, 0)), eps_s) for v in views]
+        cells = np.array([v.cells for v in views], dtype=np.float64)
+        return join_views([d for d, _ in parts], views, cells / cells.sum()), \
+            join_views([w for _, w in parts], views, shares)
     if bias is None:
         return None, normalize(fused)
     b = normalize(bias)
@@ -194,18 +282,21 @@ def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = Non
     return d, normalize(fused * d)
 
 
-def bias_from_noise(noise_maps: np.ndarray, lam: np.ndarray, target: float, cfg: AnchorConfig) -> np.ndarray:
+def bias_from_noise(noise_maps: np.ndarray, lam: np.ndarray, target: float, cfg: AnchorConfig,
+                    views=None) -> np.ndarray:
     """Eq. 7: B = mean_n N(Ā^(n)) from the noise images' per-layer maps ``[M, L, h, w]``.
 
     ``cfg.bias_lambda="image"`` fuses every noise image's layers with the *image's* λ (``lam``), so
     B is the sink pattern of the layers the anchor is made of; ``"noise"`` fuses each with its own λ
-    (Eq. 7 read literally)."""
+    (Eq. 7 read literally). Several views: each noise image's Ā^(n) per view, as :func:`fuse` builds Ā."""
     fused = []
     for maps in noise_maps:
-        if cfg.bias_lambda == "image":
-            fused.append(normalize(np.tensordot(lam, np.stack([normalize(m) for m in maps]), axes=1)))
+        if cfg.bias_lambda == "noise":
+            fused.append(normalize(fuse(maps, target, cfg, views).fused))
+        elif _multi(views):
+            fused.append(_weighted_views(_flat(maps, 1), lam, views))
         else:
-            fused.append(normalize(fuse(maps, target, cfg).fused))
+            fused.append(_weighted(maps, lam))
     return np.mean(fused, axis=0)
 
 
@@ -224,8 +315,20 @@ def noise_images(size: tuple[int, int], m: int, seed: int = 0) -> list[Image.Ima
     return out
 
 
+def _layout_key(grid) -> list:
+    """A layout for a cache key: ``[h, w]`` for one grid (a plain Views included), else every view's
+    ``[name, h, w, newline]``."""
+    if getattr(grid, "plain", True):
+        return [int(g) for g in getattr(grid, "grid", grid)]
+    return [list(sig) for sig in grid.signature]
+
+
 class BiasCache:
-    """Bias maps B on disk, one ``.npy`` per (backbone, question, grid, anchor settings)."""
+    """Bias maps B on disk, one ``.npy`` per (backbone, question, layout, anchor settings).
+
+    ``grid`` in the keys is a one-grid layout's ``(h, w)`` or a multi-view layout's
+    :class:`~adapt.hooks.Views` (keyed by its signature: each view's name, shape and newline flag). The
+    question is keyed as written (stripped): the model reads "Red" and "red" as different tokens."""
 
     def __init__(self, directory: str | Path | None = None):
         self.dir = Path(directory or os.environ.get("ADAPT_CACHE", Path.home() / ".cache" / "adapt")) / "bias"
@@ -243,8 +346,7 @@ class BiasCache:
                                                  "noise_seed")}
         if target is not None and cfg.target_entropy == "model":
             relevant["target"] = round(float(target), 3)
-        blob = json.dumps([backbone_id, question.strip().lower(), list(grid), relevant],
-                          sort_keys=True)
+        blob = json.dumps([backbone_id, question.strip(), _layout_key(grid), relevant], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     @staticmethod
@@ -252,7 +354,7 @@ class BiasCache:
         """The noise images' per-layer maps depend on the model, question, grid, K and the noise set
         only: fusion settings (T, H*, criteria weights, which λ) are applied afterwards."""
         relevant = {k: getattr(cfg, k) for k in ("k", "num_noise", "noise_seed")}
-        blob = json.dumps(["noise-maps-v1", backbone_id, question.strip().lower(), list(grid), relevant],
+        blob = json.dumps(["noise-maps-v1", backbone_id, question.strip(), _layout_key(grid), relevant],
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

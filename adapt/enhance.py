@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .backbones.geometry import InputGeometry
+from .backbones.geometry import InputGeometry, LayoutGeometry
 from .config import EnhanceConfig
 
 
@@ -46,8 +46,25 @@ def heat_on_image(grid_map: np.ndarray, size: tuple[int, int], blur_cells: float
     return heat, seen
 
 
+def heat_of_layout(flat_map: np.ndarray, size: tuple[int, int], blur_cells: float,
+                   geometry: LayoutGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`heat_on_image` for a multi-view layout: each view painted through its own geometry, the
+    views' heats averaged where they saw the pixel (so the base and the hi-res view both vote)."""
+    w, h = size
+    total = np.zeros((h, w), dtype=np.float64)
+    count = np.zeros((h, w), dtype=np.float64)
+    for _, grid, geo in geometry.per_view(flat_map):
+        heat, seen = heat_on_image(grid, size, blur_cells, geo)
+        total[seen] += heat[seen]
+        count[seen] += 1
+    seen = count > 0
+    heat = np.zeros((h, w), dtype=np.float32)
+    heat[seen] = total[seen] / count[seen]
+    return heat, seen
+
+
 def enhance(image: Image.Image, anchor: np.ndarray, cfg: EnhanceConfig | None = None,
-            geometry: InputGeometry | None = None) -> Image.Image:
+            geometry: InputGeometry | LayoutGeometry | None = None) -> Image.Image:
     """Keep high-anchor regions, fade low-anchor regions toward white (soft heat map + mild mask).
 
     Per pixel: a = floor + (1 − floor)·heat, then a ← (1 − s)·a + s·[heat ≥ percentile], output =
@@ -58,11 +75,15 @@ def enhance(image: Image.Image, anchor: np.ndarray, cfg: EnhanceConfig | None = 
     Pixels the model never saw carry no anchor evidence either way: they get the mean weight of the
     seen pixels (faded like an average seen pixel, neither kept nor erased). Without it the anchor is
     stretched over the whole image, which is right when the model's input is the whole image (the
-    embedded model's square scenes, Qwen2.5-VL's resize).
+    embedded model's square scenes, Qwen2.5-VL's resize). A multi-view anchor (``[1, n]``) comes with
+    its :class:`LayoutGeometry` (``backbone.layout_geometry``): every view is painted through its own.
     """
     cfg = cfg or EnhanceConfig()
     img = np.asarray(image.convert("RGB"), dtype=np.float32)
-    heat, seen = heat_on_image(anchor, image.size, cfg.blur, geometry)
+    if isinstance(geometry, LayoutGeometry):
+        heat, seen = heat_of_layout(anchor, image.size, cfg.blur, geometry)
+    else:
+        heat, seen = heat_on_image(anchor, image.size, cfg.blur, geometry)
     if not seen.any():
         return image.convert("RGB").copy()
     keep = (heat >= np.percentile(heat[seen], cfg.keep_percentile)).astype(np.float32)

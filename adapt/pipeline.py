@@ -21,6 +21,7 @@ from .anchor import BiasCache, Fusion, bias_from_noise, debias, fuse, fuse_autho
     query_target_entropy
 from .steering import ASIPolicy, amc, references_from_maps, second_pass_applies, steering_weights
 from .backbones import Backbone, Generation
+from .hooks import Views
 from .config import AdaptConfig, parse_layers
 from .enhance import enhance
 from .images import fit, load_image
@@ -53,22 +54,33 @@ def backbone_id(backbone: Backbone) -> str:
 class Anchor:
     """Everything Sec. 4.1 produces for one (image, question)."""
 
-    layer_maps: np.ndarray  # [L, h, w]
+    layer_maps: np.ndarray  # [L, h, w] (a multi-view layout: [L, 1, n], the flat key columns)
     fusion: Fusion
     target_entropy: float
     bias: np.ndarray | None
     debias_mask: np.ndarray | None
-    anchor: np.ndarray  # W, [h, w]
+    anchor: np.ndarray  # W, [h, w] (a multi-view layout: [1, n], 0 at newline columns)
     cache_hit: bool
     seconds_bias: float
 
 
-def layer_maps_from(maps: np.ndarray, k: int, grid: tuple[int, int]) -> np.ndarray:
-    """A_l: mean over the first K steps of ``maps[T, L, n]``, reshaped ``[L, h, w]``.
+def shape_of(grid) -> tuple[int, int]:
+    """The array shape over a layout: ``grid`` is a one-grid ``(h, w)`` or a :class:`~adapt.hooks.Views`."""
+    return tuple(grid.grid) if isinstance(grid, Views) else tuple(grid)
+
+
+def views_of(grid) -> Views | None:
+    """The views of a multi-view ``grid`` (None for one plain grid: the anchor math runs as it always did)."""
+    return grid if isinstance(grid, Views) and not grid.plain else None
+
+
+def layer_maps_from(maps: np.ndarray, k: int, grid) -> np.ndarray:
+    """A_l: mean over the first K steps of ``maps[T, L, n]``, reshaped ``[L, h, w]`` (a multi-view
+    layout: ``[L, 1, n]``).
 
     An answer shorter than K tokens contributes the steps it has.
     """
-    return maps[: max(1, min(k, maps.shape[0]))].mean(0).reshape(maps.shape[1], *grid)
+    return maps[: max(1, min(k, maps.shape[0]))].mean(0).reshape(maps.shape[1], *shape_of(grid))
 
 
 def target_entropy(question: str, cfg: AdaptConfig, prefill_maps: np.ndarray | None) -> float:
@@ -77,21 +89,22 @@ def target_entropy(question: str, cfg: AdaptConfig, prefill_maps: np.ndarray | N
     return query_target_entropy(question, cfg.anchor)
 
 
-def noise_layer_maps(backbone: Backbone, question: str, image_size: tuple[int, int], grid: tuple[int, int],
+def noise_layer_maps(backbone: Backbone, question: str, image_size: tuple[int, int], grid,
                      cfg: AdaptConfig, cache: BiasCache | None) -> tuple[np.ndarray | None, bool]:
     """Eq. 7's inputs: the per-layer maps A_l^(n) of the M noise images with the same question,
-    ``[M, L, h, w]``, from one batched K-token run (cached on disk). Returns ``(maps, cache_hit)``."""
+    ``[M, L, h, w]``, from one batched K-token run (cached on disk, keyed by the layout's signature: the
+    noise images have the image's size, so they give its layout). Returns ``(maps, cache_hit)``."""
     a = cfg.anchor
     if not a.debias or a.num_noise == 0 or a.fusion == "authors":
         return None, False
     key = BiasCache.noise_key(backbone_id(backbone), question, grid, a)
     if cache is not None:
         hit = cache.get(key)
-        if hit is not None and hit.shape[0] == a.num_noise and hit.shape[2:] == tuple(grid):
+        if hit is not None and hit.shape[0] == a.num_noise and hit.shape[2:] == shape_of(grid):
             return hit, True
     images = noise_images(image_size, a.num_noise, a.noise_seed)
     prepared = backbone.prepare_batch(images, [question] * len(images))
-    if prepared.span.grid != tuple(grid):
+    if prepared.span.grid != grid:
         raise ValueError(f"noise image grid {prepared.span.grid} differs from the image's {grid}")
     gens = backbone.generate_batch(prepared, max_new_tokens=a.k)
     maps = np.stack([layer_maps_from(g.maps.numpy(), a.k, grid) for g in gens])
@@ -101,30 +114,36 @@ def noise_layer_maps(backbone: Backbone, question: str, image_size: tuple[int, i
 
 
 def anchor_from_maps(layer_maps: np.ndarray, question: str, cfg: AdaptConfig, noise_maps: np.ndarray | None,
-                     prefill_maps: np.ndarray | None = None) -> Anchor:
-    """Eq. 1–9 from the per-layer maps A_l ``[L, h, w]`` and the noise images' maps (pure array math)."""
+                     prefill_maps: np.ndarray | None = None, views: Views | None = None) -> Anchor:
+    """Eq. 1–9 from the per-layer maps A_l ``[L, h, w]`` and the noise images' maps (pure array math).
+
+    ``views`` (a multi-view layout; maps ``[L, 1, n]``): criteria, fusion and debiasing run per view and
+    W is their concatenation (:func:`adapt.anchor.per_view_fusion` says how λ and the views' shares are
+    made); newline columns get weight 0. The model-mode H*(q) reads the prefill maps over all n keys."""
     a = cfg.anchor
+    views = views_of(views)
     target = target_entropy(question, cfg, prefill_maps)
     if a.fusion == "authors":
-        fusion = fuse_authors(layer_maps, a)
-        d, w = halve_border(fusion.fused)
+        fusion = fuse_authors(layer_maps, a, views)
+        d, w = halve_border(fusion.fused, views)
         return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=None, debias_mask=d,
                       anchor=w, cache_hit=False, seconds_bias=0.0)
-    fusion = fuse(layer_maps, target, a)
-    bias = bias_from_noise(noise_maps, fusion.lam, target, a) if noise_maps is not None else None
-    d, w = debias(fusion.fused, bias, a.eps_s)
+    fusion = fuse(layer_maps, target, a, views)
+    bias = bias_from_noise(noise_maps, fusion.lam, target, a, views) if noise_maps is not None else None
+    d, w = debias(fusion.fused, bias, a.eps_s, views)
     return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=bias, debias_mask=d, anchor=w,
                   cache_hit=False, seconds_bias=0.0)
 
 
-def build_anchor(backbone: Backbone, question: str, image_size: tuple[int, int], grid: tuple[int, int],
+def build_anchor(backbone: Backbone, question: str, image_size: tuple[int, int], grid,
                  maps: np.ndarray, cfg: AdaptConfig, prefill_maps: np.ndarray | None = None,
                  cache: BiasCache | None = None) -> Anchor:
     """Eq. 1–9 from the anchor run's captured maps ``[T, L, n]`` (runs the noise images if not cached)."""
     t0 = time.perf_counter()
     noise, hit = noise_layer_maps(backbone, question, image_size, grid, cfg, cache)
     seconds = time.perf_counter() - t0
-    anchor = anchor_from_maps(layer_maps_from(maps, cfg.anchor.k, grid), question, cfg, noise, prefill_maps)
+    anchor = anchor_from_maps(layer_maps_from(maps, cfg.anchor.k, grid), question, cfg, noise, prefill_maps,
+                              views=views_of(grid))
     anchor.cache_hit, anchor.seconds_bias = hit, seconds
     return anchor
 
@@ -151,17 +170,17 @@ def answer_trace(gen: Generation, weights: np.ndarray, policy: ASIPolicy | None,
 
 
 def steered_generation(backbone: Backbone, image: Image.Image, question: str, anchor: Anchor,
-                       cfg: AdaptConfig, grid: tuple[int, int], enhanced: Image.Image | None = None,
+                       cfg: AdaptConfig, grid, enhanced: Image.Image | None = None,
                        anchor_maps: np.ndarray | None = None):
     """Steps 3–4: decoding with ASI, on the anchor-guided image when ``enhance.enabled`` (made here
     unless given). With ``anchor_maps`` (the anchor run's ``[T, L, n]``) and an answer the
     ``asi.second_pass`` rule selects, steering starts at step 0 with that run's references.
     Returns ``(gen, policy, image_used, enhanced, layers)``."""
     if enhanced is None and cfg.enhance.enabled:
-        enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.input_geometry(image.size))
+        enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.layout_geometry(image.size, grid))
     used, image_used = (enhanced, "enhanced") if cfg.enhance.enabled else (image, "original")
     prepared = backbone.prepare(used, question)
-    if prepared.span.grid != tuple(grid):
+    if prepared.span.grid != grid:
         raise ValueError("the enhanced image changed the image-token grid")
     layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
     w = steering_weights(anchor.anchor)
@@ -200,7 +219,7 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     unsteered = answer_trace(base, weights, None, "original")
     steered = None
     # shown and exported even when not answered on; the grid placed where the processor's crop took it
-    enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.input_geometry(image.size))
+    enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.layout_geometry(image.size, grid))
     layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
     threshold = np.full(backbone.num_layers, np.nan)
     if cfg.asi.enabled or cfg.enhance.enabled:
@@ -213,7 +232,8 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
         threshold = policy.thresholds()
     timings["total"] = time.perf_counter() - t_all
     progress(1.0, "done")
-    return Trace(question=prepared.question, backbone=backbone.name, grid=tuple(grid), config=cfg.to_dict(),
+    views = views_of(grid)
+    return Trace(question=prepared.question, backbone=backbone.name, grid=shape_of(grid), config=cfg.to_dict(),
                  image=image, enhanced_image=enhanced, layer_maps=anchor.layer_maps.astype(np.float32),
                  scores={k: v.astype(np.float32) for k, v in anchor.fusion.scores.items()},
                  lam=anchor.fusion.lam.astype(np.float32), target_entropy=anchor.target_entropy,
@@ -222,7 +242,8 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
                  debias_mask=None if anchor.debias_mask is None else anchor.debias_mask.astype(np.float32),
                  anchor=anchor.anchor.astype(np.float32), threshold=threshold.astype(np.float32),
                  asi_layers=list(layers), unsteered=unsteered, steered=steered,
-                 bias_cache_hit=anchor.cache_hit, timings=timings, meta=dict(meta or {}))
+                 bias_cache_hit=anchor.cache_hit, timings=timings, meta=dict(meta or {}),
+                 views=None if views is None else views.to_list())
 
 
 def probe_anchor(backbone: Backbone, image: Image.Image, question: str, cfg: AdaptConfig,
@@ -241,5 +262,5 @@ def anchor_image(backbone: Backbone, image: Image.Image, question: str, cfg: Ada
                  cache: BiasCache | None = None) -> tuple[Image.Image, Anchor]:
     """The anchor-guided image for export (Sec. 4.1.4) at ``image``'s own size; the model reads a copy
     of at most ``MAX_SIDE`` pixels on the longest side."""
-    anchor, _ = probe_anchor(backbone, fit(image), question, cfg, cache)
-    return enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.input_geometry(image.size)), anchor
+    anchor, grid = probe_anchor(backbone, fit(image), question, cfg, cache)
+    return enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.layout_geometry(image.size, grid)), anchor

@@ -85,10 +85,22 @@ class Trace:
     bias_cache_hit: bool = False
     timings: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # e.g. ground-truth objects of a world scene
+    # a multi-view layout (grid is then (1, n), maps flat over the n image keys): each view's name, h, w
+    # and whether its rows end in a newline key, in key order; None for one grid
+    views: list | None = None
 
     @property
     def num_layers(self) -> int:
         return self.layer_maps.shape[0]
+
+    @property
+    def layout(self):
+        """The trace's :class:`~adapt.hooks.Views` (a one-grid trace: one view ``base`` on its grid)."""
+        from .hooks.layout import Views
+
+        if not self.views:
+            return Views.from_shapes([("base", self.grid[0], self.grid[1], False)])
+        return Views.from_shapes([(v["name"], v["h"], v["w"], v["newline"]) for v in self.views])
 
     # serialisation --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -203,14 +215,16 @@ class _Refused(ValueError):
 
 
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # others decompress unbounded per read
-_OPTIONAL_DOC = {"bias_cache_hit": False, "timings": {}, "meta": {}}
+_OPTIONAL_DOC = {"bias_cache_hit": False, "timings": {}, "meta": {}, "views": None}
 _DOC = {"question": str, "backbone": str, "grid": list, "config": dict, "target_entropy": (int, float),
         "asi_layers": list, "scores": list, "unsteered": dict, "steered": (dict, type(None)), "bias_cache_hit": bool,
-        "timings": dict, "meta": dict}
+        "timings": dict, "meta": dict, "views": (list, type(None))}
 _ANSWER_DOC = {"text": str, "token_ids": list, "tokens": list, "seconds": (int, float), "image_used": str}
 _FINITE = ("layer_maps", "fused", "anchor", "bias", "debias_mask", "lam")  # maps shown as images or weights
 _KIND_NAMES = {str: "text", list: "a list", dict: "an object", (dict, type(None)): "an object or null",
-               (int, float): "a number", bool: "true or false"}
+               (int, float): "a number", bool: "true or false", (list, type(None)): "a list or null"}
+_VIEW_DOC = {"name": str, "h": int, "w": int, "newline": bool}
+MAX_VIEWS = 64  # LLaVA-NeXT has 2, InternVL up to 13, Idefics3 up to 37
 
 
 def _one_line(exc: BaseException) -> str:
@@ -282,6 +296,8 @@ def _read_doc(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
     grid = doc["grid"]
     if len(grid) != 2 or not all(_is_int(g) and g >= 1 for g in grid):
         raise _Refused(f"trace.json: 'grid' must be two positive integers, not {json.dumps(grid)[:40]}")
+    if doc["views"] is not None:
+        _check_views(doc["views"], grid)
     if not all(_is_int(i) and i >= 0 for i in doc["asi_layers"]):
         raise _Refused("trace.json: 'asi_layers' must be layer indices")
     if not all(isinstance(k, str) for k in doc["scores"]) or len(set(doc["scores"])) != len(doc["scores"]):
@@ -305,6 +321,30 @@ def _read_doc(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
         if a.get("image_used", "original") not in ("original", "enhanced"):
             raise _Refused(f"trace.json: {run}.image_used must be 'original' or 'enhanced'")
     return doc
+
+
+def _check_views(views: list, grid: list) -> None:
+    """A multi-view trace's layout: well-formed views whose flat columns add up to the ``(1, n)`` grid."""
+    if not 1 <= len(views) <= MAX_VIEWS:
+        raise _Refused(f"trace.json: 'views' must hold 1 to {MAX_VIEWS} views, not {len(views)}")
+    names = set()
+    total = 0
+    for v in views:
+        if not isinstance(v, dict) or set(v) != set(_VIEW_DOC):
+            raise _Refused("trace.json: each view must be an object with name, h, w and newline")
+        ok = isinstance(v["name"], str) and 0 < len(v["name"]) <= 40 and isinstance(v["newline"], bool) \
+            and _is_int(v["h"]) and _is_int(v["w"]) and v["h"] >= 1 and v["w"] >= 1
+        if not ok:
+            raise _Refused("trace.json: a view needs a short name, positive integer h and w, and a newline flag")
+        if v["name"] in names:
+            raise _Refused(f"trace.json: view {_short(v['name'])} is named twice")
+        names.add(v["name"])
+        total += v["h"] * (v["w"] + int(v["newline"]))
+        if total > 1 << 31:
+            break
+    if grid[0] != 1 or total != grid[1]:
+        raise _Refused(f"trace.json: the views hold {total} image keys but the grid is {grid[0]}×{grid[1]} "
+                       "(a multi-view trace's grid is 1×n)")
 
 
 def _npy_header(f) -> tuple[tuple[int, ...], np.dtype, int]:

@@ -295,3 +295,48 @@ def patch_hits(image_processor, size: tuple[int, int], block: tuple[int, int, in
     d = np.abs(painted - plain).sum(0)  # [H, W] of the canvas
     h, w = d.shape[0] // patch, d.shape[1] // patch
     return d[: h * patch, : w * patch].reshape(h, patch, w, patch).sum((1, 3))
+
+
+def tiny_llava_next(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, image_size: int = 16,
+                    patch: int = 4, attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32):
+    """A random LLaVA-NeXT (CLIP tower, Llama decoder, ``image_newline``) and its PIL processor: a
+    ``(image_size / patch)²`` base grid and anyres tiles of ``image_size`` pixels over pinpoints up to 2×2 tiles
+    (a 16-px tower: a 40 × 24 image picks 32 × 16, two tiles side by side)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, \
+        LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    from adapt.testing import LLAVA_TEMPLATE
+
+    register()
+    tokenizer = word_tokenizer(["<image>"], extra_words=160)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    s = image_size
+    pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [s, 3 * s], [3 * s, s]]
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=s, patch_size=patch, projection_dim=32)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                             image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default",
+                             vision_feature_layer=-1)
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration._from_config(
+        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_TEMPLATE)
+    return model, processor
+
+
+def llava_next_checkpoint(path, **kw) -> str:
+    """A tiny LLaVA-NeXT checkpoint folder at ``path`` (built once per path), laid out as llava-hf's."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        save_like_hub(*tiny_llava_next(**kw), path, "LlavaNextProcessor", "LlavaNextImageProcessor")
+    return str(path)

@@ -112,9 +112,16 @@ def test_noise_images_are_deterministic_and_content_free():
     assert [np.asarray(x).std() == 0 for x in a] == [False, True, True, True]
 
 
+def test_bias_cache_keys_keep_the_questions_case():
+    """The model reads "Red" and "red" as different tokens: their bias maps are different entries."""
+    for key in (BiasCache.key, BiasCache.noise_key):
+        assert key("m", "Is the Red ball left?", (8, 8), CFG) != key("m", "is the red ball left?", (8, 8), CFG)
+        assert key("m", "Is the Red ball left?", (8, 8), CFG) == key("m", " Is the Red ball left? ", (8, 8), CFG)
+
+
 def test_bias_cache_round_trip(tmp_path):
     cache = BiasCache(tmp_path)
-    key = BiasCache.key("m", "Is there a star?", (8, 8), CFG)
+    key = BiasCache.key("m", "is there a star?", (8, 8), CFG)
     assert key == BiasCache.key("m", "is there a star? ", (8, 8), CFG)
     assert key != BiasCache.key("m", "is there a star?", (8, 9), CFG)
     # the rule's H*(q) follows from the question; the model's comes from the image: keyed by value

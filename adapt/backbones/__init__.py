@@ -10,6 +10,7 @@ from .base import Backbone, BackboneError, Generation, Prepared
 from .catalog import CATALOG, FamilyInfo
 from .idefics3 import Idefics3Backbone
 from .llava import LlavaBackbone
+from .llava_next import LlavaNextBackbone
 from .paligemma import PaliGemmaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
 from .qwen2_vl import Qwen2VLBackbone
@@ -17,6 +18,7 @@ from .qwen3_vl import Qwen3VLBackbone, Qwen3VLMoeBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {
     "llava": LlavaBackbone,
+    "llava_next": LlavaNextBackbone,
     "qwen2_vl": Qwen2VLBackbone,
     "qwen2_5_vl": Qwen2_5_VLBackbone,
     "qwen3_vl": Qwen3VLBackbone,
@@ -75,5 +77,5 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 
 
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
-           "LlavaBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
+           "LlavaBackbone", "LlavaNextBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
            "PaliGemmaBackbone", "Idefics3Backbone", "CATALOG", "FamilyInfo"]

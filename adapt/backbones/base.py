@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..prompts import QuestionError, check_context, clean_question, context_limit
 from ..hooks import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
-from .geometry import InputGeometry
+from .geometry import InputGeometry, LayoutGeometry
 
 
 class BackboneError(ValueError):
@@ -191,6 +191,20 @@ class Backbone(ABC):
         """How the processor maps an image of ``image_size`` (width, height) onto the model's input
         canvas. Families override this with their processor's rule; the default is the whole image."""
         return InputGeometry.stretch(image_size)
+
+    def view_geometries(self, image_size: tuple[int, int]) -> dict[str, InputGeometry]:
+        """Each view's :class:`InputGeometry` by view name (a one-grid family: ``{"base": input_geometry}``);
+        a multi-view family overrides it with each view's own resize / crop / pad."""
+        return {"base": self.input_geometry(image_size)}
+
+    def layout_geometry(self, image_size: tuple[int, int], grid) -> InputGeometry | LayoutGeometry:
+        """How maps over ``grid`` (``prepared.span.grid``) sit on an image of ``image_size``: the
+        :class:`InputGeometry` of a one-grid layout, or a :class:`LayoutGeometry` with every view's."""
+        views = getattr(grid, "views", grid)
+        if not hasattr(views, "plain") or views.plain:
+            return self.input_geometry(image_size)
+        geometries = self.view_geometries(image_size)
+        return LayoutGeometry(tuple(views), {v.name: geometries[v.name] for v in views})
 
     def cell_boxes(self, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
         """``[h, w, 4]`` pixel boxes ``(x0, y0, x1, y1)`` in the original image of each image token's grid

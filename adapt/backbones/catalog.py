@@ -18,8 +18,8 @@ class FamilyInfo:
     capturable: str
     hub_ids: tuple[str, ...]
     untested: str
-    # what the hooks and the app draw: "one grid" (one contiguous row-major run of image tokens) is the
-    # only kind today; tiles, crops and cross-attention wait for issue 21's multi-view layout
+    # what the hooks and the app draw: "one grid" (one contiguous row-major run of image tokens) or
+    # "views" (several named grids over one flat run: adapt.hooks.Views; docs/families.md, "Views")
     layout_kind: str = "one grid"
 
 
@@ -32,6 +32,11 @@ CATALOG: dict[str, FamilyInfo] = {
         "one square grid, (image_size / patch)², CLIP resize + centre crop (or pad to square)", "all (full attention)",
         ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
         "7B / 13B never run (the paper-table commands are written, not run); the embedded model is this class"),
+    "llava_next": FamilyInfo(
+        "LLaVA-NeXT (LLaVA-1.6)", "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
+        "two views: base (image_size / patch)², the image stretched; hires: the anyres tiles' grid un-padded "
+        "(unpad_image), each row ending in an image_newline key (stride w + 1)", "all (full attention)",
+        ("llava-hf/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf"), _NO_REAL, layout_kind="views"),
     "qwen2_vl": FamilyInfo(
         "Qwen2-VL", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor (image-only without torchvision)",
         _QWEN_LAYOUT + "; patch 14 × merge 2", "all (full attention; sliding-window configs refused)",

@@ -170,3 +170,37 @@ def qwen_geometry(image_processor, image_size: tuple[int, int]) -> InputGeometry
 
     nh, nw = smart_resize(h, w, factor=factor, min_pixels=int(lo), max_pixels=int(hi))
     return InputGeometry((w, h), (nw, nh), (nw / w, nh / h), (0.0, 0.0))
+
+
+@dataclass(frozen=True)
+class LayoutGeometry:
+    """A multi-view layout's pixel geometry: its :class:`~adapt.hooks.Views` and each view's
+    :class:`InputGeometry` by name (the base view stretched over the image, LLaVA-NeXT's hi-res view over
+    its anyres canvas, ...). Maps over the layout are flat ``[..., n]`` (or ``[1, n]``)."""
+
+    views: tuple
+    geometries: dict
+
+    def per_view(self, flat) -> list[tuple[object, np.ndarray, InputGeometry]]:
+        """``(view, [h, w] grid, geometry)`` for each view of a flat map (newline columns dropped)."""
+        flat = np.asarray(flat, dtype=np.float64).reshape(-1)
+        return [(v, v.take(flat), self.geometries[v.name]) for v in self.views]
+
+    def to_image(self, flat_map, fill: float = np.nan) -> np.ndarray:
+        """:meth:`InputGeometry.to_image` for a layout: each view drawn through its own geometry, the mean
+        of the views that saw a pixel (``fill`` where none did). Each view is first scaled to sum one, so
+        a view's share of the attention does not swamp the other's shape."""
+        drawn = []
+        for _, grid, geo in self.per_view(flat_map):
+            total = grid.sum()
+            drawn.append(geo.to_image(grid / total if total > 0 else grid, np.nan))
+        stack = np.stack(drawn)
+        seen = ~np.isnan(stack)
+        out = np.full(stack.shape[1:], fill, dtype=np.float64)
+        any_seen = seen.any(0)
+        out[any_seen] = np.nansum(stack, 0)[any_seen] / seen.sum(0)[any_seen]
+        return out
+
+    def cell_boxes(self) -> dict[str, np.ndarray]:
+        """Each view's ``[h, w, 4]`` cell boxes in original pixels, by view name."""
+        return {v.name: self.geometries[v.name].cell_boxes((v.h, v.w)) for v in self.views}

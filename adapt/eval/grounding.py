@@ -59,14 +59,14 @@ def ground(backbone, image, question: str, candidates: Sequence[Sequence[float]]
     from ..pipeline import probe_anchor
 
     anchor, grid = probe_anchor(backbone, image, question, cfg, cache)
-    geometry = backbone.input_geometry(image.size)
+    geometry = backbone.layout_geometry(image.size, grid)  # a multi-view layout: each view through its own
     maps = candidate_maps(anchor)
     picks = {}
     for name, grid_map in maps.items():
         i = pick(geometry.to_image(grid_map), candidates)
         picks[name] = {"index": i, "iou": iou(candidates[i], gold)}
     layers = {c: int(np.argmax(anchor.fusion.scores[c])) for c in CRITERIA if c in anchor.fusion.scores}
-    return {"picks": picks, "criterion_layers": layers, "grid": list(grid),
+    return {"picks": picks, "criterion_layers": layers, "grid": list(getattr(grid, "signature", grid)),
             "chance": chance_accuracy(candidates, gold), "chance_iou": float(np.mean([iou(c, gold) for c in candidates]))}
 
 

@@ -15,12 +15,13 @@ tensors and returns tensors, and results meet on the host once, after decoding.
 """
 
 from .interface import ATTN_IMPL, adapt_attention_forward, register
-from .layout import ImageSpan
+from .layout import ImageLayout, ImageSpan, View, Views
 from .recorder import AttentionRecorder, StepBuffer
 from .window import TextWindowCapture
 from .writes import (HOOK_LOGITS, HOOK_PROBS, HOOK_TEXT_WINDOW, HOOKS, AttentionPoint, ImageProbs, Intervention,
                      LogitBias, SteeringPolicy)
 
-__all__ = ["ATTN_IMPL", "adapt_attention_forward", "register", "ImageSpan", "AttentionRecorder", "StepBuffer",
+__all__ = ["ATTN_IMPL", "adapt_attention_forward", "register", "ImageSpan", "ImageLayout", "View", "Views",
+           "AttentionRecorder", "StepBuffer",
            "TextWindowCapture", "HOOK_LOGITS", "HOOK_PROBS", "HOOK_TEXT_WINDOW", "HOOKS", "AttentionPoint",
            "ImageProbs", "Intervention", "LogitBias", "SteeringPolicy"]

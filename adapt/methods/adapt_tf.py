@@ -83,7 +83,7 @@ class AdaptTF(Method):
     def _anchors(self, maps: np.ndarray, prefill: np.ndarray | None, questions, grid, noise) -> list[Anchor]:
         k = self.cfg.anchor.k
         return [anchor_from_maps(layer_maps_from(maps[:, :, b], k, grid), q, self.cfg, noise[q],
-                                 None if prefill is None else prefill[:, b])
+                                 None if prefill is None else prefill[:, b], views=grid)
                 for b, q in enumerate(questions)]
 
     def _layers(self, backbone, anchors: list[Anchor]) -> list[list[int]]:
@@ -107,7 +107,7 @@ class AdaptTF(Method):
             maps = np.stack([_pad_steps(g.maps.numpy(), k) for g in probe], axis=2)
             prefill = np.stack([g.prefill_maps.numpy() for g in probe], 1) if model_target else None
             anchor_fn(maps, prefill)
-            enhanced = [enhance(im, a.anchor, cfg.enhance, geometry=backbone.input_geometry(im.size))
+            enhanced = [enhance(im, a.anchor, cfg.enhance, geometry=backbone.layout_geometry(im.size, grid))
                         for im, a in zip(images, anchors)]
             prepared = backbone.prepare_batch(enhanced, questions)
             if prepared.span.grid != tuple(grid):
@@ -141,7 +141,7 @@ class AdaptTF(Method):
         for b in rows:
             maps = gens[b].maps.numpy()
             anchor = anchors[b] if anchors is not None else anchor_from_maps(
-                layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]])
+                layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]], views=grid)
             w = steering_weights(anchor.anchor)
             refs.append(references_from_maps(maps, w, k, cfg.asi.ref_skip_step0))
             layers.append(parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam))

@@ -205,7 +205,7 @@ def summary_markdown(trace) -> str:
         total = sum(v for v in timings.values() if _is_number(v))
     st = trace.steered
     lines.append(
-        f"**Backbone** {safe.md_code(_short(model_name(trace.backbone)))} · grid {trace.grid[0]}×{trace.grid[1]} · "
+        f"**Backbone** {safe.md_code(_short(model_name(trace.backbone)))} · {_layout_text(trace)} · "
         f"{trace.num_layers} layers · ASI on layers {_layers_text(trace.asi_layers, trace.num_layers)}"
         + (f" · {st.num_interventions} interventions" if st is not None else "")
         + (f" · bias map {'cached' if trace.bias_cache_hit else 'computed'}" if trace.bias is not None else "")
@@ -247,6 +247,14 @@ def _is_number(v) -> bool:
 def _short(name: str) -> str:
     name = str(name)
     return name if len(name) <= 60 else "…" + name[-57:]
+
+
+def _layout_text(trace) -> str:
+    """``grid h×w``, or each view's name (from the file: escaped) and shape for a multi-view trace."""
+    if not trace.views:
+        return f"grid {trace.grid[0]}×{trace.grid[1]}"
+    return "views " + ", ".join(f"{safe.md_code(v.name)} {v.h}×{v.w}" + (" + newline" if v.newline else "")
+                                for v in trace.layout)
 
 
 def _layers_text(layers, n) -> str:

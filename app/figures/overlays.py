@@ -32,22 +32,62 @@ def normalise(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def heat(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A grid map min-max scaled, upsampled to ``size`` (w, h) and coloured, uint8 RGB."""
-    up = cv2.resize(normalise(m), size, interpolation=cv2.INTER_CUBIC)
+def heat(m: np.ndarray, size: tuple[int, int], scaled: bool = False) -> np.ndarray:
+    """A grid map min-max scaled (unless ``scaled``: already in [0, 1]), upsampled to ``size`` (w, h) and
+    coloured, uint8 RGB."""
+    up = cv2.resize(m.astype(np.float32) if scaled else normalise(m), size, interpolation=cv2.INTER_CUBIC)
     up = np.clip(up * 255.0, 0, 255).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(up, COLORMAP), cv2.COLOR_BGR2RGB)
 
 
-def overlay(base: np.ndarray, m: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+def overlay(base: np.ndarray, m: np.ndarray, alpha: float = 0.55, scaled: bool = False) -> np.ndarray:
     """``m`` (an h×w grid map) coloured and blended over ``base`` (uint8 RGB, display size)."""
     h, w = base.shape[:2]
-    return cv2.addWeighted(base, 1.0 - alpha, heat(m, (w, h)), alpha, 0.0)
+    return cv2.addWeighted(base, 1.0 - alpha, heat(m, (w, h), scaled), alpha, 0.0)
 
 
 def grid_of(trace, flat: np.ndarray) -> np.ndarray:
+    """A map of ``trace`` in its array shape (a one-grid trace: ``[h, w]``; a multi-view one: ``[1, n]``)."""
     h, w = trace.grid
     return np.asarray(flat, dtype=np.float32).reshape(h, w)
+
+
+VIEW_GAP = 6  # px of white between views drawn side by side
+
+
+def view_grids(trace, m: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``(view name, [h, w] grid)`` for each view of a map of ``trace`` (one-grid traces: one, unnamed);
+    newline columns are no cells and are left out."""
+    m = grid_of(trace, np.asarray(m).ravel())
+    if not trace.views:
+        return [("", m)]
+    return [(v.name, v.take(m.ravel())) for v in trace.layout]
+
+
+def overlay_views(base: np.ndarray, trace, m: np.ndarray) -> np.ndarray:
+    """``m`` over the image: one overlay per view side by side (each view stretched over the image, as
+    LLaVA-NeXT's base and hi-res views both cover it), one colour scale over every view's cells."""
+    grids = view_grids(trace, m)
+    if len(grids) == 1:
+        return overlay(base, grids[0][1])
+    cells = np.concatenate([g.ravel() for _, g in grids])
+    cells = np.nan_to_num(cells.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(cells.min()), float(cells.max())
+    tiles = []
+    for name, g in grids:
+        g = np.nan_to_num(g.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        unit = (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
+        tile = Image.fromarray(overlay(base, unit, scaled=True))
+        ImageDraw.Draw(tile).text((3, 2), name, fill=(255, 255, 255), font=_font(12), stroke_width=2,
+                                  stroke_fill=(0, 0, 0))
+        tiles.append(np.asarray(tile))
+    gap = np.full((base.shape[0], VIEW_GAP, 3), 255, dtype=np.uint8)
+    return np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
+
+
+def view_cells(trace, m: np.ndarray) -> np.ndarray:
+    """The values of ``m`` at grid cells only (a colour scale never counts newline columns)."""
+    return np.concatenate([g.ravel() for _, g in view_grids(trace, m)])
 
 
 def layer_gallery(trace, base: np.ndarray | None = None) -> list[tuple[np.ndarray, str]]:
@@ -57,7 +97,7 @@ def layer_gallery(trace, base: np.ndarray | None = None) -> list[tuple[np.ndarra
     out = []
     for layer, amap in enumerate(trace.layer_maps):
         star = " ★" if layer == best else ""
-        out.append(titled(base, amap, f"layer {layer} · λ={float(trace.lam[layer]):.3f}{star}"))
+        out.append(titled(base, amap, f"layer {layer} · λ={float(trace.lam[layer]):.3f}{star}", trace))
     return out
 
 
@@ -66,18 +106,21 @@ def anchor_gallery(trace, base: np.ndarray | None = None) -> list[tuple[np.ndarr
     base = display_image(trace.image) if base is None else base
     items = []
     if trace.bias is not None:
-        items.append(titled(base, trace.bias, "bias map B (noise images)"))
+        items.append(titled(base, trace.bias, "bias map B (noise images)", trace))
     if trace.debias_mask is not None:
-        items.append(titled(base, trace.debias_mask, "debiasing mask D"))
-    items.append(titled(base, trace.fused, "fused map Ā (λ-weighted layers)"))
-    items.append(titled(base, trace.anchor, "debiased anchor W"))
+        items.append(titled(base, trace.debias_mask, "debiasing mask D", trace))
+    items.append(titled(base, trace.fused, "fused map Ā (λ-weighted layers)", trace))
+    items.append(titled(base, trace.anchor, "debiased anchor W", trace))
     return items
 
 
-def titled(base: np.ndarray, m: np.ndarray, title: str) -> tuple[np.ndarray, str]:
+def titled(base: np.ndarray, m: np.ndarray, title: str, trace=None) -> tuple[np.ndarray, str]:
     """(tile, title): the overlay with its title and colour scale drawn under it, where a gallery
-    caption would cover the image and cut the title short."""
-    return with_scale(overlay(base, m), m, title), title
+    caption would cover the image and cut the title short. With ``trace`` a multi-view map is drawn
+    view by view (:func:`overlay_views`)."""
+    if trace is None or not trace.views:
+        return with_scale(overlay(base, m), m, title), title
+    return with_scale(overlay_views(base, trace, m), view_cells(trace, m), title), title
 
 
 def with_scale(tile: np.ndarray, m: np.ndarray, title: str | None = None) -> np.ndarray:
@@ -149,8 +192,7 @@ def step_map(trace, run: str, step: int, layer: int | None = None) -> tuple[np.n
     t = int(np.clip(step, 0, maps.shape[0] - 1))
     flat = maps[t].mean(0) if layer is None else maps[t, layer]
     image = trace.enhanced_image if (a.image_used == "enhanced" and trace.enhanced_image is not None) else trace.image
-    grid = grid_of(trace, flat)
-    tile = with_scale(overlay(display_image(image), grid), grid)
+    tile = with_scale(overlay_views(display_image(image), trace, flat), view_cells(trace, flat))
     token = a.tokens[t] if t < len(a.tokens) else "(end)"
     where = "mean of layers" if layer is None else f"layer {layer}"
     n_steered = int(np.asarray(a.steered)[t].sum()) if t < len(a.steered) else 0
