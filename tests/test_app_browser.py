@@ -270,9 +270,10 @@ def test_reopened_trace_fills_the_inputs(page, tmp_path):
     page.click("#adapt-open")
     page.wait_for_function("() => document.querySelector('#adapt-status').innerText.includes('saved-trace.zip')")
     assert page.input_value("#adapt-question textarea") == "describe the image in detail."
-    page.wait_for_selector("#adapt-image img")
-    size = page.evaluate("() => document.querySelector('#adapt-image img').naturalWidth")
-    assert size == 96  # the trace's own image, not the previous upload
+    # the trace's own image (96 px), not the previous upload; it loads after the status line
+    page.wait_for_function("() => { const i = document.querySelector('#adapt-image img'); "
+                           "return i && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function("() => document.querySelector('#adapt-image img').naturalWidth === 96", timeout=15_000)
     assert "synthetic" in page.inner_text("#adapt-summary")
     page.screenshot(path=str(ARTIFACTS / "app-reopened-trace.png"))
     # a crafted trace gets the trace message, not "Something went wrong"
