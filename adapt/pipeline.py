@@ -148,13 +148,16 @@ def build_anchor(backbone: Backbone, question: str, image_size: tuple[int, int],
     return anchor
 
 
-def answer_trace(gen: Generation, weights: np.ndarray, policy: ASIPolicy | None, image_used: str) -> AnswerTrace:
-    """Per-step dynamics of one answer: AMC, interventions and the three Sec. 3 signals."""
+def answer_trace(gen: Generation, weights: np.ndarray, steering, image_used: str) -> AnswerTrace:
+    """Per-step dynamics of one answer: AMC, interventions and the three Sec. 3 signals.
+
+    ``steering``: what the steered pass logged, anything with ``amc`` and ``fired`` ``[T, L]`` arrays
+    (an :class:`~adapt.methods.adapt_tf.AdaptRecord`); None for an unsteered answer (AMC computed here)."""
     maps = gen.maps.cpu().numpy().astype(np.float32)  # [T, L, n]
     T = maps.shape[0]
-    if policy is not None:
-        amc_m = policy.amc_matrix()[:T]
-        fired = policy.fired_matrix()[:T]
+    if steering is not None:
+        amc_m = np.asarray(steering.amc)[:T]
+        fired = np.asarray(steering.fired)[:T]
     else:
         amc_m = amc(maps, weights)
         fired = np.zeros(maps.shape[:2], dtype=bool)
@@ -197,43 +200,48 @@ def steered_generation(backbone: Backbone, image: Image.Image, question: str, an
 def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None = None,
             bias_cache: BiasCache | None = None, progress: Progress | None = None,
             meta: dict | None = None) -> Trace:
-    """Run ADAPT-TF and the unsteered baseline on one (image, question); return the full Trace."""
+    """Run ADAPT-TF and the unsteered baseline on one (image, question); return the full Trace.
+
+    ADAPT-TF is the registered method (``get_method("adapt-tf", config, bias_cache)``, the one the
+    benchmarks run), here with every layer captured at every step and its :class:`AdaptRecord` kept;
+    the unsteered baseline is the registered ``greedy``. This function only assembles the Trace from
+    their answers. With ASI and enhancement both off, ADAPT-TF steers nothing: its own answer is the
+    unsteered one and nothing decodes twice."""
+    from .methods import get_method  # the methods build their anchors from this module
+
     cfg = (config or AdaptConfig()).validate()
     progress = progress or _quiet
     timings = {}
     t_all = time.perf_counter()
     image = load_image(image)
-    prepared = backbone.prepare(image, question)
-    grid = prepared.span.grid
-    progress(0.05, "unsteered answer (also the anchor run)")
-    t0 = time.perf_counter()
-    base = backbone.generate(prepared, max_new_tokens=cfg.max_new_tokens,
-                             capture_prefill=cfg.anchor.target_entropy == "model")
-    timings["unsteered"] = time.perf_counter() - t0
-    maps = base.maps.cpu().numpy()
-    prefill = base.prefill_maps.cpu().numpy() if base.prefill_maps is not None else None
-    progress(0.35, "visual anchor and bias map")
-    anchor = build_anchor(backbone, prepared.question, image.size, grid, maps, cfg, prefill, bias_cache)
-    timings["bias_map"] = anchor.seconds_bias
-    weights = steering_weights(anchor.anchor)
-    unsteered = answer_trace(base, weights, None, "original")
-    steered = None
-    # shown and exported even when not answered on; the grid placed where the processor's crop took it
-    enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.layout_geometry(image.size, grid))
-    layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
-    threshold = np.full(backbone.num_layers, np.nan)
-    if cfg.asi.enabled or cfg.enhance.enabled:
-        progress(0.6, "answer with attention-supervised inference")
+    steering = cfg.asi.enabled or cfg.enhance.enabled
+    method = get_method("adapt-tf", cfg, bias_cache)
+    method.lean, method.record = False, True
+    if steering:
+        progress(0.05, "unsteered answer")
         t0 = time.perf_counter()
-        gen, policy, used, _, layers = steered_generation(backbone, image, prepared.question, anchor, cfg, grid,
-                                                          enhanced, anchor_maps=maps)
-        timings["steered"] = time.perf_counter() - t0
-        steered = answer_trace(gen, weights, policy, used)
-        threshold = policy.thresholds()
+        base = get_method("greedy").answer(backbone, image, question, cfg.max_new_tokens).generation
+        timings["unsteered"] = time.perf_counter() - t0
+    progress(0.35 if steering else 0.05, "visual anchor, bias map and the answer with attention-supervised inference")
+    t0 = time.perf_counter()
+    ours = method.answer(backbone, image, question, cfg.max_new_tokens)
+    rec = ours.record
+    timings["bias_map"] = rec.seconds_bias
+    timings["steered" if steering else "unsteered"] = time.perf_counter() - t0 - rec.seconds_bias
+    anchor, grid = rec.anchor, rec.grid
+    anchor.cache_hit, anchor.seconds_bias = rec.bias_cache_hit, rec.seconds_bias
+    weights = steering_weights(anchor.anchor)
+    unsteered = answer_trace(base if steering else ours.generation, weights, None, "original")
+    steered = answer_trace(ours.generation, weights, rec, rec.image_used) if steering else None
+    # shown and exported even when not answered on; the grid placed where the processor's crop took it
+    enhanced = rec.enhanced if rec.enhanced is not None else \
+        enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.layout_geometry(image.size, grid))
+    layers = rec.layers
+    threshold = rec.threshold if steering else np.full(backbone.num_layers, np.nan)
     timings["total"] = time.perf_counter() - t_all
     progress(1.0, "done")
     views = views_of(grid)
-    return Trace(question=prepared.question, backbone=backbone.name, grid=shape_of(grid), config=cfg.to_dict(),
+    return Trace(question=rec.question, backbone=backbone.name, grid=shape_of(grid), config=cfg.to_dict(),
                  image=image, enhanced_image=enhanced, layer_maps=anchor.layer_maps.astype(np.float32),
                  scores={k: v.astype(np.float32) for k, v in anchor.fusion.scores.items()},
                  lam=anchor.fusion.lam.astype(np.float32), target_entropy=anchor.target_entropy,

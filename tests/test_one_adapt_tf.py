@@ -81,3 +81,74 @@ def test_adapt_tf_batch_equals_single_with_the_model_target_entropy(bb, tmp_path
         assert batch[b].token_ids == single.token_ids
         assert (batch[b].info["fired"], batch[b].info["monitored"]) == (single.info["fired"], single.info["monitored"])
         torch.testing.assert_close(batch[b].generation.maps, single.generation.maps, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- one ADAPT-TF
+ALWAYS = {"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2, "anchor.k": 3, "max_new_tokens": 8}
+
+
+def test_analyse_assembles_the_registered_methods_answers(bb, tmp_path):
+    """The app's analysis is the benchmarks' ADAPT-TF (same tokens, maps, decisions) beside the registered
+    greedy, and its anchor is the one an anchor run of K tokens gives (the two-pass definition)."""
+    from adapt.methods import get_method
+    from adapt.pipeline import analyse, probe_anchor
+
+    cfg = AdaptConfig().replace(**ALWAYS)
+    cache = BiasCache(tmp_path)
+    image, q = _images(1, seed=2)[0], "describe the image"
+    trace = analyse(bb, image, q, cfg, bias_cache=cache)
+    method = get_method("adapt-tf", cfg, cache)
+    method.lean = False
+    ours = method.answer(bb, image, q, 8)
+    greedy = get_method("greedy").answer(bb, image, q, 8)
+    assert trace.steered.token_ids == ours.token_ids and trace.unsteered.token_ids == greedy.token_ids
+    np.testing.assert_allclose(trace.steered.maps, ours.generation.maps.numpy(), atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(trace.unsteered.maps, greedy.generation.maps.numpy(), atol=1e-6, rtol=1e-5)
+    assert int(trace.steered.steered.sum()) == ours.info["fired"] > 0 and not trace.unsteered.steered.any()
+    assert np.isfinite(trace.steered.amc).all() and trace.asi_layers == [0, 1, 2]
+    anchor, grid = probe_anchor(bb, image, q, cfg, cache)
+    assert trace.grid == tuple(grid) and not trace.bias_cache_hit and anchor.cache_hit  # analyse filled the cache
+    for name, ref in (("anchor", anchor.anchor), ("fused", anchor.fusion.fused), ("lam", anchor.fusion.lam),
+                      ("bias", anchor.bias), ("debias_mask", anchor.debias_mask), ("layer_maps", anchor.layer_maps)):
+        np.testing.assert_allclose(getattr(trace, name), ref, atol=1e-6, rtol=1e-5, err_msg=name)
+    assert trace.target_entropy == pytest.approx(anchor.target_entropy)
+    # the relative trigger's thresholds are τ·S_ref of the anchor phase
+    amc_cfg = cfg.replace(**{"asi.trigger": "amc", "asi.tau": 0.9})
+    t2 = analyse(bb, image, q, amc_cfg, bias_cache=cache)
+    s_ref = np.nanmean(t2.steered.amc[: cfg.anchor.k], 0)
+    np.testing.assert_allclose(t2.threshold, 0.9 * s_ref, rtol=1e-4)
+
+
+def test_analyse_on_the_enhanced_image_decodes_it(bb, tmp_path):
+    """``enhance.enabled``: the steered answer reads the anchor-guided image (its unsteered first K steps
+    are greedy decoding on that image), and the trace shows that image."""
+    from adapt.enhance import enhance
+    from adapt.methods import get_method
+    from adapt.pipeline import analyse, probe_anchor
+
+    cfg = AdaptConfig().replace(**ALWAYS, **{"enhance.enabled": True})
+    cache = BiasCache(tmp_path)
+    image, q = _images(1, size=(48, 32), seed=3)[0], "describe the image"
+    trace = analyse(bb, image, q, cfg, bias_cache=cache)
+    anchor, grid = probe_anchor(bb, image, q, cfg, cache)
+    made = enhance(image, anchor.anchor, cfg.enhance, geometry=bb.layout_geometry(image.size, grid))
+    assert trace.steered.image_used == "enhanced"
+    assert np.array_equal(np.asarray(trace.enhanced_image), np.asarray(made))
+    assert not np.array_equal(np.asarray(made), np.asarray(image))
+    k = min(cfg.anchor.k, len(trace.steered.token_ids))
+    on_enhanced = get_method("greedy").answer(bb, made, q, k)
+    assert trace.steered.token_ids[:k] == on_enhanced.token_ids[:k]
+    np.testing.assert_allclose(trace.steered.maps[:k], on_enhanced.generation.maps.numpy()[:k], atol=1e-6,
+                               rtol=1e-5)
+    assert trace.steered.steered[k:].any()
+
+
+def test_analyse_second_pass_steers_from_step_zero(bb, tmp_path):
+    from adapt.pipeline import analyse
+
+    cfg = AdaptConfig().replace(**ALWAYS, **{"asi.second_pass": "all"})
+    trace = analyse(bb, _images(1, seed=2)[0], "is there a star ?", cfg, bias_cache=BiasCache(tmp_path))
+    assert trace.steered.steered[0].all()  # always-on trigger from step 0: the second pass
+    off = analyse(bb, _images(1, seed=2)[0], "is there a star ?", cfg.replace(**{"asi.second_pass": "off"}),
+                  bias_cache=BiasCache(tmp_path))
+    assert not off.steered.steered[: cfg.anchor.k].any() and off.steered.steered[cfg.anchor.k:].any()

@@ -16,7 +16,11 @@ yes/no is its first token; ``"all"`` every row.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
+from PIL import Image
 
 from ..anchor import BiasCache
 from ..config import AdaptConfig, parse_layers
@@ -50,6 +54,24 @@ PAI_LIKE: dict[str, dict] = {
 }
 
 
+@dataclass
+class AdaptRecord:
+    """One ADAPT-TF answer as a full analysis reads it (:func:`adapt.pipeline.analyse` assembles the
+    Trace from it): the anchor and its parts, and the decisions of the pass that gave the answer."""
+
+    question: str  # as the backbone prepared it
+    grid: object  # the image-token grid (h, w), or the layout's views
+    anchor: Anchor  # layer maps, scores, λ, fused map, bias, debias mask, W
+    layers: list[int]  # the monitored (steerable) layers
+    amc: np.ndarray  # [T, L] AMC before steering (NaN where nothing computed it)
+    fired: np.ndarray  # [T, L] bool, where the operator wrote
+    threshold: np.ndarray  # [L] the AMC threshold (NaN where the trigger does not read AMC)
+    image_used: str  # "original" or "enhanced"
+    enhanced: Image.Image | None  # the anchor-guided image the answer read (enhance.enabled)
+    bias_cache_hit: bool
+    seconds_bias: float  # running the noise images (0 when cached)
+
+
 def variant_config(base: AdaptConfig, variant: str | None) -> AdaptConfig:
     if not variant:
         return base
@@ -62,23 +84,26 @@ class AdaptTF(Method):
     description = "ADAPT-TF: visual anchor + attention-supervised inference, one decoding pass"
 
     def __init__(self, cfg: AdaptConfig | None = None, cache: BiasCache | None = None, name: str = "adapt-tf",
-                 lean: bool = True):
+                 lean: bool = True, record: bool = False):
         """``lean``: after the anchor phase, layers ASI does not monitor run as plain SDPA, uncaptured
-        (an answer's ``generation.maps`` then holds the anchor phase only); ``False`` captures all."""
+        (an answer's ``generation.maps`` then holds the anchor phase only); ``False`` captures all.
+        ``record``: each answer keeps an :class:`AdaptRecord` (what a full analysis shows)."""
         self.cfg = (cfg or AdaptConfig()).validate()
         self.lean = lean
+        self.record = record
         self.cache = cache
         self.name = name
 
     def config_dict(self) -> dict:
         return self.cfg.to_dict()
 
-    def _noise(self, backbone, questions, sizes, grid) -> dict[str, np.ndarray | None]:
-        out = {}
+    def _noise(self, backbone, questions, sizes, grid) -> tuple[dict[str, np.ndarray | None], dict[str, bool]]:
+        """Per question, the noise images' maps and whether they came from the cache."""
+        out, hits = {}, {}
         for q, size in zip(questions, sizes):
             if q not in out:
-                out[q] = noise_layer_maps(backbone, q, size, grid, self.cfg, self.cache)[0]
-        return out
+                out[q], hits[q] = noise_layer_maps(backbone, q, size, grid, self.cfg, self.cache)
+        return out, hits
 
     def _anchors(self, maps: np.ndarray, prefill: np.ndarray | None, questions, grid, noise) -> list[Anchor]:
         k = self.cfg.anchor.k
@@ -94,7 +119,9 @@ class AdaptTF(Method):
         k = cfg.anchor.k
         prepared = backbone.prepare_batch(images, questions)
         questions, grid = prepared.questions, prepared.span.grid
-        noise = self._noise(backbone, questions, prepared.image_sizes, grid)
+        t0 = time.perf_counter()
+        noise, hits = self._noise(backbone, questions, prepared.image_sizes, grid)
+        seconds_bias = time.perf_counter() - t0
         model_target = cfg.anchor.target_entropy == "model"
         anchors: list[Anchor] = []
 
@@ -124,24 +151,38 @@ class AdaptTF(Method):
         fired, monitored = policy.fire_counts(lengths)
         answers = [Answer(g.text, g.token_ids, {"tokens": n, "fired": int(f), "monitored": int(m), "pass": 1}, g)
                    for g, n, f, m in zip(gens, lengths, fired, monitored)]
+        used = enhanced if cfg.enhance.enabled else None
+
+        def record(answer, b, anchor, layers, pol, row):
+            if self.record:
+                answer.record = AdaptRecord(
+                    questions[b], grid, anchor, list(layers), pol.amc_matrix(row), pol.fired_matrix(row),
+                    pol.thresholds(row), "enhanced" if used else "original", used[b] if used else None,
+                    bool(hits[questions[b]]), seconds_bias)
+
+        if self.record:  # the anchors are built by now (at step K, or when decoding stopped before it)
+            for b, (a, layers) in enumerate(zip(answers, self._layers(backbone, anchors))):
+                record(a, b, anchors[b], layers, policy, b)
         rows = self._second_pass_rows(lengths, questions)
         if rows:
             answers = self._second_pass(backbone, rows, answers, gens, questions, grid, noise,
                                         enhanced if cfg.enhance.enabled else images, max_new_tokens,
-                                        anchors if cfg.enhance.enabled else None)
+                                        anchors if cfg.enhance.enabled else None, record)
         return answers
 
     def _second_pass(self, backbone, rows, answers, gens, questions, grid, noise, images, max_new_tokens,
-                     anchors: list[Anchor] | None = None):
+                     anchors: list[Anchor] | None = None, record=None):
         """Rows steered again from step 0 with their own first pass's anchor and references, built
         from the steps each row really generated (``anchors``: the anchor-run anchors of the original
-        image, when the first pass answered on the enhanced one)."""
+        image, when the first pass answered on the enhanced one). ``record(answer, b, anchor, layers,
+        policy, row)`` keeps what a full analysis reads."""
         cfg, k = self.cfg, self.cfg.anchor.k
-        refs, layers = [], []
+        refs, layers, row_anchors = [], [], []
         for b in rows:
             maps = gens[b].maps.numpy()
             anchor = anchors[b] if anchors is not None else anchor_from_maps(
                 layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]], views=grid)
+            row_anchors.append(anchor)
             w = steering_weights(anchor.anchor)
             refs.append(references_from_maps(maps, w, k, cfg.asi.ref_skip_step0))
             layers.append(parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam))
@@ -154,6 +195,8 @@ class AdaptTF(Method):
             answers[b] = Answer(gens2[j].text, gens2[j].token_ids,
                                 {"tokens": lengths[j], "fired": int(fired[j]), "monitored": int(monitored[j]),
                                  "pass": 2, "first_pass": answers[b].text}, gens2[j])
+            if record is not None:
+                record(answers[b], b, row_anchors[j], layers[j], policy, j)
         return answers
 
     def _second_pass_rows(self, lengths: list[int], questions: list[str]) -> list[int]:

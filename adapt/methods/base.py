@@ -20,6 +20,9 @@ class Answer:
     token_ids: list[int]
     info: dict = field(default_factory=dict)
     generation: Generation | None = None
+    # what a method keeps for a full analysis beside ``info`` (arrays, the anchor: never written to the
+    # JSON results); ADAPT-TF with ``record=True`` fills it (:class:`adapt.methods.adapt_tf.AdaptRecord`)
+    record: object | None = None
 
 
 class Method(ABC):
