@@ -340,3 +340,56 @@ def llava_next_checkpoint(path, **kw) -> str:
     if not (path / "config.json").exists():
         save_like_hub(*tiny_llava_next(**kw), path, "LlavaNextProcessor", "LlavaNextImageProcessor")
     return str(path)
+
+
+def tiny_llava_onevision(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, image_size: int = 16,
+                         patch: int = 4, max_grids: int = 1, attn: str = ATTN_IMPL, seed: int = 0,
+                         dtype=torch.float32):
+    """A random LLaVA-OneVision (SigLIP tower, Qwen2 decoder, ``image_newline``) and its image-only processor;
+    ``anyres_max_{max_grids}`` with 1 makes every hi-res grid over 1.1 base grids' cells down-sample (the
+    released models use 9 with a 27×27 base)."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, \
+        LlavaOnevisionImageProcessorPil
+
+    from adapt.backbones.llava_onevision import _image_only_processor
+    from adapt.testing import QWEN_TEMPLATE
+
+    register()
+    specials = ["<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    tokenizer = word_tokenizer(specials, extra_words=160)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    s = image_size
+    pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [s, 3 * s], [3 * s, s]]
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=s, patch_size=patch)
+    text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=tokenizer.pad_token_id)
+    aspect = f"anyres_max_{max_grids}"
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_id=ids["<image>"],
+                                  video_token_id=ids["<video>"], image_grid_pinpoints=pinpoints,
+                                  vision_feature_select_strategy="full", vision_feature_layer=-1,
+                                  vision_aspect_ratio=aspect)
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration._from_config(
+        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": s, "width": s}, image_grid_pinpoints=pinpoints)
+    processor = _image_only_processor()(image_processor=image_processor, tokenizer=tokenizer,
+                                        num_image_tokens=(s // patch) ** 2, vision_feature_select_strategy="full",
+                                        vision_aspect_ratio=aspect,
+                                        chat_template=QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>",
+                                                                            "<image>"))
+    return model, processor
+
+
+def llava_onevision_checkpoint(path, **kw) -> str:
+    """A tiny LLaVA-OneVision checkpoint folder at ``path`` (built once per path), laid out as llava-hf's (the
+    stock processor class, which needs torchvision for its video processor)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        save_like_hub(*tiny_llava_onevision(**kw), path, "LlavaOnevisionProcessor", "LlavaOnevisionImageProcessor",
+                      "LlavaOnevisionVideoProcessor")
+    return str(path)

@@ -1,6 +1,6 @@
 """Each model family end to end on a tiny random checkpoint saved like a hub folder (Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL and its MoE, PaliGemma, Idefics3 / SmolVLM with image splitting off, LLaVA-NeXT: its
-views are tested in test_multiview.py): loading with our
+Qwen2.5-VL, Qwen3-VL and its MoE, PaliGemma, Idefics3 / SmolVLM with image splitting off, LLaVA-NeXT and
+LLaVA-OneVision: their views are tested in test_multiview.py): loading with our
 requirements alone, capture against the model's own eager attention, the image layout against what the
 processor emitted, cell boxes against the processor's resize, every registered method, VCD's noised
 pixels and PAI's text-only branch."""
@@ -21,14 +21,14 @@ from adapt.methods.pai import PAI, PAIConfig, text_only_mask
 from adapt.methods.vcd import VCD, VCDConfig, image_seed, noise_pixels
 from adapt.pipeline import analyse
 
-from families import QWEN_FAMILIES, idefics3_checkpoint, llava_next_checkpoint, paligemma_checkpoint, patch_hits, \
-    qwen_checkpoint, tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
+from families import QWEN_FAMILIES, idefics3_checkpoint, llava_next_checkpoint, llava_onevision_checkpoint, \
+    paligemma_checkpoint, patch_hits, qwen_checkpoint, tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
-ALL = QWEN + ["paligemma", "idefics3", "llava_next"]
+ALL = QWEN + ["paligemma", "idefics3", "llava_next", "llava_onevision"]
 # tokens around the image run that a text-only branch must mask too
 WRAPPERS = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "qwen3_vl_moe": 2, "paligemma": 0, "idefics3": 3,
-            "llava_next": 0}
+            "llava_next": 0, "llava_onevision": 0}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,6 +47,7 @@ def folders(tmp_path_factory):
     out["paligemma"] = paligemma_checkpoint(root / "paligemma")
     out["idefics3"] = idefics3_checkpoint(root / "idefics3")
     out["llava_next"] = llava_next_checkpoint(root / "llava_next")
+    out["llava_onevision"] = llava_onevision_checkpoint(root / "llava_onevision")
     return out
 
 
@@ -112,7 +113,7 @@ def test_unsupported_family_message_lists_the_families(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "'bert'" in msg
     for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "paligemma", "idefics3", "llava", "Qwen2-VL", "Qwen3-VL",
-                 "PaliGemma", "SmolVLM", "llava_next", "LLaVA-NeXT"):
+                 "PaliGemma", "SmolVLM", "llava_next", "LLaVA-NeXT", "llava_onevision", "LLaVA-OneVision"):
         assert name in msg
 
 

@@ -24,7 +24,7 @@ from adapt.pipeline import analyse
 from adapt.steering import steering_weights
 from adapt.trace import Trace
 
-from families import _grey, llava_next_checkpoint
+from families import _grey, llava_next_checkpoint, llava_onevision_checkpoint
 
 # non-square sizes: 2×2 tiles cut to 4×8 (wide), 2×2 cut to 8×4 (tall), 1×3 tiles cut to 4×10, 2×2 cut to 6×8
 SIZES = [(40, 24), (24, 40), (50, 20), (37, 29)]
@@ -39,8 +39,20 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def bb(tmp_path_factory):
-    return load_backbone(llava_next_checkpoint(tmp_path_factory.mktemp("fam") / "llava_next"), dtype=torch.float32)
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fam")
+    return {"llava_next": llava_next_checkpoint(root / "llava_next"),
+            "llava_onevision": llava_onevision_checkpoint(root / "llava_onevision")}
+
+
+@pytest.fixture(scope="module")
+def bbs(folders):
+    return {f: load_backbone(path, dtype=torch.float32) for f, path in folders.items()}
+
+
+@pytest.fixture(scope="module")
+def bb(bbs):
+    return bbs["llava_next"]
 
 
 def _image(size, seed=0):
@@ -68,9 +80,12 @@ def test_views_fold_the_flat_columns():
         ImageLayout(positions=torch.arange(11).view(1, 11), views=views)
 
 
-def test_layout_is_what_the_processor_emitted_and_the_model_packed(bb):
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
+def test_layout_is_what_the_processor_emitted_and_the_model_packed(bbs, family):
     """Per row: the image-token positions of ``input_ids``, the count the processor emitted, and views whose
-    newline columns hold exactly the model's ``image_newline`` in the features ``pack_image_features`` made."""
+    newline columns hold exactly the model's ``image_newline`` in the features ``pack_image_features`` made
+    (OneVision's hi-res grids here are down-sampled: the tiny config is ``anyres_max_1``)."""
+    bb = bbs[family]
     cfg = bb.model.config
     side = cfg.vision_config.image_size // cfg.vision_config.patch_size
     seen = set()
@@ -284,3 +299,20 @@ def test_grounding_reads_each_view_through_its_own_geometry(bb, tmp_path):
     boxes = [(0, 0, 80, 96), (80, 0, 160, 96)]
     out = ground(bb, _image(size, 2), "where is the dog ?", boxes, boxes[0], cfg)
     assert [g[0] for g in out["grid"]] == ["base", "hires"] and set(out["picks"]) >= {"anchor", "fused"}
+
+
+def test_onevision_loads_its_hub_folder_without_torchvision(folders, bbs):
+    """The stock processor builds a video processor (torchvision); the image-only subclass loads the folder
+    with the processor's settings, and the hi-res grid is down-sampled as the model does (anyres_max_1)."""
+    from transformers import AutoProcessor, LlavaOnevisionProcessor
+
+    with pytest.raises(ImportError, match="orchvision"):
+        AutoProcessor.from_pretrained(folders["llava_onevision"])
+    bb = bbs["llava_onevision"]
+    assert isinstance(bb.processor, LlavaOnevisionProcessor)
+    assert (bb.processor.num_image_tokens, bb.processor.vision_aspect_ratio) == (16, "anyres_max_1")
+    # 40 × 24: the 4 × 8 un-padded grid (LLaVA-NeXT's) holds 2 base grids' cells: r = √2, down to 2 × 5
+    assert bbs["llava_next"].views_for((40, 24))[1].signature == ("hires", 4, 8, True)
+    assert bb.views_for((40, 24))[1].signature == ("hires", 2, 5, True)
+    # a down-sampled view covers the canvas region of the grid it came from
+    assert bb.view_geometries((40, 24))["hires"] == bbs["llava_next"].view_geometries((40, 24))["hires"]

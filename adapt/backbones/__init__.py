@@ -11,6 +11,7 @@ from .catalog import CATALOG, FamilyInfo
 from .idefics3 import Idefics3Backbone
 from .llava import LlavaBackbone
 from .llava_next import LlavaNextBackbone
+from .llava_onevision import LlavaOnevisionBackbone
 from .paligemma import PaliGemmaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
 from .qwen2_vl import Qwen2VLBackbone
@@ -19,6 +20,7 @@ from .qwen3_vl import Qwen3VLBackbone, Qwen3VLMoeBackbone
 FAMILIES: dict[str, type[Backbone]] = {
     "llava": LlavaBackbone,
     "llava_next": LlavaNextBackbone,
+    "llava_onevision": LlavaOnevisionBackbone,
     "qwen2_vl": Qwen2VLBackbone,
     "qwen2_5_vl": Qwen2_5_VLBackbone,
     "qwen3_vl": Qwen3VLBackbone,
@@ -77,5 +79,6 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 
 
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
-           "LlavaBackbone", "LlavaNextBackbone", "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
+           "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
+           "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
            "PaliGemmaBackbone", "Idefics3Backbone", "CATALOG", "FamilyInfo"]

@@ -37,6 +37,13 @@ CATALOG: dict[str, FamilyInfo] = {
         "two views: base (image_size / patch)², the image stretched; hires: the anyres tiles' grid un-padded "
         "(unpad_image), each row ending in an image_newline key (stride w + 1)", "all (full attention)",
         ("llava-hf/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf"), _NO_REAL, layout_kind="views"),
+    "llava_onevision": FamilyInfo(
+        "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration",
+        "LlavaOnevisionProcessor (image-only without torchvision)",
+        "as LLaVA-NeXT with a SigLIP tower (27×27 base at 384 px); anyres_max_9: the hires grid bilinearly "
+        "down-sampled when it holds more than 9 base grids' cells", "all (full attention)",
+        ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf"), _NO_REAL,
+        layout_kind="views"),
     "qwen2_vl": FamilyInfo(
         "Qwen2-VL", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor (image-only without torchvision)",
         _QWEN_LAYOUT + "; patch 14 × merge 2", "all (full attention; sliding-window configs refused)",

@@ -30,12 +30,14 @@ from .geometry import InputGeometry, resized_hw, _get
 
 class LlavaNextBackbone(Backbone):
     family = "llava_next"
+    # the feature strategy that leaves the base view (image_size / patch)² keys: CLIP drops its CLS token
+    strategy = "default"
 
     def __init__(self, model, processor, name: str):
         strategy = getattr(model.config, "vision_feature_select_strategy", "default")
-        if strategy != "default":
+        if strategy != self.strategy:
             raise BackboneError(f"{name}: {self.family} with vision_feature_select_strategy={strategy!r} is not "
-                                "supported (its base view holds a CLS key that is no grid cell)")
+                                f"supported (only {self.strategy!r} makes the base view a grid of patches)")
         super().__init__(model, processor, name)
 
     @classmethod
@@ -51,7 +53,8 @@ class LlavaNextBackbone(Backbone):
         return vc.image_size // vc.patch_size
 
     def _hires_grid(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """((tile rows, tile cols), (h, w) of the un-padded hi-res grid) for an original ``height × width``."""
+        """((tile rows, tile cols), (h, w) of the un-padded hi-res feature grid) for an original
+        ``height × width``."""
         from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
         cfg = self.model.config
@@ -67,8 +70,12 @@ class LlavaNextBackbone(Backbone):
         """The views an image of ``image_size`` (width, height) gives: ``base`` then ``hires``."""
         width, height = image_size
         side = self._side
-        _, (h, w) = self._hires_grid(height, width)
+        h, w = self._hires_tokens(*self._hires_grid(height, width)[1])
         return Views.from_shapes([("base", side, side, False), ("hires", h, w, True)])
+
+    def _hires_tokens(self, h: int, w: int) -> tuple[int, int]:
+        """The hi-res view's token grid from the un-padded feature grid (LLaVA-NeXT: the same)."""
+        return h, w
 
     def _image_span(self, inputs: dict) -> ImageLayout:
         positions = self.image_positions(inputs["input_ids"])
@@ -107,7 +114,8 @@ class LlavaNextBackbone(Backbone):
 
     def _hires_geometry(self, width: int, height: int) -> InputGeometry:
         """The anyres canvas: resized keeping the aspect into the best pinpoint, pasted centred, then the
-        feature rows / columns ``unpad_image`` removed cut off again."""
+        feature rows / columns ``unpad_image`` removed cut off again (a down-sampled grid covers the same
+        region with fewer cells)."""
         from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
         from transformers.image_utils import ChannelDimension
 
