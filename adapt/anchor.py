@@ -166,11 +166,16 @@ def _flat(x: np.ndarray, lead: int) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(*x.shape[:lead], -1)
 
 
+def cell_shares(views) -> np.ndarray:
+    """Each view's share of the layout's grid cells, ``[V]``."""
+    cells = np.array([v.cells for v in views], dtype=np.float64)
+    return cells / cells.sum()
+
+
 def view_shares(flat: np.ndarray, views) -> np.ndarray:
     """Each view's share of a flat map's mass over grid cells (newline columns left out), ``[V]``."""
     mass = np.array([float(v.take(flat).sum()) for v in views])
-    return mass / mass.sum() if mass.sum() > 0 else np.array([v.cells for v in views], float) / sum(
-        v.cells for v in views)
+    return mass / mass.sum() if mass.sum() > 0 else cell_shares(views)
 
 
 def join_views(grids: list[np.ndarray], views, weights) -> np.ndarray:
@@ -190,8 +195,7 @@ def per_view_fusion(layer_maps: np.ndarray, views, criteria, cfg: AnchorConfig, 
     *share*: the λ-weighted share of the layers' attention that fell on the view. Ā sums to one over the
     layout and keeps the model's own split between views; newline columns hold 0."""
     flat = _flat(layer_maps, 1)
-    cells = np.array([v.cells for v in views], dtype=np.float64)
-    weight = cells / cells.sum()
+    weight = cell_shares(views)
     per = [criteria(v.take(flat)) for v in views]
     c = sum(wt * p[0] for wt, p in zip(weight, per))
     scores = {k: sum(wt * p[1][k] for wt, p in zip(weight, per)) for k in per[0][1]}
@@ -249,10 +253,8 @@ def halve_border(m: np.ndarray, views=None) -> tuple[np.ndarray, np.ndarray]:
     if _multi(views):
         flat = _flat(m, 0)
         parts = [halve_border(v.take(flat)) for v in views]
-        shares = view_shares(flat, views)
-        cells = np.array([v.cells for v in views], dtype=np.float64)
-        return join_views([d for d, _ in parts], views, cells / cells.sum()), \
-            join_views([w for _, w in parts], views, shares)
+        return join_views([d for d, _ in parts], views, cell_shares(views)), \
+            join_views([w for _, w in parts], views, view_shares(flat, views))
     d = np.ones_like(np.asarray(m, dtype=np.float64))
     if min(d.shape) > 2:
         d[0, :] = d[-1, :] = d[:, 0] = d[:, -1] = 0.5
@@ -271,8 +273,7 @@ def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = Non
         if bias is None:
             return None, join_views([v.take(flat_f) for v in views], views, shares)
         parts = [debias(v.take(flat_f), v.take(_flat(bias, 0)), eps_s) for v in views]
-        cells = np.array([v.cells for v in views], dtype=np.float64)
-        return join_views([d for d, _ in parts], views, cells / cells.sum()), \
+        return join_views([d for d, _ in parts], views, cell_shares(views)), \
             join_views([w for _, w in parts], views, shares)
     if bias is None:
         return None, normalize(fused)

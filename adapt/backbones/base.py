@@ -312,8 +312,9 @@ def is_local_dir(path: str) -> bool:
 
 
 def group_by_grid(backbone: Backbone, images: list[Image.Image]) -> list[list[int]]:
-    """Indices of ``images`` grouped so that each group gives one image-token grid (LLaVA: one
-    group; Qwen2.5-VL: one per resized size)."""
+    """Indices of ``images`` grouped so that each group gives one image layout, which is what a batch
+    needs (``Backbone.grid_key``: LLaVA: one group; Qwen2.5-VL: one per resized size; LLaVA-NeXT /
+    OneVision: one per layout signature, the hi-res view's shape following the aspect)."""
     groups: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault(backbone.grid_key(im), []).append(i)

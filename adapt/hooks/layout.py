@@ -119,18 +119,6 @@ class Views(tuple):
     def to_list(self) -> list[dict]:
         return [v.to_dict() for v in self]
 
-    def __eq__(self, other):
-        # a plain layout still equals its (h, w): code written for one grid compares grids
-        if not isinstance(other, Views) and self.plain and isinstance(other, tuple):
-            return self.grid == other
-        return tuple.__eq__(self, other)
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __hash__(self):
-        return tuple.__hash__(self)
-
 
 @dataclass(frozen=True)
 class ImageLayout:
