@@ -152,3 +152,49 @@ def test_analyse_second_pass_steers_from_step_zero(bb, tmp_path):
     off = analyse(bb, _images(1, seed=2)[0], "is there a star ?", cfg.replace(**{"asi.second_pass": "off"}),
                   bias_cache=BiasCache(tmp_path))
     assert not off.steered.steered[: cfg.anchor.k].any() and off.steered.steered[cfg.anchor.k:].any()
+
+
+# ------------------------------------------------------------------------------- the registry
+def test_a_method_registers_with_one_decorator(bb):
+    from adapt.methods import REGISTRY, Greedy, describe, get_method, names, register
+
+    @register("test-echo", "greedy under another name (test only)", {"twice": "the same, variant"})
+    class Echo(Greedy):
+        @classmethod
+        def create(cls, variant, cfg, cache, name):
+            m = cls()
+            m.name = name
+            return m
+
+    try:
+        assert names()[-2:] == ["test-echo", "test-echo:twice"]
+        assert describe()["test-echo:twice"] == "the same, variant"
+        m = get_method(" test-echo:twice ")
+        assert isinstance(m, Echo) and m.name == "test-echo:twice"
+        image = _images(1)[0]
+        assert m.answer(bb, image, "describe the image", 3).token_ids == \
+            get_method("greedy").answer(bb, image, "describe the image", 3).token_ids
+        with pytest.raises(ValueError, match="registered twice"):
+            register("test-echo", "again")(Echo)
+    finally:
+        for n in ("test-echo", "test-echo:twice"):
+            REGISTRY.pop(n, None)
+    with pytest.raises(ValueError, match=r"unknown method 'test-echo'; available: greedy, greedy:sdpa, adapt-tf"):
+        get_method("test-echo")
+
+
+def test_every_registered_name_builds_its_method(tmp_path):
+    from adapt.methods import NAMES, VARIANTS, AdaptTF, describe, get_method
+
+    assert NAMES[:3] == ["greedy", "greedy:sdpa", "adapt-tf"] and NAMES[-2:] == ["vcd", "opera"]
+    assert set(describe()) == set(NAMES) and all(describe()[n] for n in NAMES)
+    cfg = AdaptConfig().replace(**{"asi.tau": 0.42})
+    for name in NAMES:
+        m = get_method(name, cfg, BiasCache(tmp_path))
+        assert m.name == name
+        if name.startswith("adapt-tf"):  # the configuration given, with the variant's settings on top
+            variant = name.partition(":")[2]
+            assert m.cfg.asi.tau == VARIANTS.get(variant, {}).get("asi.tau", 0.42)
+    assert isinstance(get_method("image-boost"), AdaptTF) and get_method("image-boost").cfg.asi.operator == "image-boost"
+    assert get_method("pai:attn").cfg.gamma == 1 and get_method("pai").cfg.gamma != 1
+    assert get_method("greedy:sdpa").capture is False

@@ -13,58 +13,46 @@ name                     what
 ``vcd``                  VCD: contrast with the image under forward noise, plausibility cutoff (greedy)
 ``opera``                OPERA: beam search with the over-trust penalty and rollback (retrospection)
 =======================  ===============================================================
+
+A method registers itself with the :func:`~adapt.methods.base.register` decorator (name, variants,
+one line each); the CLI's ``--method`` choices, the app's comparison choice and the benchmarks read
+this registry.
 """
 
 from __future__ import annotations
 
 from ..anchor import BiasCache
 from ..config import AdaptConfig
-from .adapt_tf import PAI_LIKE, VARIANTS, AdaptTF, variant_config
-from .base import Answer, Method
-from .greedy import Greedy
-from .opera import OPERA, OPERAConfig
-from .pai import PAI, PAIConfig, attention_only
-from .vcd import VCD, VCDConfig
+from .base import REGISTRY, Answer, Method, Registered, register
 
-NAMES = ["greedy", "greedy:sdpa", "adapt-tf", *[f"adapt-tf:{v}" for v in VARIANTS], "pai", "pai:attn", *PAI_LIKE, "vcd", "opera"]
+# each module registers its methods with @register; the import order is the registry's order
+from .greedy import Greedy  # noqa: E402  (registers greedy, greedy:sdpa)
+from .adapt_tf import PAI_LIKE, VARIANTS, AdaptTF, variant_config  # noqa: E402  (adapt-tf and its variants)
+from .pai import PAI, PAIConfig, attention_only  # noqa: E402  (pai, pai:attn)
+from . import image_boost  # noqa: E402, F401  (the PAI-like settings of ADAPT-TF)
+from .vcd import VCD, VCDConfig  # noqa: E402
+from .opera import OPERA, OPERAConfig  # noqa: E402
+
+
+def names() -> list[str]:
+    """Every registered name, in registration order (read on each call: later registrations appear)."""
+    return list(REGISTRY)
+
+
+NAMES = names()  # the names registered by this package's own modules
 
 
 def describe() -> dict[str, str]:
     """One line per registered method (the CLI's help and the app's choice show them)."""
-    out = {"greedy": Greedy().description, "greedy:sdpa": Greedy(capture=False).description,
-           "adapt-tf": AdaptTF.description, "pai": PAI.description,
-           "pai:attn": PAI(attention_only()).description,
-           "vcd": VCD.description, "opera": OPERA.description}
-    for v, over in VARIANTS.items():
-        out[f"adapt-tf:{v}"] = "ADAPT-TF, " + ", ".join(f"{k}={val}" for k, val in over.items())
-    for v, over in PAI_LIKE.items():
-        out[v] = "PAI-like (no anchor direction), " + ", ".join(f"{k}={val}" for k, val in over.items())
-    return out
+    return {name: entry.description for name, entry in REGISTRY.items()}
 
 
 def get_method(name: str, cfg: AdaptConfig | None = None, cache: BiasCache | None = None) -> Method:
     """The method registered under ``name`` (``adapt-tf`` and its variants use ``cfg``)."""
-    name = name.strip()
-    base, _, variant = name.partition(":")
-    if name == "greedy":
-        return Greedy()
-    if name == "greedy:sdpa":
-        return Greedy(capture=False)
-    if name == "pai":
-        return PAI()
-    if name == "pai:attn":
-        return PAI(attention_only(), name=name)
-    if name == "vcd":
-        return VCD()
-    if name == "opera":
-        return OPERA()
-    if name in PAI_LIKE:
-        return AdaptTF((cfg or AdaptConfig()).replace(**PAI_LIKE[name]), cache, name=name)
-    if base == "adapt-tf":
-        if variant and variant not in VARIANTS:
-            raise ValueError(f"unknown method {name!r}; available: {', '.join(NAMES)}")
-        return AdaptTF(variant_config(cfg or AdaptConfig(), variant or None), cache, name=name)
-    raise ValueError(f"unknown method {name!r}; available: {', '.join(NAMES)}")
+    entry = REGISTRY.get(name.strip())
+    if entry is None:
+        raise ValueError(f"unknown method {name.strip()!r}; available: {', '.join(names())}")
+    return entry.build(cfg, cache)
 
 
 def get_methods(names: list[str] | str, cfg: AdaptConfig | None = None, cache: BiasCache | None = None) -> list[Method]:
@@ -74,4 +62,5 @@ def get_methods(names: list[str] | str, cfg: AdaptConfig | None = None, cache: B
 
 
 __all__ = ["Answer", "Method", "Greedy", "AdaptTF", "PAI", "PAIConfig", "VCD", "VCDConfig", "OPERA",
-           "OPERAConfig", "VARIANTS", "NAMES", "describe", "get_method", "get_methods"]
+           "OPERAConfig", "VARIANTS", "PAI_LIKE", "NAMES", "REGISTRY", "Registered", "register", "names",
+           "describe", "get_method", "get_methods", "variant_config", "attention_only"]

@@ -27,7 +27,7 @@ from ..config import AdaptConfig, parse_layers
 from ..enhance import enhance
 from ..pipeline import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps
 from ..steering import ASIPolicy, references_from_maps, second_pass_applies, stack_references, steering_weights
-from .base import Answer, Method
+from .base import Answer, Method, register
 
 # named readings (dotted config overrides on top of the defaults); DESIGN §4 and the README say
 # how each scored on the world
@@ -80,8 +80,16 @@ def variant_config(base: AdaptConfig, variant: str | None) -> AdaptConfig:
     return base.replace(**VARIANTS[variant])
 
 
+DESCRIPTION = "ADAPT-TF: visual anchor + attention-supervised inference, one decoding pass"
+
+
+def _settings(over: dict) -> str:
+    return ", ".join(f"{k}={val}" for k, val in over.items())
+
+
+@register("adapt-tf", DESCRIPTION, {v: "ADAPT-TF, " + _settings(over) for v, over in VARIANTS.items()})
 class AdaptTF(Method):
-    description = "ADAPT-TF: visual anchor + attention-supervised inference, one decoding pass"
+    description = DESCRIPTION
 
     def __init__(self, cfg: AdaptConfig | None = None, cache: BiasCache | None = None, name: str = "adapt-tf",
                  lean: bool = True, record: bool = False):
@@ -96,6 +104,10 @@ class AdaptTF(Method):
 
     def config_dict(self) -> dict:
         return self.cfg.to_dict()
+
+    @classmethod
+    def create(cls, variant, cfg, cache, name):
+        return cls(variant_config(cfg or AdaptConfig(), variant), cache, name=name)
 
     def _noise(self, backbone, questions, sizes, grid) -> tuple[dict[str, np.ndarray | None], dict[str, bool]]:
         """Per question, the noise images' maps and whether they came from the cache."""

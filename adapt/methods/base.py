@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Callable
 
 from PIL import Image
 
@@ -55,3 +56,45 @@ class Method(ABC):
 
     def config_dict(self) -> dict:
         return {}
+
+    @classmethod
+    def create(cls, variant: str | None, cfg, cache, name: str) -> "Method":
+        """The method registered as ``name`` (``variant``: the part after ``:``, or None); ``cfg`` (an
+        :class:`~adapt.config.AdaptConfig` or None) and ``cache`` (a bias-map cache or None) are for the
+        methods that read them."""
+        return cls()
+
+
+# ------------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Registered:
+    """One registered name: its one-line description and how to make it."""
+
+    name: str
+    description: str
+    variant: str | None
+    make: Callable  # (variant, cfg, cache, name) -> Method
+
+    def build(self, cfg=None, cache=None) -> Method:
+        return self.make(self.variant, cfg, cache, self.name)
+
+
+REGISTRY: dict[str, Registered] = {}  # in registration order (the CLI's, the app's and the tables' order)
+
+
+def register(name: str, description: str, variants: dict[str, str] | None = None):
+    """Decorator registering a method under ``name`` and ``name:<variant>`` for each of ``variants``
+    (variant -> one-line description). It decorates a :class:`Method` subclass (made by its
+    :meth:`Method.create`) or a factory ``(variant, cfg, cache, name) -> Method``. Registering a new
+    method is this one decorator (and importing its module in :mod:`adapt.methods`)."""
+
+    def deco(target):
+        make = target.create if isinstance(target, type) else target
+        for variant, about in [(None, description), *(variants or {}).items()]:
+            full = name if variant is None else f"{name}:{variant}"
+            if full in REGISTRY:
+                raise ValueError(f"method {full!r} is registered twice")
+            REGISTRY[full] = Registered(full, " ".join(about.split()), variant, make)
+        return target
+
+    return deco

@@ -9,17 +9,25 @@ the embedded model).
 
 from __future__ import annotations
 
-from .base import Answer, Method
+from .base import Answer, Method, register
+
+DESCRIPTION = "plain greedy decoding (capture on, nothing steered: the steered methods' numerics)"
+SDPA_DESCRIPTION = "plain greedy decoding with stock SDPA attention"
 
 
+@register("greedy", DESCRIPTION, {"sdpa": SDPA_DESCRIPTION})
 class Greedy(Method):
-    description = "plain greedy decoding (capture on, nothing steered: the steered methods' numerics)"
+    description = DESCRIPTION
 
     def __init__(self, capture: bool = True):
         self.capture = capture
         self.name = "greedy" if capture else "greedy:sdpa"
         if not capture:
-            self.description = "plain greedy decoding with stock SDPA attention"
+            self.description = SDPA_DESCRIPTION
+
+    @classmethod
+    def create(cls, variant, cfg, cache, name):
+        return cls(capture=variant != "sdpa")
 
     def _answer_group(self, backbone, images, questions, max_new_tokens, **generate_kwargs):
         prepared = backbone.prepare_batch(images, questions)

@@ -78,7 +78,7 @@ import torch
 
 from ..hooks import TextWindowCapture
 from ..backbones import Generation
-from .base import Answer, Method
+from .base import Answer, Method, register
 
 NEG = float("-inf")  # impossible beams / not-finished slots (transformers uses −1e9: penalties go far below it)
 
@@ -334,9 +334,13 @@ def _rollback_target(cfg, step, beam_loc, hist, rollbacks, snapshots) -> int | N
     return None
 
 
+DESCRIPTION = "OPERA: 5-beam search, over-trust penalty on the text's attention columns, rollback (retrospection)"
+
+
+@register("opera", DESCRIPTION)
 class OPERA(Method):
     name = "opera"
-    description = "OPERA: 5-beam search, over-trust penalty on the text's attention columns, rollback (retrospection)"
+    description = DESCRIPTION
 
     def __init__(self, cfg: OPERAConfig | None = None):
         self.cfg = (cfg or OPERAConfig()).validate()

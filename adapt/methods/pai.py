@@ -27,7 +27,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..hooks import AttentionPoint, LogitBias
-from .base import Answer, Method
+from .base import Answer, Method, register
 
 
 @dataclass
@@ -53,15 +53,24 @@ class PAIPolicy:
         return LogitBias(bias)
 
 
+DESCRIPTION = "PAI: image-key logits amplified by α·|logit| at layers ≥ 2, guided away from the text-only prior (γ)"
+ATTN_DESCRIPTION = "PAI's attention part alone: image-key logits amplified by α·|logit| at layers ≥ 2"
+
+
+@register("pai", DESCRIPTION, {"attn": ATTN_DESCRIPTION})
 class PAI(Method):
     name = "pai"
-    description = "PAI: image-key logits amplified by α·|logit| at layers ≥ 2, guided away from the text-only prior (γ)"
+    description = DESCRIPTION
 
     def __init__(self, cfg: PAIConfig | None = None, name: str = "pai"):
         self.cfg = cfg or PAIConfig()
         self.name = name
         if self.cfg.gamma == 1:
-            self.description = "PAI's attention part alone: image-key logits amplified by α·|logit| at layers ≥ 2"
+            self.description = ATTN_DESCRIPTION
+
+    @classmethod
+    def create(cls, variant, cfg, cache, name):
+        return cls(attention_only(), name=name) if variant == "attn" else cls()
 
     def _answer_group(self, backbone, images, questions, max_new_tokens, **generate_kwargs):
         cfg, n = self.cfg, len(images)

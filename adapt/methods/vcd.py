@@ -45,7 +45,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..noise import DEFAULT_STEP, NUM_STEPS, forward_noise
-from .base import Answer, Method
+from .base import Answer, Method, register
 
 
 @dataclass
@@ -137,9 +137,13 @@ def noise_pixels(inputs: dict, n: int, seeds: list[int], step: int) -> torch.Ten
     return torch.cat(chunks)
 
 
+DESCRIPTION = "VCD: logits contrasted with the noised image's, (1+α)·l(v) − α·l(v′), plausibility β (greedy)"
+
+
+@register("vcd", DESCRIPTION)
 class VCD(Method):
     name = "vcd"
-    description = "VCD: logits contrasted with the noised image's, (1+α)·l(v) − α·l(v′), plausibility β (greedy)"
+    description = DESCRIPTION
 
     def __init__(self, cfg: VCDConfig | None = None):
         self.cfg = (cfg or VCDConfig()).validate()
