@@ -238,6 +238,11 @@ def test_two_view_trace_runs_saves_reloads_and_draws(bb, two_views):
     img, caption = F.step_map(back, "steered", 1)
     assert img is not None and "step 1" in caption
     assert "`hires` 4×8 + newline" in F.summary_markdown(back)
+    # the Inspect tab renders every view of the reopened trace
+    from app.ui.views import render
+
+    out = render(back)
+    assert len(out) == 14 and all(img.shape[1] > 2 * single.shape[1] - 10 for img, _ in out[10])
 
 
 def test_hostile_views_are_refused_with_one_line(two_views, tmp_path):
@@ -316,3 +321,13 @@ def test_onevision_loads_its_hub_folder_without_torchvision(folders, bbs):
     assert bb.views_for((40, 24))[1].signature == ("hires", 2, 5, True)
     # a down-sampled view covers the canvas region of the grid it came from
     assert bb.view_geometries((40, 24))["hires"] == bbs["llava_next"].view_geometries((40, 24))["hires"]
+
+
+def test_anchor_export_refuses_several_views_with_one_line(bb):
+    """The export and the preference pairs write one h×w anchor per row: a two-view image is refused, not
+    written as a 1×n strip."""
+    from adapt.export.anchors import NoiseMaps, anchor_batch
+
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 0, "anchor.k": 2})
+    with pytest.raises(ValueError, match="several views \\(base, hires\\) are not exported yet"):
+        anchor_batch(bb, [_image((40, 24))], ["describe"], cfg, NoiseMaps(bb, cfg, None))
