@@ -38,6 +38,7 @@ QWEN_FAMILIES = {
     "qwen2_5_vl": Family(14, "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
     "qwen3_vl": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor"),
     "qwen3_vl_moe": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessor", "Qwen3VLVideoProcessor", nested=True),
+    "qwen3_5": Family(16, "Qwen3VLProcessor", "Qwen2VLImageProcessorFast", "Qwen3VLVideoProcessor", nested=True),
 }
 
 
@@ -79,6 +80,17 @@ def _qwen_configs(model_type: str, tokenizer, ids: dict, hidden: int, layers: in
             return Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden, decoder_sparse_step=1)
         return Qwen3VLMoeConfig(text_config=text, vision_config=vision, **tokens)
+    if model_type == "qwen3_5":
+        from transformers import Qwen3_5Config
+
+        # a linear-attention (gated delta-net) layer, then a full-attention one, repeated
+        text.update(head_dim=head_dim, layer_types=["linear_attention", "full_attention"] * (layers // 2),
+                    linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+                    linear_num_value_heads=4, linear_conv_kernel_dim=4)
+        text["rope_parameters"] = dict(text["rope_parameters"], partial_rotary_factor=1.0, mrope_interleaved=True)
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                      patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2, num_position_embeddings=16)
+        return Qwen3_5Config(text_config=text, vision_config=vision, **tokens)
     raise ValueError(model_type)
 
 
@@ -120,21 +132,26 @@ def qwen_checkpoint(model_type: str, path, **kw) -> str:
     return str(path)
 
 
-def gemma_tokenizer(extra_words: int = 160):
+def gemma_tokenizer(extra_words: int = 160, named: dict[str, str | None] | None = None):
     """A word-level tokenizer in Gemma's order: ``<pad>`` 0 (a real id, as in Gemma), ``<eos>`` 1,
-    ``<bos>`` 2, ``<unk>`` 3, then the words (PaliGemma's processor adds ``<image>`` and its location
-    and segmentation tokens itself)."""
+    ``<bos>`` 2, ``<unk>`` 3, then ``named`` special tokens (token → the tokenizer attribute naming it,
+    e.g. Gemma 3's ``boi_token``, or None), then the words (PaliGemma's processor adds ``<image>`` and its
+    location and segmentation tokens itself)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from adapt.testing import _WORDS
 
     words = list(_WORDS) + [f"w{i}" for i in range(extra_words)]
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<bos>", "<unk>"] + words)}
+    named = named or {}
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<bos>", "<unk>"] + list(named) + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>")
+    extra = {attr: t for t, attr in named.items() if attr}
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+                                  pad_token="<pad>", **({"extra_special_tokens": extra} if extra else {}))
+    out.add_tokens([t for t, attr in named.items() if not attr], special_tokens=True)  # whole, never split
+    return out
 
 
 def tiny_paligemma(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 1, image_size: int = 28,
@@ -220,6 +237,59 @@ def idefics3_checkpoint(path, **kw) -> str:
     path = Path(path)
     if not (path / "config.json").exists():
         save_like_hub(*tiny_idefics3(**kw), path, "Idefics3Processor", "Idefics3ImageProcessor")
+    return str(path)
+
+
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}{{ '\n' }}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>{{ '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model{{ '\n' }}{% endif %}"
+)
+GEMMA3_SPECIALS = {"<start_of_turn>": None, "<end_of_turn>": None, "<start_of_image>": "boi_token",
+                   "<end_of_image>": "eoi_token", "<image_soft_token>": "image_token"}
+
+
+def tiny_gemma3(hidden: int = 64, layers: int = 3, heads: int = 4, kv_heads: int = 2, image_size: int = 32,
+                patch: int = 4, tokens_per_side: int = 4, sliding_window: int = 32,
+                layer_types: tuple[str, ...] | None = None, attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32):
+    """A random Gemma 3 (SigLIP tower pooled to ``tokens_per_side``² image tokens, a Gemma 3 decoder of
+    sliding-window and global layers: by default two local layers, then a global one) and its processor
+    with the PIL image processor; ``sliding_window`` small enough that the image leaves the local layers'
+    window after a few decoding steps."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    register()
+    tokenizer = gemma_tokenizer(named=GEMMA3_SPECIALS)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA3_SPECIALS}
+    layer_types = list(layer_types or ["sliding_attention", "sliding_attention", "full_attention"][:layers])
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=image_size, patch_size=patch, vision_use_head=False)
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
+                query_pre_attn_scalar=hidden // heads, sliding_window=sliding_window, layer_types=layer_types,
+                max_position_embeddings=4096, pad_token_id=0, eos_token_id=ids["<end_of_turn>"], bos_token_id=2,
+                initializer_range=0.2)  # at 0.02 the √d-scaled tied embeddings repeat one token
+    config = Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=tokens_per_side ** 2,
+                          boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+                          image_token_index=ids["<image_soft_token>"])
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration._from_config(
+        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    model.generation_config.pad_token_id = None  # as a hub config without one: the backbone takes the tokenizer's 0
+    model.generation_config.eos_token_id = ids["<end_of_turn>"]
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_TEMPLATE,
+                                image_seq_length=tokens_per_side ** 2)
+    return model, processor
+
+
+def gemma3_checkpoint(path, **kw) -> str:
+    """A tiny Gemma 3 checkpoint folder at ``path`` (built once per path), laid out as the hub's."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        save_like_hub(*tiny_gemma3(**kw), path, "Gemma3Processor", "Gemma3ImageProcessor")
     return str(path)
 
 

@@ -21,14 +21,17 @@ from adapt.methods.pai import PAI, PAIConfig, text_only_mask
 from adapt.methods.vcd import VCD, VCDConfig, image_seed, noise_pixels
 from adapt.pipeline import analyse
 
-from families import QWEN_FAMILIES, idefics3_checkpoint, llava_next_checkpoint, llava_onevision_checkpoint, \
+from families import QWEN_FAMILIES, gemma3_checkpoint, idefics3_checkpoint, llava_next_checkpoint, llava_onevision_checkpoint, \
     paligemma_checkpoint, patch_hits, qwen_checkpoint, tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 ALL = QWEN + ["paligemma", "idefics3", "llava_next", "llava_onevision"]
+# families with a key map (sliding-window / linear-attention layers): their capture, methods and one-pass
+# ADAPT-TF are tested in test_keymap.py; here what reads like any other family's
+KEYMAPPED = ["gemma3", "qwen3_5"]
 # tokens around the image run that a text-only branch must mask too
 WRAPPERS = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "qwen3_vl_moe": 2, "paligemma": 0, "idefics3": 3,
-            "llava_next": 0, "llava_onevision": 0}
+            "llava_next": 0, "llava_onevision": 0, "gemma3": 2, "qwen3_5": 2}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,12 +51,14 @@ def folders(tmp_path_factory):
     out["idefics3"] = idefics3_checkpoint(root / "idefics3")
     out["llava_next"] = llava_next_checkpoint(root / "llava_next")
     out["llava_onevision"] = llava_onevision_checkpoint(root / "llava_onevision")
+    out["gemma3"] = gemma3_checkpoint(root / "gemma3")
+    out["qwen3_5"] = qwen_checkpoint("qwen3_5", root / "qwen3_5")
     return out
 
 
 @pytest.fixture(scope="module")
 def backbones(folders):
-    return {f: load_backbone(folders[f], dtype=torch.float32) for f in ALL}
+    return {f: load_backbone(folders[f], dtype=torch.float32) for f in ALL + KEYMAPPED}
 
 
 def _image(size, seed=0):
@@ -81,7 +86,7 @@ def _eager(bb, folder):
 
 # loading ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", QWEN)
+@pytest.mark.parametrize("family", QWEN + ["qwen3_5"])
 def test_loads_from_a_hub_like_folder_without_torchvision(family, folders, backbones):
     import transformers
     from transformers import AutoProcessor
@@ -280,7 +285,7 @@ def test_one_pass_adapt_tf_equals_two_pass_analyse(family, backbones, tmp_path):
     assert not torch.allclose(one.generation.maps[cfg.anchor.k:n], greedy.generation.maps[cfg.anchor.k:n])
 
 
-@pytest.mark.parametrize("family", ALL)
+@pytest.mark.parametrize("family", ALL + KEYMAPPED)
 def test_vcd_noises_only_the_contrast_rows(family, backbones):
     bb = backbones[family]
     images = [_image((84, 56), 8), _image((84, 56), 9)]
@@ -325,6 +330,8 @@ def _pai_by_hand(bb, image, question, gamma, beta, steps):
     return toks
 
 
+# not Gemma 3 (_extend marks new tokens as PaliGemma's suffix, token_type_ids 1, which Gemma 3 reads as image)
+# nor Qwen3.5 (its text-only branch is refused: test_keymap.py)
 @pytest.mark.parametrize("family", ALL)
 def test_pai_text_only_branch_is_the_prompt_without_the_image_block(family, backbones):
     bb = backbones[family]

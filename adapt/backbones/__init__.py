@@ -8,6 +8,7 @@ from pathlib import Path
 from ..paths import asset
 from .base import Backbone, BackboneError, Generation, Prepared
 from .catalog import CATALOG, FamilyInfo
+from .gemma3 import Gemma3Backbone
 from .idefics3 import Idefics3Backbone
 from .llava import LlavaBackbone
 from .llava_next import LlavaNextBackbone
@@ -15,6 +16,7 @@ from .llava_onevision import LlavaOnevisionBackbone
 from .paligemma import PaliGemmaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
 from .qwen2_vl import Qwen2VLBackbone
+from .qwen3_5 import Qwen3_5Backbone
 from .qwen3_vl import Qwen3VLBackbone, Qwen3VLMoeBackbone
 
 FAMILIES: dict[str, type[Backbone]] = {
@@ -27,6 +29,8 @@ FAMILIES: dict[str, type[Backbone]] = {
     "qwen3_vl_moe": Qwen3VLMoeBackbone,
     "paligemma": PaliGemmaBackbone,
     "idefics3": Idefics3Backbone,
+    "gemma3": Gemma3Backbone,
+    "qwen3_5": Qwen3_5Backbone,
 }
 
 EMBEDDED = "embedded"
@@ -81,4 +85,4 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
            "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
            "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
-           "PaliGemmaBackbone", "Idefics3Backbone", "CATALOG", "FamilyInfo"]
+           "PaliGemmaBackbone", "Idefics3Backbone", "Gemma3Backbone", "Qwen3_5Backbone", "CATALOG", "FamilyInfo"]

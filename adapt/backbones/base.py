@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..prompts import QuestionError, check_context, clean_question, context_limit
 from ..hooks import ATTN_IMPL, AttentionRecorder, ImageSpan, SteeringPolicy, register
+from ..hooks.keymap import KeyMap
 from .geometry import InputGeometry, LayoutGeometry
 
 
@@ -54,6 +55,9 @@ class Generation:
     maps: torch.Tensor | None = None  # [steps, layers, n_img] (batch row 0) when captured
     prefill_maps: torch.Tensor | None = None  # [layers, n_img] prompt-after-image attention
     seconds: float = 0.0
+    # the key map's report (adapt.hooks.keymap): captured / not-captured layers, sliding layers' first
+    # not-steerable step; None for a model of full-attention layers only
+    keys: dict | None = None
 
 
 class Backbone(ABC):
@@ -118,8 +122,20 @@ class Backbone(ABC):
         return self.model.config.get_text_config()
 
     @property
+    def key_map(self) -> KeyMap:
+        """Each decoder layer's kind (full, sliding-window, linear attention), from the text config."""
+        km = getattr(self, "_key_map", None)
+        if km is None:
+            try:
+                km = self._key_map = KeyMap.from_config(self.text_config)
+            except ValueError as exc:
+                raise BackboneError(f"{self.name}: {exc}") from None
+        return km
+
+    @property
     def num_layers(self) -> int:
-        return self.text_config.num_hidden_layers
+        """Captured decoder layers (every layer but linear-attention ones): the maps' layer axis."""
+        return len(self.key_map.captured)
 
     @property
     def device(self) -> torch.device:
@@ -267,7 +283,8 @@ class Backbone(ABC):
         t0 = time.perf_counter()
         if capture or policy is not None:
             rec = AttentionRecorder(prepared.span, self.num_layers, policy=policy, per_head=per_head,
-                                    capture_prefill=capture_prefill, lean=lean, max_steps=kw["max_new_tokens"])
+                                    capture_prefill=capture_prefill, lean=lean, max_steps=kw["max_new_tokens"],
+                                    keymap=self.key_map)
             if hasattr(policy, "bind"):
                 policy.bind(rec)
             with rec:
@@ -280,13 +297,14 @@ class Backbone(ABC):
         prefill_all = None
         if rec is not None and capture_prefill and all(m is not None for m in rec.prefill_text_maps):
             prefill_all = torch.stack([m.to("cpu") for m in rec.prefill_text_maps]).float()  # [L, B, n]
+        keys = rec.keys_report() if rec is not None and not self.key_map.plain else None
         gens = []
         for b in range(out.shape[0]):
             new = self._strip_eos(out[b, prepared.prompt_len:].tolist())
             maps = maps_all[: len(new) or 1, :, b] if maps_all is not None else None
             prefill = prefill_all[:, b] if prefill_all is not None else None
             gens.append(Generation(token_ids=new, text=self.decode(new), tokens=self.token_pieces(new),
-                                   maps=maps, prefill_maps=prefill, seconds=seconds / out.shape[0]))
+                                   maps=maps, prefill_maps=prefill, seconds=seconds / out.shape[0], keys=keys))
         return gens
 
     def _strip_eos(self, ids: list[int]) -> list[int]:

@@ -71,4 +71,15 @@ CATALOG: dict[str, FamilyInfo] = {
         "all (full attention)",
         ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceM4/Idefics3-8B-Llama3"),
         _NO_REAL + "; the tiles the model was trained with are not shown to it"),
+    "gemma3": FamilyInfo(
+        "Gemma 3", "Gemma3ForConditionalGeneration", "Gemma3Processor (pan-and-scan turned off)",
+        "one square grid, mm_tokens_per_image (16×16), image stretched to size; the image block attends "
+        "bidirectionally in the prefill", "all; sliding-window layers (5 of 6) not steerable once the image "
+        "leaves their window (reported per layer)",
+        ("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"),
+        _NO_REAL + "; pan-and-scan crops (several views) not supported"),
+    "qwen3_5": FamilyInfo(
+        "Qwen3.5", "Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor (image-only without torchvision)",
+        "as Qwen3-VL (patch 16 × merge 2)", "full-attention layers only (1 of 4); linear-attention "
+        "(gated delta-net) layers not captured (reported)", ("Qwen/Qwen3.5-27B",), _NO_REAL),
 }

@@ -48,8 +48,8 @@ def adapt_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     q_len = query.shape[2]
-    step = rec.step_of(q_len, key.shape[2])
-    if q_len == 1 and rec.lean is not None and not rec.lean(layer, step):
+    step = rec.step_of(q_len, key.shape[2], layer)
+    if q_len == 1 and rec.lean is not None and not rec.lean(rec.slot_of[layer], step):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -64,8 +64,8 @@ def adapt_attention_forward(
         rec.prefill_text(layer, query, key, attention_mask, scaling)
     last = out[:, -1]
     new = rec.last_row(layer, step, query, key, value, attention_mask, scaling, out=last)
-    if new is not last:  # steered: its own output
-        last.copy_(new)
+    if new.data_ptr() != last.data_ptr():  # steered: its own output (unsteered: a view of `last`, which
+        last.copy_(new)                    # copy_ refuses when the row is contiguous, as SDPA's may be)
     return out, None
 
 

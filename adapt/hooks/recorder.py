@@ -3,7 +3,13 @@
 Steps are explicit: a call whose query has more than one row is the prefill (step 0: its last row
 predicts the first generated token); a single-row call is step ``keys − prefill keys``, read from the
 cache length the layer sees. So the step does not depend on which layer runs first (a lean recorder
-may skip layer 0) and nothing is counted per call.
+may skip layer 0) and nothing is counted per call, except in sliding-window layers, whose cache stops
+growing at the window: there each layer counts its own decoding calls.
+
+Where the image keys are in each layer's keys is the key map's answer (:mod:`adapt.hooks.keymap`): the
+positions in full-attention layers, shifted (or out of reach: captured, never steered) in sliding-window
+layers; linear-attention layers never reach the recorder, and the maps' layer axis holds the captured
+layers only (``keymap.captured``).
 
 The buffers (:class:`StepBuffer`) live on each layer's own device (``device_map`` over several
 GPUs), grow by doubling when decoding runs past them, and meet on the host once, when the results
@@ -17,6 +23,7 @@ import contextvars
 import torch
 
 from .kernels import apply_mask, causal_rows, decode_row, grouped_logits, row_logits
+from .keymap import KeyMap
 from .layout import ImageSpan
 from .writes import HOOK_LOGITS, HOOK_PROBS, HOOKS, AttentionPoint, LogitBias, correct_output, resolve
 
@@ -83,16 +90,30 @@ class AttentionRecorder:
     other hook points. ``prefill_text_maps`` holds, per layer, the mean attention of the prompt tokens
     after the image over the image keys (``capture_prefill=True``). ``max_steps`` sizes the buffers
     (they grow if decoding runs longer).
+
+    ``keymap`` (default: ``num_layers`` full-attention layers) says each decoder layer's kind; then
+    ``num_layers`` is the number of captured layers, and "layer" everywhere downstream (maps, the
+    policy's ``layer``, ``prefill_text_maps``) is the captured layer's row, ``keymap.slot[layer]``.
+    :meth:`keys_report` says which layers were not captured and from which step a sliding layer was
+    not steerable.
     """
 
     def __init__(self, span: ImageSpan, num_layers: int, policy=None, per_head: bool = False,
                  capture_prefill: bool = False, cache: tuple[str, ...] = (), lean: bool = False,
-                 max_steps: int = 64):
+                 max_steps: int = 64, keymap: KeyMap | None = None):
         unknown = set(cache) - set(HOOKS)
         if unknown:
             raise ValueError(f"unknown hook point(s) {sorted(unknown)}; available: {', '.join(HOOKS)}")
+        keymap = keymap or KeyMap.full(num_layers)
+        if len(keymap.captured) != num_layers:
+            raise ValueError(f"the key map captures {len(keymap.captured)} layers, not {num_layers}")
         self.span = span
         self.num_layers = num_layers
+        self.keys = keymap.bind(span)
+        slots = keymap.slot
+        self.slot_of = tuple(slots.get(i) for i in range(len(keymap.kinds)))  # decoder layer → maps row
+        self._sliding = self.keys.sliding
+        self._calls = [0] * len(keymap.kinds)  # sliding layers' decoding calls
         self.policy = policy
         self._intervene = getattr(policy, "intervene", None)
         # lean: a (layer, step) the intervention says it does not read (``needs(layer, step)``) runs as
@@ -120,11 +141,17 @@ class AttentionRecorder:
         self._token = None
 
     # steps ---------------------------------------------------------------------------------
-    def step_of(self, q_len: int, kv_len: int) -> int:
-        """The decoding step of a call: the prefill is step 0, then one step per new key."""
+    def step_of(self, q_len: int, kv_len: int, layer: int | None = None) -> int:
+        """The decoding step of a call to decoder ``layer``: the prefill is step 0, then one step per
+        new key (a sliding-window layer, whose cache stops growing, counts its calls)."""
         if q_len > 1 or self._prefill_keys is None:
             self._prefill_keys = kv_len
+            if layer is not None:
+                self._calls[layer] = 0
             return 0
+        if layer is not None and self._sliding[layer]:
+            self._calls[layer] += 1
+            return self._calls[layer]
         return kv_len - self._prefill_keys
 
     @property
@@ -152,8 +179,13 @@ class AttentionRecorder:
         raise KeyError(f"hook point {hook!r} was not cached (pass cache=({hook!r},))")
 
     def skips(self, layer: int, step: int) -> bool:
-        """Whether (layer, step) runs as plain SDPA, uncaptured (lean mode)."""
+        """Whether (captured layer, step) runs as plain SDPA, uncaptured (lean mode)."""
         return self.lean is not None and not self.lean(layer, step)
+
+    def keys_report(self) -> dict:
+        """Per layer kind: which decoder layers were captured (maps rows in this order), which were not
+        (linear attention), and per sliding layer the first step it was not steerable."""
+        return self.keys.report()
 
     # the hot path ----------------------------------------------------------------------------
     def last_row(self, layer: int, step: int, query, key, value, mask, scaling, out: torch.Tensor | None = None):
@@ -161,8 +193,11 @@ class AttentionRecorder:
 
         A decoding step (``out`` None) computes the row here in one pass over K and V and returns
         ``[B, 1, H, D]``; a prefill passes its last row's unsteered output from SDPA (``out``
-        ``[B, H, D]``) and gets it back, or the steered one, corrected on the image keys alone."""
-        span = self.span
+        ``[B, H, D]``) and gets it back, or the steered one, corrected on the image keys alone.
+        ``layer`` is the decoder layer; a layer-step the key map says is out of reach is captured and
+        never offered to the policy."""
+        span, steer = self.keys.at(layer, step, self._prefill_keys + step, key.shape[2])
+        layer = self.slot_of[layer]
         b, h = query.shape[:2]
         if out is None:  # grouped layout [B·Hkv, H/Hkv, ·]
             logits, probs, o = decode_row(query, key, value, mask, scaling)
@@ -172,10 +207,16 @@ class AttentionRecorder:
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
             o, shape = out, out.shape
         img = span.image_cols(probs.view(b, h, -1))  # [B, H, n] float32
-        point = AttentionPoint(layer, step, lambda: span.image_cols(logits.view(b, h, -1)).float(), img)
+        if steer or span is self.span:
+            point = AttentionPoint(layer, step, lambda: span.image_cols(logits.view(b, h, -1)).float(), img)
+        else:  # keys the window dropped read as masked, as a prefill's mask shows them
+            point = AttentionPoint(layer, step, lambda: span.image_cols(logits.view(b, h, -1), fill=-torch.inf)
+                                   .float(), img)
         if self.cache_logits:
             self._logits.slot(layer, step, img).copy_(point.logits)
-        if self._intervene is not None:
+        if not steer:
+            edit = None
+        elif self._intervene is not None:
             edit = self._intervene(point)
         elif self.policy is not None:
             bias = self.policy(layer, step, point.attn)
@@ -200,7 +241,9 @@ class AttentionRecorder:
         """Mean attention of the prompt rows after the last image token over the image keys.
 
         Each batch row averages its own rows: under left padding a longer question ends its image
-        earlier, so the rows after the *latest* image end would drop its first question tokens."""
+        earlier, so the rows after the *latest* image end would drop its first question tokens. A
+        prefill sees every prompt key in every layer kind (a sliding layer's mask hides the far ones)."""
+        layer = self.slot_of[layer]
         q_len, kv_len = query.shape[2], key.shape[2]
         ends = self.span.positions[:, -1].to(query.device) + 1  # [B], one past each row's last image key
         start = int(ends.min())

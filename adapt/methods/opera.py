@@ -77,7 +77,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..hooks import TextWindowCapture
-from ..backbones import Generation
+from ..backbones import BackboneError, Generation
 from .base import Answer, Method, register
 
 NEG = float("-inf")  # impossible beams / not-finished slots (transformers uses −1e9: penalties go far below it)
@@ -349,6 +349,11 @@ class OPERA(Method):
         """One beam search per pair (a rollback rewinds one answer; the beams are the batch)."""
         if generate_kwargs:
             raise TypeError(f"OPERA runs its own beam search; it takes min_new_tokens, not {sorted(generate_kwargs)}")
+        if not backbone.key_map.plain:
+            # the candidates share one forward and the beams are cut out of the cache by position: a
+            # sliding window's cache is not indexed by position, a linear layer's state mixes the candidates
+            raise BackboneError(f"OPERA is not supported on {backbone.family} (its decoder has sliding-window or "
+                                "linear-attention layers, whose caches the beam search cannot split)")
         import time
 
         eos = backbone.model.generation_config.eos_token_id

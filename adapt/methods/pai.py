@@ -79,6 +79,12 @@ class PAI(Method):
             gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=PAIPolicy(cfg),
                                            **generate_kwargs)
             return [Answer(g.text, g.token_ids, {"tokens": len(g.token_ids)}, g) for g in gens]
+        if "linear_attention" in backbone.key_map.kinds:
+            from ..backbones import BackboneError
+
+            # a masked token still enters a linear layer's convolution and recurrent state
+            raise BackboneError(f"PAI's text-only branch is not supported on {backbone.family} (its linear-attention "
+                                "layers do not drop masked tokens); pai:attn runs")
         from .vcd import VCDLogitsProcessor
 
         prepared = backbone.prepare_batch(list(images) * 2, list(questions) * 2)

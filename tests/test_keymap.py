@@ -1,0 +1,209 @@
+"""The key map per layer (adapt.hooks.keymap) on the two families that need one, tiny random checkpoints
+saved like hub folders: Gemma 3 (sliding-window and global layers; a window small enough that the image
+leaves it while decoding) and Qwen3.5 (linear-attention and full-attention layers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adapt.anchor import BiasCache
+from adapt.backbones import BackboneError, load_backbone
+from adapt.config import AdaptConfig
+from adapt.hooks.keymap import KeyMap, KeyMapError
+from adapt.methods import NAMES, AdaptTF, get_method, get_methods
+from adapt.pipeline import analyse
+
+from families import gemma3_checkpoint, qwen_checkpoint
+
+WINDOW = 32
+FAMS = ["gemma3", "qwen3_5"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keymap")
+    return {"gemma3": gemma3_checkpoint(root / "gemma3", sliding_window=WINDOW),
+            "qwen3_5": qwen_checkpoint("qwen3_5", root / "qwen3_5", layers=4)}
+
+
+@pytest.fixture(scope="module")
+def backbones(folders):
+    return {f: load_backbone(folders[f], dtype=torch.float32) for f in FAMS}
+
+
+def _image(size, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+
+
+def _eager_attentions(bb, folder, prepared, token_ids):
+    """The stock eager model's ``output_attentions`` over the prompt and the generated tokens (no cache:
+    every key at its sequence position; a sliding layer's mask zeroes what is out of its window)."""
+    ref = type(bb).model_class().from_pretrained(
+        folder, dtype=torch.float32, attn_implementation={"text_config": "eager", "vision_config": "sdpa"}).eval()
+    new = torch.tensor(token_ids)
+    inputs = dict(prepared.inputs, input_ids=torch.cat([prepared.inputs["input_ids"], new], 1),
+                  attention_mask=torch.cat([prepared.inputs["attention_mask"], torch.ones_like(new)], 1))
+    for key, fill in (("token_type_ids", 0), ("mm_token_type_ids", 0)):
+        if key in inputs:
+            inputs[key] = torch.cat([inputs[key], torch.full_like(new, fill)], 1)
+    with torch.no_grad():
+        return ref(**inputs, output_attentions=True).attentions
+
+
+def test_key_map_from_configs():
+    class Cfg:
+        num_hidden_layers = 4
+        layer_types = ["sliding_attention", "full_attention", "linear_attention", "full_attention"]
+        sliding_window = 8
+
+    km = KeyMap.from_config(Cfg)
+    assert km.captured == (0, 1, 3) and km.slot == {0: 0, 1: 1, 3: 2} and not km.plain
+    assert km.describe() == {"captured": [0, 1, 3], "full": [1, 3], "sliding": [0], "not_captured": [2], "window": 8}
+    Cfg.sliding_window = None  # a sliding layer without a window sees everything
+    assert KeyMap.from_config(Cfg).kinds[0] == "full_attention"
+    Cfg.layer_types = ["chunked_attention"] * 4
+    with pytest.raises(KeyMapError, match="chunked_attention"):
+        KeyMap.from_config(Cfg)
+
+
+def test_gemma3_capture_equals_eager_and_the_image_leaves_the_sliding_window(folders, backbones):
+    """Two left-padded rows: every step's captured map equals the eager model's, per layer kind: global
+    layers at the positions, sliding layers shifted by what the window dropped (and 0 for the keys it
+    dropped); sliding layers are reported not steerable from the step the image began to leave the
+    window, and no write is offered to them from then on, while the global layer is steered throughout."""
+    bb = backbones["gemma3"]
+    assert bb.key_map.kinds == ("sliding_attention", "sliding_attention", "full_attention")
+    images = [_image((40, 30), 1), _image((30, 40), 2)]
+    p = bb.prepare_batch(images, ["describe the image", "is there a dog ?"])
+    steps = 12
+    offered = []
+
+    def policy(layer, step, attn):
+        offered.append((layer, step))
+        return torch.zeros_like(attn)
+
+    gens = bb.generate_batch(p, max_new_tokens=steps, min_new_tokens=steps, policy=policy)
+    atts = _eager_attentions(bb, folders["gemma3"], p, [g.token_ids for g in gens])
+    assert len(atts) == 3
+    for b in range(2):
+        pos = p.span.positions[b]
+        for t in range(steps):
+            row = p.prompt_len - 1 + t
+            expected = torch.stack([att[b, :, row, pos].mean(0) for att in atts])
+            torch.testing.assert_close(gens[b].maps[t], expected, atol=1e-6, rtol=1e-5)
+    # the image (from its earliest key in any row) is in the window of step t's query (at position
+    # prompt_len − 1 + t, seeing keys at distance < window) iff first ≥ prompt_len + t − window
+    first = int(p.span.positions.min())
+    leaves = first + WINDOW - p.prompt_len + 1
+    assert 0 < leaves < steps  # in the window at the prefill, out of it before the end
+    keys = gens[0].keys
+    assert keys["sliding"] == [0, 1] and keys["not_captured"] == [] and keys["window"] == WINDOW
+    assert keys["not_steerable_from"] == {0: leaves, 1: leaves}
+    for layer in (0, 1):
+        assert float(gens[0].maps[leaves - 1, layer].sum()) > 1e-3  # in the window: real image mass
+        assert float(gens[0].maps[steps - 1, layer].sum()) < float(gens[0].maps[leaves - 1, layer].sum())
+        assert sorted(s for l, s in offered if l == layer) == list(range(leaves))
+    assert sorted(s for l, s in offered if l == 2) == list(range(steps))
+
+
+def test_gemma3_pan_and_scan_is_turned_off_with_one_line(folders):
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(folders["gemma3"])
+    proc.image_processor.do_pan_and_scan = True
+    with pytest.warns(UserWarning, match="pan-and-scan crops turned off") as rec:
+        bb = load_backbone.__globals__["FAMILIES"]["gemma3"].load(folders["gemma3"], dtype=torch.float32,
+                                                                    processor=proc)
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    p = bb.prepare(_image((90, 30), 3), "describe the image")  # wide: pan-and-scan would crop it
+    assert p.span.n == 16 and p.span.grid == (4, 4)
+
+
+def test_gemma3_text_only_branch_masks_the_image_block_and_its_wrappers(backbones):
+    from adapt.methods.pai import text_only_mask
+
+    bb = backbones["gemma3"]
+    p = bb.prepare_batch([_image((40, 30), 4)] * 2, ["describe the image"] * 2)
+    mask = text_only_mask(bb, p.inputs, 1)
+    ids = p.inputs["input_ids"][1]
+    tok = bb.tokenizer
+    wrappers = torch.isin(ids, torch.tensor([tok.convert_tokens_to_ids(t) for t in (tok.boi_token, tok.eoi_token)]))
+    assert int(wrappers.sum()) == 2 and int(mask[1][wrappers].sum()) == 0
+    assert int(mask[1].sum()) == int(p.inputs["attention_mask"][1].sum()) - p.span.n - 2
+
+
+def test_qwen3_5_captures_the_full_attention_layers_only(folders, backbones):
+    bb = backbones["qwen3_5"]
+    assert bb.key_map.kinds == ("linear_attention", "full_attention") * 2 and bb.num_layers == 2
+    p = bb.prepare_batch([_image((84, 56), 1), _image((84, 56), 2)], ["describe the image", "is there a dog ?"])
+    steps = 4
+    offered = set()
+
+    def policy(layer, step, attn):
+        offered.add(layer)
+        return None
+
+    gens = bb.generate_batch(p, max_new_tokens=steps, min_new_tokens=steps, policy=policy)
+    assert gens[0].keys["captured"] == [1, 3] and gens[0].keys["not_captured"] == [0, 2]
+    assert gens[0].maps.shape[1] == 2 and offered == {0, 1}  # the policy sees captured rows 0, 1
+    atts = _eager_attentions(bb, folders["qwen3_5"], p, [g.token_ids for g in gens])
+    full = [atts[i] for i in (1, 3)] if len(atts) == 4 else list(atts)
+    assert len(full) == 2 and all(a is not None for a in full)
+    for b in range(2):
+        pos = p.span.positions[b]
+        for t in range(steps):
+            row = p.prompt_len - 1 + t
+            expected = torch.stack([att[b, :, row, pos].mean(0) for att in full])
+            torch.testing.assert_close(gens[b].maps[t], expected, atol=1e-6, rtol=1e-5)
+    assert float(gens[0].maps.sum(-1).min()) > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_every_method_runs_and_batches_equal_single_runs(family, backbones, tmp_path):
+    bb = backbones[family]
+    images = [_image((40, 30), 4), _image((84, 56), 5)]
+    questions = ["describe the image", "what colour is the star on the left ?"]
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2})
+    n = 4
+    for method in get_methods(NAMES, cfg, BiasCache(tmp_path)):
+        refused = {"opera": "OPERA is not supported", "pai": "PAI's text-only branch is not supported"}
+        if method.name == "opera" or (method.name == "pai" and family == "qwen3_5"):
+            # OPERA cuts its beams out of the cache by position; a linear layer keeps a masked token
+            with pytest.raises(BackboneError, match=f"{refused[method.name]} on {family}") as err:
+                method.answer_batch(bb, images, questions, n, min_new_tokens=n)
+            assert "\n" not in str(err.value)
+            continue
+        batch = method.answer_batch(bb, images, questions, n, min_new_tokens=n)
+        assert [len(a.token_ids) for a in batch] == [n] * 2, method.name
+        for i in (0, 1):
+            single = method.answer(bb, images[i], questions[i], n, min_new_tokens=n)
+            assert single.token_ids == batch[i].token_ids, (method.name, i)
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_one_pass_adapt_tf_equals_two_pass_analyse(family, backbones, tmp_path):
+    bb = backbones[family]
+    cfg = AdaptConfig().replace(**{"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2,
+                                   "anchor.k": 3, "max_new_tokens": 8})
+    cache = BiasCache(tmp_path)
+    image, q = _image((84, 56), 7), "describe the image"
+    one = AdaptTF(cfg, cache, lean=False).answer(bb, image, q, 8, min_new_tokens=8)
+    trace = analyse(bb, image, q, cfg, bias_cache=cache)
+    greedy = get_method("greedy").answer(bb, image, q, 8, min_new_tokens=8)
+    n = len(trace.steered.token_ids)
+    assert n > cfg.anchor.k and one.token_ids[:n] == trace.steered.token_ids
+    np.testing.assert_allclose(one.generation.maps[:n].numpy(), trace.steered.maps, atol=1e-6, rtol=1e-5)
+    assert trace.layer_maps.shape[0] == bb.num_layers  # the anchor fuses captured layers only
+    assert not torch.allclose(one.generation.maps[cfg.anchor.k:n], greedy.generation.maps[cfg.anchor.k:n])
