@@ -115,7 +115,8 @@ def test_vcd_on_the_embedded_model(embedded):
     vcd0 = VCD(VCDConfig(alpha=0.0)).answer_batch(embedded, images, qs, 64)
     assert [a.token_ids for a in vcd0] == [a.token_ids for a in greedy]
     vcd = get_method("vcd").answer_batch(embedded, images, qs, 64)
-    assert all(a.text and a.info["tokens"] == len(a.token_ids) for a in vcd)
+    # each description is its own tokens and ends by itself, before the 64-token cap
+    assert all(a.text and a.text == embedded.decode(a.token_ids) and len(a.token_ids) < 64 for a in vcd)
     assert [a.token_ids for a in vcd] != [a.token_ids for a in greedy]
     sampled = VCD(VCDConfig(sample=True, seed=1)).answer(embedded, images[0], qs[0], 64)
     again = VCD(VCDConfig(sample=True, seed=1)).answer(embedded, images[0], qs[0], 64)
@@ -177,7 +178,7 @@ def test_opera_without_penalty_is_beam_search_on_the_embedded_model(embedded):
     plain = OPERA(OPERAConfig(penalty_weight=0.0, rollback=False)).answer(embedded, image, DEFAULT_DESCRIBE_PROMPT, 128)
     assert plain.token_ids == ref.token_ids and len(ref.token_ids) < 128
     full = get_method("opera").answer(embedded, image, DEFAULT_DESCRIBE_PROMPT, 128)
-    assert full.text and full.info["tokens"] == len(full.token_ids)
+    assert full.text and full.text == embedded.decode(full.token_ids) and len(full.token_ids) < 128
     assert full.token_ids != plain.token_ids  # the penalty and rollback do act on this description
     short = get_method("opera").answer_batch(embedded, [image] * 2, ["is there a star ?", DEFAULT_DESCRIBE_PROMPT], 8)
     assert [len(a.token_ids) for a in short][1] == 8 and short[0].text
@@ -238,7 +239,8 @@ def test_every_baseline_runs_on_tiny_backbones(family, llava, qwen):
     qs = ["describe the image", "is there a dog ?"]
     for name in ("vcd", "opera"):
         out = get_method(name).answer_batch(bb, images, qs, 6, min_new_tokens=6)
-        assert [len(a.token_ids) for a in out] == [6, 6] and all(a.info["tokens"] == 6 for a in out), name
+        assert [len(a.token_ids) for a in out] == [6, 6], name
+        assert all(a.text == bb.decode(a.token_ids) for a in out), name  # each row's text is its own tokens
         single = get_method(name).answer(bb, images[1], qs[1], 6, min_new_tokens=6)
         assert single.token_ids == out[1].token_ids, name
 

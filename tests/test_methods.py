@@ -102,12 +102,24 @@ def test_every_method_runs_on_tiny_backbones(family, tmp_path):
 
 
 def test_pai_raises_image_attention_from_layer_two_only():
+    """At the first step layer 2 reads what it read unsteered: PAI's image mass there is the softmax over
+    all keys of the unsteered logits with α·|z| added at the image keys, computed here by hand per head."""
+    from adapt.hooks import HOOK_LOGITS, AttentionRecorder
+
     bb = _llava()
     image = _images(1)[0]
     plain = get_method("greedy").answer(bb, image, "describe the image", 1).generation.maps[0]
     pai = get_method("pai").answer(bb, image, "describe the image", 1).generation.maps[0]
     torch.testing.assert_close(pai[:2], plain[:2])  # layers 0 and 1 untouched
-    assert float(pai[2].sum()) != pytest.approx(float(plain[2].sum()))
+    p = bb.prepare(image, "describe the image")
+    rec = AttentionRecorder(p.span, bb.num_layers, cache=(HOOK_LOGITS,), per_head=True)
+    with rec, torch.no_grad():
+        bb.model(**p.inputs)
+    z, probs = rec.cached(HOOK_LOGITS)[0, 2, 0].double(), rec.maps()[0, 2, 0].double()  # [H, n] unsteered
+    boosted = probs * torch.exp(0.2 * z.abs())  # p_i·e^{b_i}
+    mass = boosted.sum(-1) / (1 - probs.sum(-1) + boosted.sum(-1))  # per head, over all keys
+    assert float(pai[2].sum()) == pytest.approx(float(mass.mean()), rel=1e-5)
+    assert float(pai[2].sum()) > float(plain[2].sum()) + 1e-4  # raised, by more than rounding
 
 
 def test_greedy_with_capture_equals_stock_sdpa():

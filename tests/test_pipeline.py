@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adapt.anchor import BiasCache
@@ -45,6 +46,17 @@ def test_analyse_fills_every_part_of_the_trace(tiny, rand_image, tmp_path):
         assert a.maps.shape == (T, L, h * w) and a.amc.shape == (T, L) and a.steered.shape == (T, L)
         assert a.similarity.shape == a.change.shape == a.mass.shape == (T, L)
         assert np.all(a.change[0] == 0) and np.all((a.mass > 0) & (a.mass <= 1 + 1e-6))
+    # the image mass is the post-softmax mass eager attention gives (same weights), at the first step
+    # (never steered) of both answers
+    eager_bb = LlavaBackbone(*tiny_llava(layers=3, attn="eager"), "tiny-eager")
+    p = tiny.prepare(rand_image, "describe the image")
+    with torch.no_grad():
+        att = eager_bb.model(**p.inputs, output_attentions=True).attentions
+    pos = p.span.positions[0]
+    eager = np.array([float(a[0, :, -1, pos].sum(-1).mean()) for a in att])
+    assert eager.min() < 0.9  # not a trivial all-image row
+    for a in (t.unsteered, t.steered):
+        np.testing.assert_allclose(a.mass[0], eager, rtol=1e-5)
     assert not t.unsteered.steered.any() and t.steered.image_used == "original"  # enhance.enabled is off
     on = analyse(tiny, rand_image, "describe the image", cfg.replace(**{"enhance.enabled": True}), bias_cache=cache)
     assert on.steered.image_used == "enhanced" and np.array_equal(np.asarray(on.enhanced_image),
