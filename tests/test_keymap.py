@@ -207,3 +207,49 @@ def test_one_pass_adapt_tf_equals_two_pass_analyse(family, backbones, tmp_path):
     np.testing.assert_allclose(one.generation.maps[:n].numpy(), trace.steered.maps, atol=1e-6, rtol=1e-5)
     assert trace.layer_maps.shape[0] == bb.num_layers  # the anchor fuses captured layers only
     assert not torch.allclose(one.generation.maps[cfg.anchor.k:n], greedy.generation.maps[cfg.anchor.k:n])
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_steering_a_sliding_layer_at_shifted_columns_equals_the_full_row_with_the_window_mask(contiguous):
+    """One decoding step of a sliding layer whose cache dropped keys: the recorder reading the window's
+    keys at the shifted columns, with a logit bias on the image keys, gives the output and map of a
+    full-attention row over every key with the window as a mask; once the image has begun to leave the
+    window no write is offered and the row is the window's plain attention."""
+    from adapt.hooks import AttentionRecorder, ImageSpan
+
+    torch.manual_seed(0)
+    b, h, hkv, d, window, n = 2, 4, 2, 8, 12, 4
+    positions = torch.tensor([[5, 6, 7, 8], [6, 7, 8, 9]] if not contiguous else [[5, 6, 7, 8]] * 2)
+    span = ImageSpan(positions=positions, grid=(2, 2))
+    bias = torch.randn(b, n)
+    for seq, steered in ((14, True), (17, True), (18, False)):  # first image key 5: in the window iff 5 ≥ seq − 12
+        q = torch.randn(b, h, 1, d)
+        k, v = torch.randn(b, hkv, seq, d), torch.randn(b, hkv, seq, d)
+        offered = []
+
+        def policy(layer, step, attn):
+            offered.append(step)
+            return bias
+
+        prompt = seq - 3
+        sliding = AttentionRecorder(span, 1, policy=policy, keymap=KeyMap(("sliding_attention",), window))
+        full = AttentionRecorder(span, 1, policy=policy)
+        mask = (torch.arange(seq) >= seq - window).view(1, 1, 1, seq).expand(b, 1, 1, seq)
+        outs = []
+        for rec, kk, vv, m in ((sliding, k[:, :, -window:], v[:, :, -window:], None), (full, k, v, mask)):
+            assert rec.step_of(prompt, prompt, 0) == 0
+            for _ in range(3):
+                step = rec.step_of(1, kk.shape[2], 0)
+            assert step == 3
+            outs.append((rec.last_row(0, step, q, kk, vv, m, d ** -0.5), rec._maps.layers[0][step]))
+        if steered:
+            assert offered == [3, 3]
+            torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-6, rtol=1e-5)
+        else:
+            assert offered == [3] and sliding.keys_report()["not_steerable_from"] == {0: 3}
+            plain = torch.nn.functional.scaled_dot_product_attention(
+                q, k[:, :, -window:].repeat_interleave(2, 1), v[:, :, -window:].repeat_interleave(2, 1))
+            torch.testing.assert_close(outs[0][0], plain.transpose(1, 2), atol=1e-5, rtol=1e-5)
+            dropped = positions < seq - window  # keys the cache no longer holds read 0
+            assert bool((outs[0][1][dropped] == 0).all()) and bool((outs[0][1][~dropped] > 0).all())
