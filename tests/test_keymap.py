@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from adapt.anchor import BiasCache
-from adapt.backbones import BackboneError, load_backbone
+from adapt.backbones import FAMILIES, BackboneError, load_backbone
 from adapt.config import AdaptConfig
 from adapt.hooks.keymap import KeyMap, KeyMapError
 from adapt.methods import NAMES, AdaptTF, get_method, get_methods
@@ -124,8 +124,7 @@ def test_gemma3_pan_and_scan_is_turned_off_with_one_line(folders):
     proc = AutoProcessor.from_pretrained(folders["gemma3"])
     proc.image_processor.do_pan_and_scan = True
     with pytest.warns(UserWarning, match="pan-and-scan crops turned off") as rec:
-        bb = load_backbone.__globals__["FAMILIES"]["gemma3"].load(folders["gemma3"], dtype=torch.float32,
-                                                                    processor=proc)
+        bb = FAMILIES["gemma3"].load(folders["gemma3"], dtype=torch.float32, processor=proc)
     assert len(rec) == 1 and "\n" not in str(rec[0].message)
     p = bb.prepare(_image((90, 30), 3), "describe the image")  # wide: pan-and-scan would crop it
     assert p.span.n == 16 and p.span.grid == (4, 4)

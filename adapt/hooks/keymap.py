@@ -99,10 +99,6 @@ class ShiftedSpan:
         self.span, self.shift, self.complete = span, shift, shift <= first
         self._index: dict = {}
 
-    @property
-    def n(self) -> int:
-        return self.span.n
-
     def image_cols(self, x: torch.Tensor, dim: int = -1, fill: float = 0.0) -> torch.Tensor:
         dim = dim % x.ndim
         if not self.complete:  # rare (not steerable): put the dropped columns back, then read as the span
@@ -130,7 +126,6 @@ class BoundKeyMap:
         self.keymap, self.span = keymap, span
         self.sliding = tuple(k == SLIDING for k in keymap.kinds)
         self.window = keymap.window
-        self.slots = keymap.slot
         # host ints, read once: the earliest image key of any row (a window holds every row's image
         # while it holds that one)
         self.first = int(span.positions.min()) if SLIDING in keymap.kinds else 0
