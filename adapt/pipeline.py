@@ -2,8 +2,10 @@
 
 Pipeline (DESIGN §4): (1) the anchor run — greedy decoding on the original image, whose first K
 steps give the per-layer maps A_l; (2) the bias map B from noise images (cached on disk) and the
-anchor W; (3) the anchor-guided image; (4) decoding again with ASI on, on the enhanced image.
-The unsteered answer is the comparison baseline.
+anchor W; (3) the anchor-guided image; (4) decoding with ASI on, on the enhanced image.
+:func:`analyse` runs these as the registered method does (:class:`adapt.methods.AdaptTF`: steps 1 and
+4 in one decoding, since nothing is steered before step K) and assembles the Trace from its answer
+and the unsteered baseline's. The anchor-building functions here are what the methods call.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from PIL import Image
 from .anchor import BiasCache, Fusion, bias_from_noise, debias, fuse, fuse_authors, halve_border, \
     model_target_entropy, noise_images, \
     query_target_entropy
-from .steering import ASIPolicy, amc, references_from_maps, second_pass_applies, steering_weights
+from .steering import amc, steering_weights
 from .backbones import Backbone, Generation
 from .hooks import Views
-from .config import AdaptConfig, parse_layers
+from .config import AdaptConfig
 from .enhance import enhance
 from .images import fit, load_image
 from .trace import AnswerTrace, Trace
@@ -170,31 +172,6 @@ def answer_trace(gen: Generation, weights: np.ndarray, steering, image_used: str
                        amc=amc_m.astype(np.float32), steered=fired, similarity=similarity.astype(np.float32),
                        change=change.astype(np.float32), mass=maps.sum(-1), seconds=gen.seconds,
                        image_used=image_used)
-
-
-def steered_generation(backbone: Backbone, image: Image.Image, question: str, anchor: Anchor,
-                       cfg: AdaptConfig, grid, enhanced: Image.Image | None = None,
-                       anchor_maps: np.ndarray | None = None):
-    """Steps 3–4: decoding with ASI, on the anchor-guided image when ``enhance.enabled`` (made here
-    unless given). With ``anchor_maps`` (the anchor run's ``[T, L, n]``) and an answer the
-    ``asi.second_pass`` rule selects, steering starts at step 0 with that run's references.
-    Returns ``(gen, policy, image_used, enhanced, layers)``."""
-    if enhanced is None and cfg.enhance.enabled:
-        enhanced = enhance(image, anchor.anchor, cfg.enhance, geometry=backbone.layout_geometry(image.size, grid))
-    used, image_used = (enhanced, "enhanced") if cfg.enhance.enabled else (image, "original")
-    prepared = backbone.prepare(used, question)
-    if prepared.span.grid != grid:
-        raise ValueError("the enhanced image changed the image-token grid")
-    layers = parse_layers(cfg.asi.layers, backbone.num_layers, anchor.fusion.lam)
-    w = steering_weights(anchor.anchor)
-    k = cfg.anchor.k
-    if anchor_maps is not None and second_pass_applies(cfg.asi, k, question, anchor_maps.shape[0]):
-        refs = references_from_maps(anchor_maps, w, k, cfg.asi.ref_skip_step0)
-        policy = ASIPolicy(backbone.num_layers, layers, cfg.asi, k, refs=refs)
-    else:
-        policy = ASIPolicy(backbone.num_layers, layers, cfg.asi, k, weights=w)
-    gen = backbone.generate(prepared, max_new_tokens=cfg.max_new_tokens, policy=policy)
-    return gen, policy, image_used, enhanced, layers
 
 
 def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None = None,

@@ -9,8 +9,9 @@ from adapt.anchor import BiasCache
 from adapt.backbones import LlavaBackbone, Qwen2_5_VLBackbone
 from adapt.config import AdaptConfig
 from adapt.methods import NAMES, AdaptTF, get_method, get_methods
-from adapt.pipeline import probe_anchor, steered_generation
 from adapt.testing import tiny_llava, tiny_qwen2_5_vl
+
+from two_pass import two_pass
 
 ALWAYS = {"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2}
 
@@ -38,8 +39,7 @@ def test_one_pass_equals_two_pass(operator, tmp_path):
     # lean: the unmonitored layers run as plain SDPA after the anchor phase, same tokens and decisions
     assert lean.token_ids == full.token_ids and lean.info == full.info
     assert lean.generation.maps.shape[0] == 3 and full.generation.maps.shape[0] == 10
-    anchor, grid = probe_anchor(bb, image, q, cfg, cache)
-    two, policy, *_ = steered_generation(bb, image, q, anchor, cfg, grid)
+    two, policy = two_pass(bb, image, q, cfg, cache)
     assert one.token_ids == two.token_ids
     torch.testing.assert_close(one.generation.maps, two.maps[: len(one.token_ids)], atol=1e-6, rtol=1e-5)
     assert one.info["fired"] == int(policy.fired_matrix()[: len(two.token_ids)].sum()) > 0
