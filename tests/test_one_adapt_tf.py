@@ -74,13 +74,16 @@ def test_adapt_tf_batch_equals_single_with_the_model_target_entropy(bb, tmp_path
                                    "asi.trigger": "amc", "asi.tau": 0.9, "asi.layers": "all"})
     images = _images(2, seed=6)
     questions = ["what colour is the star on the left of the picture and is it big ?", "describe the image"]
-    method = AdaptTF(cfg, BiasCache(tmp_path), lean=False)
+    method = AdaptTF(cfg, BiasCache(tmp_path), lean=False, record=True)
     batch = method.answer_batch(bb, images, questions, 6, min_new_tokens=6)
     for b, (im, q) in enumerate(zip(images, questions)):
         single = method.answer(bb, im, q, 6, min_new_tokens=6)
         assert batch[b].token_ids == single.token_ids
         assert (batch[b].info["fired"], batch[b].info["monitored"]) == (single.info["fired"], single.info["monitored"])
         torch.testing.assert_close(batch[b].generation.maps, single.generation.maps, atol=1e-5, rtol=1e-4)
+        # H*(q) from the question tokens' own attention, and the anchor it shapes
+        assert batch[b].record.anchor.target_entropy == pytest.approx(single.record.anchor.target_entropy, abs=1e-6)
+        np.testing.assert_allclose(batch[b].record.anchor.anchor, single.record.anchor.anchor, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------- one ADAPT-TF
