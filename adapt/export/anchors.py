@@ -89,6 +89,9 @@ def anchor_runs(backbone: Backbone, images: list[Image.Image], questions: list[s
     prefill maps), and the grid; the array math can then run off the model's thread."""
     k = cfg.anchor.k
     prepared = backbone.prepare_batch(images, questions)
+    if not prepared.span.views.plain:  # the export's rows hold one h×w anchor; views need their own schema
+        raise ValueError(f"{backbone.family}: anchors of images laid out as several views "
+                         f"({', '.join(v.name for v in prepared.span.views)}) are not exported yet")
     grid = tuple(prepared.span.grid)
     gens = backbone.generate_batch(prepared, max_new_tokens=k,
                                    capture_prefill=cfg.anchor.target_entropy == "model")
