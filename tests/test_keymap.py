@@ -76,6 +76,12 @@ def test_key_map_from_configs():
     Cfg.layer_types = ["chunked_attention"] * 4
     with pytest.raises(KeyMapError, match="chunked_attention"):
         KeyMap.from_config(Cfg)
+    # no layer_types (Mistral): a window makes every layer sliding, as transformers' cache builds it
+    from transformers import LlamaConfig, MistralConfig
+
+    assert KeyMap.from_config(MistralConfig(num_hidden_layers=2, sliding_window=16)) == KeyMap(
+        ("sliding_attention",) * 2, 16)
+    assert KeyMap.from_config(LlamaConfig(num_hidden_layers=2)).plain
 
 
 def test_gemma3_capture_equals_eager_and_the_image_leaves_the_sliding_window(folders, backbones):

@@ -56,11 +56,17 @@ class KeyMap:
 
     @classmethod
     def from_config(cls, text_config) -> "KeyMap":
-        """From a text config's ``layer_types`` (absent: every layer full attention). A sliding layer
-        without a window (``sliding_window`` None) attends to everything: full."""
+        """From a text config's ``layer_types``; absent, inferred as transformers' caches infer them
+        (``cache_utils.get_layer_types_and_kwargs``: a ``sliding_window`` makes every layer sliding, an
+        ``attention_chunk_size`` chunked, which is refused). A sliding layer without a window attends to
+        everything: full."""
         n = text_config.num_hidden_layers
-        types = list(getattr(text_config, "layer_types", None) or [FULL] * n)
         window = getattr(text_config, "sliding_window", None)
+        types = getattr(text_config, "layer_types", None)
+        if types is None:
+            chunked = getattr(text_config, "attention_chunk_size", None) is not None
+            types = [SLIDING if window is not None else "chunked_attention" if chunked else FULL] * n
+        types = list(types)
         if not window:
             types = [FULL if t == SLIDING else t for t in types]
         return cls(tuple(types), window or None)
@@ -133,11 +139,12 @@ class BoundKeyMap:
         self._shifted: dict[int, ShiftedSpan] = {}  # one per shift: the sliding layers of a step share it
         self.left_window: dict[int, int] = {}  # sliding layer → first step it was not steerable
 
-    def at(self, layer: int, step: int, seq_len: int, kv_len: int) -> tuple:
-        """``(columns, steerable)`` for the newest query of ``layer`` at ``step``: ``seq_len`` keys in
-        the sequence so far (the query's own included), ``kv_len`` of them in this call."""
+    def at(self, layer: int, step: int, kv_len: int, prefill_keys: int | None) -> tuple:
+        """``(columns, steerable)`` for the newest query of ``layer`` at ``step``, whose call sees
+        ``kv_len`` keys, after a prefill of ``prefill_keys`` (None: no prefill seen, nothing dropped)."""
         if not self.sliding[layer]:
             return self._full
+        seq_len = kv_len if prefill_keys is None else prefill_keys + step  # the query's own key included
         shift = seq_len - kv_len
         steerable = self.first >= seq_len - self.window  # every image key within the query's window
         if not steerable and layer not in self.left_window:

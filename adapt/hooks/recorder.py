@@ -196,7 +196,7 @@ class AttentionRecorder:
         ``[B, H, D]``) and gets it back, or the steered one, corrected on the image keys alone.
         ``layer`` is the decoder layer; a layer-step the key map says is out of reach is captured and
         never offered to the policy."""
-        span, steer = self.keys.at(layer, step, self._prefill_keys + step, key.shape[2])
+        span, steer = self.keys.at(layer, step, key.shape[2], self._prefill_keys)
         layer = self.slot_of[layer]
         b, h = query.shape[:2]
         if out is None:  # grouped layout [B·Hkv, H/Hkv, ·]
