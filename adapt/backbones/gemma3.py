@@ -32,6 +32,7 @@ PAN_AND_SCAN_OFF = ("Gemma 3: pan-and-scan crops turned off (several views per i
 
 class Gemma3Backbone(Backbone):
     family = "gemma3"
+    text_token_type = 0  # token_type_ids of an answer token (1 marks image tokens; PaliGemma's suffix is 1)
 
     def __init__(self, model, processor, name: str):
         text = model.config.get_text_config()

@@ -94,8 +94,10 @@ class Answerer:
         cont = torch.tensor([ids], dtype=torch.long, device=bb.device)
         # every per-token tensor grows by the continuation, as generation extends it: attended, text (no
         # image: Qwen's mm_token_type_ids 0), and the causal suffix (PaliGemma's token_type_ids 1; 0 would
-        # put the answer in the bidirectional prefix, where each token sees the ones after it)
-        tails = {"input_ids": cont, "attention_mask": torch.ones_like(cont), "token_type_ids": torch.ones_like(cont)}
+        # put the answer in the bidirectional prefix, where each token sees the ones after it; Gemma 3's 1
+        # marks image tokens, so its text is 0: the backbone's ``text_token_type``)
+        tails = {"input_ids": cont, "attention_mask": torch.ones_like(cont),
+                 "token_type_ids": torch.full_like(cont, getattr(bb, "text_token_type", 1))}
         inputs = dict(prepared.inputs)
         for key, v in prepared.inputs.items():
             if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == n:
