@@ -184,7 +184,9 @@ def cmd_run(args) -> int:
     side_by_side(image, overlay(image, trace.anchor), *( [trace.enhanced_image] if trace.enhanced_image else [])
                  ).save(out / "anchor_overlay.png")
     u, s = trace.unsteered, trace.steered
-    print(f"backbone: {backbone.name} ({backbone.family}), grid {trace.grid[0]}x{trace.grid[1]}, "
+    layout = (f"grid {trace.grid[0]}x{trace.grid[1]}" if not trace.views else
+              "views " + ", ".join(f"{v.name} {v.h}x{v.w}" for v in trace.layout))
+    print(f"backbone: {backbone.name} ({backbone.family}), {layout}, "
           f"{backbone.num_layers} layers; bias map {'cached' if trace.bias_cache_hit else 'computed'}")
     print(f"unsteered: {u.text}")
     if s is not None:

@@ -38,7 +38,7 @@ class NoiseMaps:
         a = self.cfg.anchor
         missing: dict[tuple, tuple] = {}
         for q, grid, size in pairs:
-            key = (q.strip().lower(), tuple(grid))
+            key = (q.strip(), tuple(grid))  # case kept, as the bias cache's key
             if key in self.memo:
                 self.memo.move_to_end(key)
                 continue
@@ -49,7 +49,7 @@ class NoiseMaps:
                 missing.setdefault(key, (size, q))
         if missing:
             self._compute(missing)
-        return [self.memo[(q.strip().lower(), tuple(grid))] for q, grid, _ in pairs]
+        return [self.memo[(q.strip(), tuple(grid))] for q, grid, _ in pairs]
 
     def _disk_key(self, question: str, grid) -> str:
         return BiasCache.noise_key(self.bid, question, tuple(grid), self.cfg.anchor)
