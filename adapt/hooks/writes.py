@@ -146,18 +146,23 @@ def _on(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t
 
 
+_ONES: dict[torch.device, torch.Tensor] = {}
+
+
+def _one(like: torch.Tensor) -> torch.Tensor:
+    """A 0-d float32 one on ``like``'s device, made once: ``one − x`` with it is the same subtraction as
+    ``torch.rsub(x, 1)`` without wrapping the Python scalar in a new tensor at every call (a third of
+    the op's time on a CPU)."""
+    one = _ONES.get(like.device)
+    if one is None:
+        one = _ONES[like.device] = torch.ones((), dtype=torch.float32, device=like.device)
+    return one
+
+
 def resolve(edit, point: AttentionPoint) -> tuple[torch.Tensor, torch.Tensor]:
     """A write as ``(r [B, H, 1], p′_I [B, H, n])``: the text keys' factor and the new image probabilities."""
     p = point.probs
-    if isinstance(edit, LogitBias):
-        b = _on(edit.bias, p)
-        b = b[:, None, :] if b.ndim == 2 else b
-        c = b.amax(-1, keepdim=True).clamp_min(0)  # [B, 1|H, 1]
-        q = p * torch.exp(b - c)
-        scale = torch.exp(-c)  # e^{−c}
-        z = torch.addcmul(q.sum(-1, keepdim=True), torch.rsub(point.head_mass, 1), scale)  # Z′·e^{−c}
-        return scale / z, q / z
-    if isinstance(edit, ImageProbs):
+    if isinstance(edit, ImageProbs):  # the operators' write first: it is the hot one
         new = _on(edit.probs, p)
         if new.shape != p.shape:
             new = (new[:, None, :] if new.ndim == 2 else new).expand_as(p)
@@ -165,7 +170,16 @@ def resolve(edit, point: AttentionPoint) -> tuple[torch.Tensor, torch.Tensor]:
         if not edit.bounded:  # an image mass above one is capped at one
             cap = m_new.clamp_min(1.0)
             new, m_new = new / cap, (m_new / cap).clamp_max(1.0)
-        return torch.rsub(m_new, 1) / torch.rsub(point.head_mass, 1).clamp_min(1e-12), new
+        one = _one(p)
+        return torch.sub(one, m_new).div_(torch.sub(one, point.head_mass).clamp_min_(1e-12)), new
+    if isinstance(edit, LogitBias):
+        b = _on(edit.bias, p)
+        b = b[:, None, :] if b.ndim == 2 else b
+        c = b.amax(-1, keepdim=True).clamp_min(0)  # [B, 1|H, 1]
+        q = p * torch.exp(b - c)
+        scale = torch.exp(-c)  # e^{−c}
+        z = torch.addcmul(q.sum(-1, keepdim=True), torch.sub(_one(p), point.head_mass), scale)  # Z′·e^{−c}
+        return scale / z, q / z
     raise TypeError(f"an intervention returned {type(edit).__name__}; expected LogitBias, ImageProbs or None")
 
 

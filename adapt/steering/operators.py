@@ -70,16 +70,18 @@ class LayerState:
 
 
 def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired: torch.Tensor,
-                   m_ref: torch.Tensor, a_ref: torch.Tensor, state: LayerState | None = None) -> LogitBias | ImageProbs:
+                   m_ref: torch.Tensor, a_ref: torch.Tensor, state: LayerState | None = None,
+                   every: bool = False) -> LogitBias | ImageProbs:
     """The write of ``cfg.operator`` for the rows in ``fired`` (``[B]`` or ``[B, 1, 1]`` bool). ``state``:
-    the layer's precomputed constants (made here when not given)."""
+    the layer's precomputed constants (made here when not given). ``every``: the caller knows every row
+    fired (trigger ``always``, or a decision read on the host), so no row is selected back."""
     st = state or LayerState(cfg, w, m_ref, a_ref)
     op = cfg.operator
-    rows = fired if fired.dim() == 3 else fired.view(-1, 1, 1)
+    rows = None if every else (fired if fired.dim() == 3 else fired.view(-1, 1, 1))
     if op == "logprior":
-        return LogitBias(st.log_bias * rows)
+        return LogitBias(st.log_bias if every else st.log_bias * rows)
     if op == "image-boost":
-        return LogitBias(st.boost * rows)
+        return LogitBias(st.boost if every else st.boost * rows)
     p = point.probs  # [B, H, n]
     if op in ("logprior-image", "mass-aware"):
         pw = p * st.toward
@@ -91,10 +93,9 @@ def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired
             # target m + γ·max(0, M_ref − m) = max(m, (1 − γ)·m + γ·M_ref) for γ ≥ 0
             m = point.mass3
             target = torch.maximum(m, torch.add(st.gamma_m_ref, m, alpha=1 - cfg.gamma))
-            head = (point.head_mass * (target / m.clamp_min(1e-30))).clamp_max(0.999)
-        new = pw * (head / pw.sum(-1, keepdim=True).clamp_min(1e-30))
-        return ImageProbs(torch.where(rows, new, p), bounded=True)
-    if op == "hhi":
+            head = (point.head_mass * target.div_(m.clamp_min(1e-30))).clamp_max_(0.999)
+        new = pw.mul_(torch.div(head, pw.sum(-1, keepdim=True).clamp_min_(1e-30)))  # pw is ours: scaled in place
+    elif op == "hhi":
         beta = cfg.k1 * (1 - _hhi(point.attn) / st.hhi_ref).clamp(0, 1)  # [B]
         new = (1 - beta)[:, None, None] * p + beta[:, None, None] * st.a_ref[:, None, :]
     elif op == "quality":
@@ -103,4 +104,4 @@ def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired
     else:
         raise ValueError(f"unknown operator {op!r}")
     # every operator keeps each head's image mass below one (a blend of two such rows, a kept mass)
-    return ImageProbs(torch.where(rows, new, p), bounded=True)
+    return ImageProbs(new if every else torch.where(rows, new, p), bounded=True)

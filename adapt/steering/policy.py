@@ -9,10 +9,11 @@ since nothing steers before K). With ``refs`` from an earlier pass, steering sta
 
 All state is per batch row and lives on the device of the layer that uses it, so one batched
 decoding serves rows with different anchors and decisions, and ``device_map`` over several GPUs
-works. Decisions are made on the device: the AMC and fired logs are preallocated ``[T, L, B]`` buffers
-per layer (:class:`~adapt.hooks.StepBuffer`) written in place at the explicit step, and read on the
-host once, after decoding. On a GPU the hot path never syncs with the host (except once, when
-``anchor_fn`` runs).
+works. Decisions are made on the device: each (layer, step)'s decision and unsteered map stay there
+(:class:`StepLog`; the AMC an ``amc`` trigger reads goes into a preallocated ``[T, L, B]``
+:class:`~adapt.hooks.StepBuffer`) and are read on the host once, after decoding. On a GPU the hot
+path never syncs with the host (except once, when ``anchor_fn`` runs); on a CPU, where reading a
+decision costs nothing, a single row's decision is read to skip the write of a row that did not fire.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..hooks import AttentionPoint, LogitBias, StepBuffer
 from ..config import ASIConfig
 from .amc import amc, amc_into
 from .operators import LayerState, apply_operator
-from .triggers import fire_into, thresholds
+from .triggers import fire_rows, thresholds
 
 # anchor_fn(phase maps [K', L, B, n] float32, prefill maps [L, B, n] or None) -> weights w [B, n]
 AnchorFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
@@ -74,6 +75,26 @@ def stack_references(refs: list[References]) -> References:
                       torch.cat([r.m_ref for r in refs], 1), torch.cat([r.a_ref for r in refs], 1))
 
 
+class StepLog:
+    """Per layer, the small tensor each monitored (layer, step) made (a decision, an unsteered map), kept
+    where it was made and stacked on the host once, after decoding. Writing each into a slot of a
+    preallocated buffer instead costs a select and an ``out=`` write per call: on a CPU, more than the
+    op itself."""
+
+    def __init__(self, num_layers: int):
+        self.layers: list[dict[int, torch.Tensor]] = [{} for _ in range(num_layers)]
+
+    def device(self, layer: int) -> torch.device | None:
+        d = self.layers[layer]
+        return next(iter(d.values())).device if d else None
+
+    def host(self, layer: int, steps: int) -> tuple[list[int], torch.Tensor | None]:
+        """The steps below ``steps`` that ``layer`` logged, and their tensors stacked on the CPU (one copy)."""
+        d = self.layers[layer]
+        kept = sorted(t for t in d if t < steps)
+        return kept, (torch.stack([d[t] for t in kept]).cpu() if kept else None)
+
+
 class ASIPolicy:
     """Monitors each (step, layer) of each row, fires by ``cfg.trigger`` and writes ``cfg.operator``.
 
@@ -107,10 +128,10 @@ class ASIPolicy:
         # where the trigger ran, per step (host-side sets: no tensor is read to know it)
         self._checked: list[set[int]] = []
         self._amc = StepBuffer(num_layers, max_steps + 1, fill=float("nan"))  # [T, L, B] AMC before steering
-        self._fired = StepBuffer(num_layers, max_steps + 1, fill=False)  # [T, L, B] bool
+        self._fired = StepLog(num_layers)  # per (layer, step): [B, 1, 1] bool
         # the unsteered head-mean map of a monitored (step, layer) whose AMC the trigger does not need:
         # its AMC is computed after decoding, off the hot path
-        self._unsteered = StepBuffer(num_layers, max_steps + 1, fill=float("nan"))
+        self._unsteered = StepLog(num_layers)  # per (layer, step): [B, n]
         self._amc_now = cfg.trigger in ("amc", "amc+mass")
         self._host = None
         self.recorder = None
@@ -172,11 +193,19 @@ class ASIPolicy:
             w = self._w_cpu.to(device)
             s_ref, m_ref, a_ref = (x[layer].to(device) for x in (refs.s_ref, refs.m_ref, refs.a_ref))
             amc_thr, mass_thr = thresholds(self.cfg, s_ref, m_ref, n)
+            # a row mask that keeps every row is no mask (read once, on the host, from a CPU tensor)
+            rows = None if self._row_mask is None or bool(self._row_mask[layer].all()) else self._row_mask[layer]
             # decisions are [B, 1, 1]: they select whole [B, H, n] rows without a reshape
             st = self._state[layer] = dict(
                 w=w, amc_thr=amc_thr.view(-1, 1, 1), mass_thr=mass_thr.view(-1, 1, 1),
+                ones=torch.ones(w.shape[0], 1, 1, dtype=torch.bool, device=device),  # trigger "always"; never written
                 op=LayerState(self.cfg, w.expand_as(a_ref), m_ref, a_ref),
-                mask=None if self._row_mask is None else self._row_mask[layer].to(device).view(-1, 1, 1))
+                mask=None if rows is None else rows.to(device).view(-1, 1, 1),
+                # every row fires by construction: no row to select back
+                every=self.cfg.trigger == "always" and rows is None,
+                # on a CPU a decision is read for free (no device to wait for): a single row that did not
+                # fire skips the operator, one that did skips the select
+                host=device.type == "cpu")
         return st
 
     def needs(self, layer: int, step: int) -> bool:
@@ -198,23 +227,28 @@ class ASIPolicy:
             # nothing steers this layer, so the map the recorder keeps is the unsteered one: its AMC is
             # computed after decoding, off the hot path
             return None
-        while len(self._checked) <= step:
-            self._checked.append(set())
-        self._checked[step].add(layer)
+        checked = self._checked
+        while len(checked) <= step:
+            checked.append(set())
+        checked[step].add(layer)
         probs = point.probs
-        st = self._layer(layer, probs.device, probs.shape[-1])
+        st = self._state.get(layer) or self._layer(layer, probs.device, probs.shape[-1])
         score = None
         if self._amc_now:
             score = amc_into(point.attn, st["w"], point.mass, self._amc.slot(layer, step, point.mass)).view(-1, 1, 1)
         else:  # the unsteered head mean kept: its AMC is computed after decoding
-            point.attn_into(self._unsteered.slot(layer, step, probs, drop=1))
-        mass = point.mass3
-        fired = fire_into(self.cfg, score, mass, st["amc_thr"], st["mass_thr"],
-                          self._fired.slot(layer, step, mass, dtype=torch.bool))
+            self._unsteered.layers[layer][step] = point.attn
+        fired = fire_rows(self.cfg, score, point.mass3, st["amc_thr"], st["mass_thr"], st["ones"])
         if st["mask"] is not None:
-            fired &= st["mask"]
+            fired = fired & st["mask"]
+        self._fired.layers[layer][step] = fired
+        every = st["every"]
+        if st["host"] and not every and fired.numel() == 1:
+            if not bool(fired):  # unsteered: the same output and map as a write of the row's own values
+                return None
+            every = True
         op = st["op"]
-        return apply_operator(self.cfg, point, st["w"], fired, op.m_ref, op.a_ref, state=op)
+        return apply_operator(self.cfg, point, st["w"], fired, op.m_ref, op.a_ref, state=op, every=every)
 
     def __call__(self, layer: int, step: int, attn: torch.Tensor) -> torch.Tensor | None:
         """The bias-callable form (one head): for policies driven by hand, e.g. in tests. Returns the
@@ -235,22 +269,20 @@ class ASIPolicy:
         self.references()
         rec = self.recorder
         T = max(len(self._checked), max(self.phase, default=-1) + 1, rec.num_steps if rec is not None else 0)
-        written = [t for buf in (self._amc, self._fired) for t in buf.layers if t is not None]
-        B = written[0][0].numel() if written else (self._w_cpu.shape[0] if self._w_cpu is not None else 1)
+        written = [t[0] for t in self._amc.layers if t is not None] + [
+            next(iter(d.values())) for d in self._fired.layers if d]
+        B = written[0].numel() if written else (self._w_cpu.shape[0] if self._w_cpu is not None else 1)
         amc_m = np.full((T, self.num_layers, B), np.nan)
-        fired = np.zeros((T, self.num_layers, B), dtype=bool)
+        fired = self._fired_log(T, B)
         w = self._w_cpu
         for layer in range(self.num_layers):
-            for buf, dst in ((self._amc, amc_m), (self._fired, fired)):
-                t = buf.layers[layer]
-                if t is not None:
-                    host = t[:T].cpu().numpy()
-                    dst[: host.shape[0], layer] = host.reshape(host.shape[0], -1)
-            t = self._unsteered.layers[layer]
-            if t is not None:  # monitored maps whose AMC was left for after decoding
-                maps = t[:T].cpu()
-                done = ~torch.isnan(maps).any(-1)
-                amc_m[: maps.shape[0], layer][done.numpy()] = amc(maps, w).numpy()[done.numpy()]
+            t = self._amc.layers[layer]
+            if t is not None:
+                host = t[:T].cpu().numpy()
+                amc_m[: host.shape[0], layer] = host.reshape(host.shape[0], -1)
+            steps, maps = self._unsteered.host(layer, T)
+            if steps:  # monitored maps whose AMC was left for after decoding
+                amc_m[steps, layer] = amc(maps, w).numpy()
         full = rec._complete() if rec is not None and rec.num_steps and w is not None else []
         if full:  # layers nothing steered: the recorder kept their unsteered maps
             maps = rec.maps()  # [T', L, B, n] (or per head)
@@ -281,10 +313,24 @@ class ASIPolicy:
         """[steps, layers] bool: where the operator was applied to one row."""
         return self._logs()[1][:, :, row]
 
+    def _fired_log(self, T: int, B: int) -> np.ndarray:
+        """``fired [T, L, B]`` bool on the host: the decisions alone (no AMC is computed for them)."""
+        fired = np.zeros((T, self.num_layers, B), dtype=bool)
+        for layer in range(self.num_layers):
+            steps, host = self._fired.host(layer, T)
+            if steps:
+                fired[steps, layer] = host.numpy().reshape(len(steps), -1)
+        return fired
+
     def fire_counts(self, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per row: steered and monitored (step, layer) pairs within the row's own ``lengths[b]`` steps."""
-        fired_all = self._logs()[1]
         T, B = len(self._checked), len(lengths)
+        if self._host is not None:
+            fired_all = self._host[1]
+        elif any(self._fired.layers):
+            fired_all = self._fired_log(T, B)
+        else:  # nothing was monitored (it may still build the anchor, when decoding stopped before step K)
+            fired_all = self._logs()[1]
         checked = np.zeros((T, self.num_layers), dtype=bool)
         for t, layers in enumerate(self._checked):
             checked[t, list(layers)] = True

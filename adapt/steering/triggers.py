@@ -46,16 +46,16 @@ def thresholds(cfg: ASIConfig, s_ref: torch.Tensor, m_ref: torch.Tensor, n_img: 
     return amc_thr, cfg.mass_tau * m_ref
 
 
-def fire_into(cfg: ASIConfig, score: torch.Tensor | None, mass: torch.Tensor, amc_thr: torch.Tensor,
-              mass_thr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """:func:`fire` with the thresholds precomputed, written into ``out`` (the policy's buffer slot,
-    shaped like ``mass``): the same decisions in one or two ops."""
+def fire_rows(cfg: ASIConfig, score: torch.Tensor | None, mass: torch.Tensor, amc_thr: torch.Tensor,
+              mass_thr: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
+    """:func:`fire` with the thresholds precomputed: the same decisions in one or two ops, in a new
+    tensor (``ones``, the layer's all-true decision, for ``always``: never to be written to)."""
     if cfg.trigger == "always":
-        return out.fill_(True)
+        return ones
     if cfg.trigger == "amc":
-        return torch.lt(score, amc_thr, out=out)
+        return score < amc_thr
     if cfg.trigger == "mass":
-        return torch.lt(mass, mass_thr, out=out)
+        return mass < mass_thr
     if cfg.trigger == "amc+mass":
-        return torch.logical_and(score < amc_thr, mass < mass_thr, out=out)
+        return (score < amc_thr) & (mass < mass_thr)
     raise ValueError(f"unknown trigger {cfg.trigger!r}")
