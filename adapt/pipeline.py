@@ -174,17 +174,34 @@ def answer_trace(gen: Generation, weights: np.ndarray, steering, image_used: str
                        image_used=image_used)
 
 
+def _baseline_trace(answer, weights: np.ndarray, backbone: Backbone) -> AnswerTrace:
+    """A baseline answer as an AnswerTrace; a method that records no attention (stock SDPA) gives its
+    text and tokens with empty dynamics."""
+    gen = answer.generation
+    if gen is not None and gen.maps is not None and gen.maps.shape[0] > 0:
+        return answer_trace(gen, weights, None, "original")
+    tokens = list(gen.tokens) if gen is not None and gen.tokens else \
+        [backbone.tokenizer.decode([t]) for t in answer.token_ids]
+    empty = np.zeros((0, backbone.num_layers), np.float32)
+    return AnswerTrace(text=answer.text, token_ids=list(answer.token_ids), tokens=tokens,
+                       maps=np.zeros((0, backbone.num_layers, int(np.asarray(weights).size)), np.float32),
+                       amc=empty, steered=empty.astype(bool), similarity=empty, change=empty, mass=empty,
+                       seconds=gen.seconds if gen is not None else 0.0)
+
+
 def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None = None,
             bias_cache: BiasCache | None = None, progress: Progress | None = None,
-            meta: dict | None = None) -> Trace:
+            meta: dict | None = None, compare: str = "greedy") -> Trace:
     """Run ADAPT-TF and the unsteered baseline on one (image, question); return the full Trace.
 
     ADAPT-TF is the registered method (``get_method("adapt-tf", config, bias_cache)``, the one the
     benchmarks run), here with every layer captured at every step and its :class:`AdaptRecord` kept;
-    the unsteered baseline is the registered ``greedy``. This function only assembles the Trace from
-    their answers. With ASI and enhancement both off, ADAPT-TF steers nothing: its own answer is the
-    unsteered one and nothing decodes twice."""
-    from .methods import get_method  # the methods build their anchors from this module
+    the baseline is the registered method ``compare`` (default ``greedy``), its attention read against
+    ADAPT-TF's anchor; another than greedy is named in ``trace.meta["compare"]`` (with its scalar
+    ``info`` and its one line) and timed as ``timings["compare"]``. This function only assembles the
+    Trace from their answers. With ASI and enhancement both off, ADAPT-TF steers nothing: its own
+    answer is greedy's and nothing decodes twice."""
+    from .methods import describe, get_method  # the methods build their anchors from this module
 
     cfg = (config or AdaptConfig()).validate()
     progress = progress or _quiet
@@ -194,11 +211,15 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     steering = cfg.asi.enabled or cfg.enhance.enabled
     method = get_method("adapt-tf", cfg, bias_cache)
     method.lean, method.record = False, True
-    if steering:
-        progress(0.05, "unsteered answer")
+    other = get_method(compare, cfg, bias_cache)
+    if hasattr(other, "lean"):
+        other.lean = False  # an ADAPT-TF reading: keep every step's maps, the views show them all
+    greedy = compare == "greedy"
+    if steering or not greedy:
+        progress(0.05, "unsteered answer" if greedy else f"answer with {compare}")
         t0 = time.perf_counter()
-        base = get_method("greedy").answer(backbone, image, question, cfg.max_new_tokens).generation
-        timings["unsteered"] = time.perf_counter() - t0
+        theirs = other.answer(backbone, image, question, cfg.max_new_tokens)
+        timings["unsteered" if greedy else "compare"] = time.perf_counter() - t0
     progress(0.35 if steering else 0.05, "visual anchor, bias map and the answer with attention-supervised inference")
     t0 = time.perf_counter()
     ours = method.answer(backbone, image, question, cfg.max_new_tokens)
@@ -208,7 +229,7 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     anchor, grid = rec.anchor, rec.grid
     anchor.cache_hit, anchor.seconds_bias = rec.bias_cache_hit, rec.seconds_bias
     weights = steering_weights(anchor.anchor)
-    unsteered = answer_trace(base if steering else ours.generation, weights, None, "original")
+    unsteered = _baseline_trace(theirs if steering or not greedy else ours, weights, backbone)
     steered = answer_trace(ours.generation, weights, rec, rec.image_used) if steering else None
     # shown and exported even when not answered on; the grid placed where the processor's crop took it
     enhanced = rec.enhanced if rec.enhanced is not None else \
@@ -218,6 +239,10 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     timings["total"] = time.perf_counter() - t_all
     progress(1.0, "done")
     views = views_of(grid)
+    meta = dict(meta or {})
+    if not greedy:
+        meta.update(compare=compare, compare_about=describe().get(compare, ""),
+                    compare_info={k: v for k, v in theirs.info.items() if isinstance(v, (int, float, str, bool))})
     return Trace(question=rec.question, backbone=backbone.name, grid=shape_of(grid), config=cfg.to_dict(),
                  image=image, enhanced_image=enhanced, layer_maps=anchor.layer_maps.astype(np.float32),
                  scores={k: v.astype(np.float32) for k, v in anchor.fusion.scores.items()},
@@ -227,7 +252,7 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
                  debias_mask=None if anchor.debias_mask is None else anchor.debias_mask.astype(np.float32),
                  anchor=anchor.anchor.astype(np.float32), threshold=threshold.astype(np.float32),
                  asi_layers=list(layers), unsteered=unsteered, steered=steered,
-                 bias_cache_hit=anchor.cache_hit, timings=timings, meta=dict(meta or {}),
+                 bias_cache_hit=anchor.cache_hit, timings=timings, meta=meta,
                  views=None if views is None else views.to_list())
 
 

@@ -31,37 +31,16 @@ def analyse(backbone, image: Image.Image, question: str, knobs: Knobs, meta: dic
             progress=None, compare: str | None = None):
     """One full analysis (anchor, both answers) → Trace, ground truth attached when known.
 
-    ``compare`` names the registered method shown beside ADAPT-TF (default greedy, which is the
-    anchor run itself); another method decodes once more and takes the unsteered slot, its name in
-    ``trace.meta["compare"]`` so the views and a saved trace say which method it is."""
-    import time
-
-    import numpy as np
-
+    ``compare`` names the registered method shown beside ADAPT-TF (default greedy); it answers in the
+    unsteered slot, its name in ``trace.meta["compare"]`` so the views and a saved trace say which
+    method it is (:func:`adapt.pipeline.analyse`)."""
     from adapt.pipeline import analyse as run
 
     config = knobs.config()
     compare = check_compare(compare)
     use_threads(backbone)
-    report = progress or (lambda fraction, text: None)
-    scale = 0.8 if compare != DEFAULT_COMPARE else 1.0
-    trace = run(backbone, image, question, config=config, bias_cache=bias_cache(),
-                progress=lambda f, text: report(f * scale, text), meta=dict(meta) if meta else None)
-    if compare != DEFAULT_COMPARE:
-        report(0.85, f"answer with {compare}")
-        from adapt.steering import steering_weights
-
-        t0 = time.perf_counter()
-        other, info = compared_answer(backbone, trace.image, trace.question, compare, config,
-                                      steering_weights(np.asarray(trace.anchor)))
-        trace.timings["compare"] = time.perf_counter() - t0
-        trace.timings["total"] = trace.timings.get("total", 0.0) + trace.timings["compare"]
-        trace.unsteered = other
-        trace.meta = dict(trace.meta or {})
-        trace.meta["compare"] = compare
-        trace.meta["compare_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
-        trace.meta["compare_about"] = compare_description(compare)  # kept in a saved trace
-        report(1.0, "done")
+    trace = run(backbone, image, question, config=config, bias_cache=bias_cache(), progress=progress,
+                meta=dict(meta) if meta else None, compare=compare)
     if meta:
         trace.meta = dict(trace.meta or {})
         for k, v in meta.items():
@@ -87,13 +66,6 @@ def compare_choices() -> list[tuple[str, str]]:
     return [(f"{n} — {_short(about.get(n, ''))}" if about.get(n) else n, n) for n in names]
 
 
-def compare_description(name: str) -> str:
-    """The registry's one line for ``name`` ('' when it has none)."""
-    from adapt.methods import describe
-
-    return " ".join(str(describe().get(name, "")).split())
-
-
 def _short(text: str, n: int = 80) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -112,33 +84,6 @@ def check_compare(name) -> str:
     if name not in names:
         raise ConfigError(f"unknown comparison method {name!r}; choose one of {', '.join(names)}")
     return name
-
-
-def compared_answer(backbone, image: Image.Image, question: str, name: str, config, weights):
-    """The registered method ``name``'s answer to (image, question) as an AnswerTrace, its attention
-    read against ADAPT-TF's anchor weights (so both runs' AMC share one scale)."""
-    import numpy as np
-
-    from adapt.methods import get_method
-    from adapt.pipeline import answer_trace
-    from adapt.trace import AnswerTrace
-
-    method = get_method(name, config, bias_cache())
-    if hasattr(method, "lean"):
-        method.lean = False  # an ADAPT-TF reading: keep every step's maps, the views show them all
-    ans = method.answer(backbone, image, question, config.max_new_tokens)
-    gen = ans.generation
-    if gen is not None and gen.maps is not None and gen.maps.shape[0] > 0:
-        out = answer_trace(gen, weights, None, "original")
-    else:  # a method that records no attention (stock SDPA): text and tokens, empty dynamics
-        tokens = list(gen.tokens) if gen is not None and gen.tokens else \
-            [backbone.tokenizer.decode([t]) for t in ans.token_ids]
-        empty = np.zeros((0, backbone.num_layers), np.float32)
-        out = AnswerTrace(text=ans.text, token_ids=list(ans.token_ids), tokens=tokens,
-                          maps=np.zeros((0, backbone.num_layers, int(np.asarray(weights).size)), np.float32),
-                          amc=empty, steered=empty.astype(bool), similarity=empty, change=empty, mass=empty,
-                          seconds=gen.seconds if gen is not None else 0.0)
-    return out, dict(ans.info or {})
 
 
 # --------------------------------------------------------------------------- what the model knows

@@ -201,3 +201,24 @@ def test_every_registered_name_builds_its_method(tmp_path):
     assert isinstance(get_method("image-boost"), AdaptTF) and get_method("image-boost").cfg.asi.operator == "image-boost"
     assert get_method("pai:attn").cfg.gamma == 1 and get_method("pai").cfg.gamma != 1
     assert get_method("greedy:sdpa").capture is False
+
+
+def test_analyse_compares_with_a_registered_method_in_the_baseline_slot(bb, tmp_path):
+    """``compare``: the named method answers in the unsteered slot (no greedy run is made and dropped),
+    ADAPT-TF's answer does not change, and the trace names the method."""
+    from adapt.methods import describe, get_method
+    from adapt.pipeline import analyse
+
+    cfg = AdaptConfig().replace(**ALWAYS)
+    cache = BiasCache(tmp_path)
+    image, q = _images(1, seed=2)[0], "describe the image"
+    base = analyse(bb, image, q, cfg, bias_cache=cache)
+    vs = analyse(bb, image, q, cfg, bias_cache=cache, compare="pai")
+    pai = get_method("pai").answer(bb, image, q, 8)
+    assert vs.unsteered.token_ids == pai.token_ids and vs.steered.token_ids == base.steered.token_ids
+    np.testing.assert_allclose(vs.unsteered.maps, pai.generation.maps.numpy(), atol=1e-6, rtol=1e-5)
+    assert not np.allclose(vs.unsteered.maps, base.unsteered.maps, atol=1e-5)  # PAI's attention, not greedy's
+    assert vs.meta["compare"] == "pai" and vs.meta["compare_about"] == describe()["pai"]
+    assert "compare" in vs.timings and "unsteered" not in vs.timings and "compare" not in base.meta
+    sdpa = analyse(bb, image, q, cfg, bias_cache=cache, compare="greedy:sdpa")  # records no attention
+    assert sdpa.unsteered.maps.shape[0] == 0 and sdpa.unsteered.token_ids == base.unsteered.token_ids
