@@ -463,3 +463,13 @@ def llava_onevision_checkpoint(path, **kw) -> str:
         save_like_hub(*tiny_llava_onevision(**kw), path, "LlavaOnevisionProcessor", "LlavaOnevisionImageProcessor",
                       "LlavaOnevisionVideoProcessor")
     return str(path)
+
+
+def checkpoint(family: str, path) -> str:
+    """A tiny random checkpoint folder of ``family`` (a registered model type other than ``llava``),
+    saved like a hub checkpoint: the one place a test finds every family's builder."""
+    if family in QWEN_FAMILIES:
+        return qwen_checkpoint(family, path)
+    builders = {"paligemma": paligemma_checkpoint, "idefics3": idefics3_checkpoint, "gemma3": gemma3_checkpoint,
+                "llava_next": llava_next_checkpoint, "llava_onevision": llava_onevision_checkpoint}
+    return builders[family](path)

@@ -21,8 +21,7 @@ from adapt.methods.pai import PAI, PAIConfig, text_only_mask
 from adapt.methods.vcd import VCD, VCDConfig, image_seed, noise_pixels
 from adapt.pipeline import analyse
 
-from families import QWEN_FAMILIES, gemma3_checkpoint, idefics3_checkpoint, llava_next_checkpoint, llava_onevision_checkpoint, \
-    paligemma_checkpoint, patch_hits, qwen_checkpoint, tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
+from families import QWEN_FAMILIES, checkpoint, patch_hits, tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 ALL = QWEN + ["paligemma", "idefics3", "llava_next", "llava_onevision"]
@@ -46,14 +45,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    out = {f: qwen_checkpoint(f, root / f) for f in QWEN}
-    out["paligemma"] = paligemma_checkpoint(root / "paligemma")
-    out["idefics3"] = idefics3_checkpoint(root / "idefics3")
-    out["llava_next"] = llava_next_checkpoint(root / "llava_next")
-    out["llava_onevision"] = llava_onevision_checkpoint(root / "llava_onevision")
-    out["gemma3"] = gemma3_checkpoint(root / "gemma3")
-    out["qwen3_5"] = qwen_checkpoint("qwen3_5", root / "qwen3_5")
-    return out
+    return {f: checkpoint(f, root / f) for f in ALL + KEYMAPPED}
 
 
 @pytest.fixture(scope="module")

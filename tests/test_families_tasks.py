@@ -25,7 +25,8 @@ from adapt.integrations.lmms_core import Answerer
 from adapt.methods import get_method, get_methods
 from adapt.testing import tiny_llava
 
-from families import QWEN_FAMILIES, idefics3_checkpoint, paligemma_checkpoint, qwen_checkpoint
+from adapt.hooks import Views
+from families import checkpoint
 
 DATA = Path(__file__).parent / "data"
 METHODS = ["greedy", "adapt-tf"]
@@ -60,9 +61,8 @@ def llava_checkpoint(path) -> str:
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory):
     root = tmp_path_factory.mktemp("family-checkpoints")
-    folders = {"llava": llava_checkpoint(root / "llava"), "paligemma": paligemma_checkpoint(root / "paligemma"),
-               "idefics3": idefics3_checkpoint(root / "idefics3")}
-    folders.update({f: qwen_checkpoint(f, root / f) for f in QWEN_FAMILIES})
+    folders = {"llava": llava_checkpoint(root / "llava")}
+    folders.update({f: checkpoint(f, root / f) for f in FAMILIES if f != "llava"})
     assert set(folders) == set(FAMILIES)  # a new family gets a checkpoint here, or this test fails
     return {f: load_backbone(folders[f], dtype=torch.float32) for f in FAMILIES}
 
@@ -158,7 +158,11 @@ def _check_grounding(bb, family, records, task, images):
     for r, it in zip(records, items):
         image = Image.open(images / it["image"])
         grid = bb.prepare(image, r["question"]).span.grid
-        assert tuple(r["grid"]) == grid and all(0 <= p["index"] < len(it["candidates"]) for p in r["picks"].values())
+        assert all(0 <= p["index"] < len(it["candidates"]) for p in r["picks"].values())
+        if isinstance(grid, Views):  # several views: each view's pixels are checked in test_multiview.py
+            assert r["grid"] == [[v.name, v.h, v.w, v.newline] for v in grid]
+            continue
+        assert tuple(r["grid"]) == grid
         cells = bb.input_geometry(image.size).to_image(np.arange(grid[0] * grid[1], dtype=float).reshape(grid))
         assert cells.shape == (image.size[1], image.size[0])
         seen = cells[np.isfinite(cells)]
