@@ -136,16 +136,63 @@ def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig, views=None) -
 
 
 def _paper_criteria(layer_maps: np.ndarray, target: float, cfg: AnchorConfig) -> tuple[np.ndarray, dict]:
+    """Eq. 2, 3 and 5 for every layer at once: the same arithmetic as :func:`spectral_score`,
+    :func:`smoothness_score` and :func:`focus_score` map by map, over the stack (the per-layer loop of
+    tiny FFTs was most of an anchor's cost on small models and in batch export)."""
     L = layer_maps.shape[0]
-    spec = np.array([spectral_score(m, l, L, cfg) for l, m in enumerate(layer_maps)])
-    smooth = np.array([smoothness_score(m) for m in layer_maps])
-    focus = np.array([focus_score(m, target) for m in layer_maps])
+    maps = np.asarray(layer_maps, dtype=np.float64)
+    mm = _minmax_layers(maps)
+    ref = np.array([reference_ratio(l, L, cfg) for l in range(L)])
+    spec = 1.0 - np.abs(_high_freq_ratios(mm, cfg.r_c) - ref)
+    smooth = 1.0 / (1.0 + _total_variations(mm))
+    focus = 1.0 - np.abs(_entropies(maps) - target)
     c = cfg.w_spec * spec + cfg.w_smooth * smooth + cfg.w_focus * focus
     if cfg.w_border:
         c = c - cfg.w_border * np.array([border_mass(m) for m in layer_maps])
     if cfg.w_depth:
         c = c + cfg.w_depth * (np.arange(L) / max(L - 1, 1))
     return c, {"spec": spec, "smooth": smooth, "focus": focus}
+
+
+def _minmax_layers(maps: np.ndarray) -> np.ndarray:
+    """:func:`minmax` of each ``[h, w]`` map of a ``[L, h, w]`` stack."""
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    return np.divide(maps - lo, span, out=np.zeros_like(maps), where=span > 0)
+
+
+def _high_freq_ratios(mm: np.ndarray, r_c: float) -> np.ndarray:
+    """:func:`high_freq_ratio` of each min-max-scaled map of the stack."""
+    power = np.abs(np.fft.fftshift(np.fft.fft2(mm), axes=(-2, -1))) ** 2
+    h, w = mm.shape[1:]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(yy - h // 2, xx - w // 2)
+    total = power.sum(axis=(1, 2))
+    high = power[:, r > r_c * r.max()].sum(axis=1)
+    return np.divide(high, total, out=np.zeros_like(total), where=total > 0)
+
+
+def _total_variations(mm: np.ndarray) -> np.ndarray:
+    """:func:`total_variation` of each map of the stack."""
+    tv = np.zeros(mm.shape[0])
+    if mm.shape[2] > 1:
+        tv += np.abs(np.diff(mm, axis=2)).mean(axis=(1, 2))
+    if mm.shape[1] > 1:
+        tv += np.abs(np.diff(mm, axis=1)).mean(axis=(1, 2))
+    return tv
+
+
+def _entropies(maps: np.ndarray) -> np.ndarray:
+    """:func:`entropy` of each map of the stack."""
+    flat = maps.reshape(maps.shape[0], -1)
+    n = flat.shape[1]
+    if n < 2:
+        return np.zeros(flat.shape[0])
+    s = flat.sum(axis=1, keepdims=True)
+    p = np.divide(flat, s, out=np.full_like(flat, 1.0 / n), where=s > 0)
+    plogp = np.zeros_like(p)
+    np.multiply(p, np.log(p, out=np.zeros_like(p), where=p > 0), out=plogp, where=p > 0)
+    return -plogp.sum(axis=1) / np.log(n)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -132,3 +132,25 @@ def test_bias_cache_round_trip(tmp_path):
     assert cache.get(key) is None
     cache.put(key, peak())
     np.testing.assert_array_equal(cache.get(key), peak())
+
+
+def test_criteria_over_the_layer_stack_equal_the_per_map_equations():
+    """fuse() scores every layer at once; each score is the per-map Eq. 2 / 3 / 5 of that layer,
+    constant and one-hot maps and one-row grids included."""
+    import numpy as np
+
+    from adapt.anchor import _paper_criteria, focus_score, smoothness_score, spectral_score
+    from adapt.config import AnchorConfig
+
+    cfg = AnchorConfig()
+    rng = np.random.default_rng(3)
+    for shape in [(6, 8, 8), (4, 3, 7), (3, 1, 5), (2, 24, 24)]:
+        maps = rng.random(shape).astype(np.float32)
+        maps[0] = 0.25  # constant: min-max gives zeros, no spectrum
+        maps[-1] = 0.0
+        maps[-1, 0, 0] = 1.0  # one-hot: zero entropy
+        _, scores = _paper_criteria(maps, 0.7, cfg)
+        L = shape[0]
+        np.testing.assert_allclose(scores["spec"], [spectral_score(m, l, L, cfg) for l, m in enumerate(maps)], atol=1e-12)
+        np.testing.assert_allclose(scores["smooth"], [smoothness_score(m) for m in maps], atol=1e-12)
+        np.testing.assert_allclose(scores["focus"], [focus_score(m, 0.7) for m in maps], atol=1e-12)
