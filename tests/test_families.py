@@ -19,9 +19,9 @@ from adapt.config import AdaptConfig
 from adapt.methods import NAMES, AdaptTF, get_method, get_methods
 from adapt.methods.pai import PAI, PAIConfig, text_only_mask
 from adapt.methods.vcd import VCD, VCDConfig, image_seed, noise_pixels
-from adapt.pipeline import analyse
 
 from families import QWEN_FAMILIES, checkpoint, patch_hits, tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
+from two_pass import two_pass
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 ALL = QWEN + ["paligemma", "idefics3", "llava_next", "llava_onevision"]
@@ -260,18 +260,20 @@ def test_every_method_runs_and_batches_equal_single_runs(family, backbones, tmp_
 
 
 @pytest.mark.parametrize("family", ALL)
-def test_one_pass_adapt_tf_equals_two_pass_analyse(family, backbones, tmp_path):
+def test_one_pass_adapt_tf_equals_two_pass(family, backbones, tmp_path):
+    """The registered one-pass ADAPT-TF (which ``analyse`` runs) against the paper's two decodings: a
+    K-token anchor run, then ASI on a second decoding (``tests/two_pass.py``)."""
     bb = backbones[family]
     cfg = AdaptConfig().replace(**{"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2,
                                    "anchor.k": 3, "max_new_tokens": 8})
     cache = BiasCache(tmp_path)
     image, q = _image((84, 56), 7), "describe the image"
     one = AdaptTF(cfg, cache, lean=False).answer(bb, image, q, 8, min_new_tokens=8)
-    trace = analyse(bb, image, q, cfg, bias_cache=cache)
+    two, _ = two_pass(bb, image, q, cfg, cache)
     greedy = get_method("greedy").answer(bb, image, q, 8, min_new_tokens=8)
-    n = len(trace.steered.token_ids)
-    assert n > cfg.anchor.k and one.token_ids[:n] == trace.steered.token_ids
-    np.testing.assert_allclose(one.generation.maps[:n].numpy(), trace.steered.maps, atol=1e-6, rtol=1e-5)
+    n = len(two.token_ids)
+    assert n > cfg.anchor.k and one.token_ids[:n] == two.token_ids
+    np.testing.assert_allclose(one.generation.maps[:n].numpy(), two.maps[:n].numpy(), atol=1e-6, rtol=1e-5)
     assert one.info["fired"] > 0
     # the steering did something: the steered maps after the anchor phase are not the greedy run's
     assert not torch.allclose(one.generation.maps[cfg.anchor.k:n], greedy.generation.maps[cfg.anchor.k:n])
