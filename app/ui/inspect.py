@@ -50,7 +50,7 @@ class InspectTab:
                 self.compare = gr.Dropdown(compare_choices(), value=DEFAULT_COMPARE, allow_custom_value=True,
                                            label="Compare ADAPT-TF with", elem_id="adapt-compare",
                                            info="a registered decoding method, answered on the same image "
-                                                "(greedy: the anchor run itself)")
+                                                "(greedy: plain decoding, whose first K steps are the anchor phase)")
                 with gr.Row():
                     self.run_btn = gr.Button("Analyse", variant="primary", elem_id="adapt-run", scale=3)
                     self.stop_btn = gr.Button("Stop", variant="stop", elem_id="adapt-stop", min_width=60, scale=1)
