@@ -128,8 +128,8 @@ def test_parquet_in_parquet_out_every_column(bb, dataset, tmp_path, capsys):
 
 
 def test_two_processes_give_the_dataset_of_one(bb, dataset, tmp_path):
-    """Simulated ranks in this process and real ones under torchrun (what ``accelerate launch`` runs)
-    both write the rows of one process, split by id hash."""
+    """Simulated ranks in this process and real ones under ``accelerate launch`` both write the rows of
+    one process, split by id hash."""
     from adapt.export import Dist, ExportOptions, export_dataset, open_source, shard_of
 
     src, _ = dataset
@@ -146,8 +146,10 @@ def test_two_processes_give_the_dataset_of_one(bb, dataset, tmp_path):
     port = _free_port()
     three = tmp_path / "three"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(port), "-m", "adapt", *_args(src, three, cache, "--batch-size", "1")],
+    # accelerate's "--multi_gpu" launcher is torchrun: on a machine without GPUs it starts CPU processes
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(port), "-m", "adapt", *_args(src, three, cache, "--batch-size", "1")],
                        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     assert "(process 1 of 2)" in r.stdout and "holds 8 rows (6 ok, 2 errors)" in r.stdout, r.stderr[-3000:]
     _same(_table(three), a)  # another thread count: anchors agree to float precision
