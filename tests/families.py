@@ -471,5 +471,51 @@ def checkpoint(family: str, path) -> str:
     if family in QWEN_FAMILIES:
         return qwen_checkpoint(family, path)
     builders = {"paligemma": paligemma_checkpoint, "idefics3": idefics3_checkpoint, "gemma3": gemma3_checkpoint,
-                "llava_next": llava_next_checkpoint, "llava_onevision": llava_onevision_checkpoint}
+                "llava_next": llava_next_checkpoint, "llava_onevision": llava_onevision_checkpoint,
+                "mllama": mllama_checkpoint}
     return builders[family](path)
+
+
+MLLAMA_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|> "
+                   "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|image|>{% else %}{{ c['text'] }}"
+                   "{% endif %}{% endfor %}<|eot_id|>{% endfor %}"
+                   "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|> {% endif %}")
+
+
+def tiny_mllama(seed: int = 0, max_tiles: int = 2, image_size: int = 16, patch: int = 8):
+    """A random Mllama (Llama 3.2 Vision): 4 text layers, of which 1 and 3 cross-attend to the vision states
+    (per tile (image_size / patch)² + 1 keys), a 2 + 1 layer vision tower, up to ``max_tiles`` tiles."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    register()
+    specials = ["<|image|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>"]
+    tokenizer = word_tokenizer(specials, extra_words=40)
+    image_token_id = tokenizer.convert_tokens_to_ids("<|image|>")
+    ratios = [[w, h] for w in range(1, max_tiles + 1) for h in range(1, max_tiles + 1) if w * h <= max_tiles]
+    config = MllamaConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                           attention_heads=2, image_size=image_size, patch_size=patch, max_num_tiles=max_tiles,
+                           vision_output_dim=64, intermediate_layers_indices=[0],
+                           supported_aspect_ratios=ratios),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1, 3],
+                         max_position_embeddings=512, rope_scaling={"rope_type": "default", "rope_theta": 10000.0},
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id),
+        image_token_index=image_token_id)
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(config).eval()
+    image_processor = MllamaImageProcessorPil(size={"height": image_size, "width": image_size},
+                                              max_image_tiles=max_tiles)
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_TEMPLATE)
+    return model, processor
+
+
+def mllama_checkpoint(path, **kw) -> str:
+    """A tiny Mllama checkpoint folder at ``path`` (built once per path)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        model, processor = tiny_mllama(**kw)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    return str(path)
