@@ -465,6 +465,57 @@ def llava_onevision_checkpoint(path, **kw) -> str:
     return str(path)
 
 
+INTERNVL_NAMED = {"<|im_start|>": None, "<|im_end|>": None, "<img>": "start_image_token",
+                  "</img>": "end_image_token", "<IMG_CONTEXT>": "context_image_token", "<video>": "video_token"}
+
+
+def tiny_internvl(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, tile: int = 32,
+                  patch: int = 4, max_tiles: int = 6, attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32):
+    """A random InternVL (InternViT-like tower with a CLS token, pixel shuffle 0.5, Qwen2 decoder) and its
+    image-only processor: ``tile``-px tiles (``max_tiles`` at most) plus a thumbnail, each
+    ``((tile / patch) / 2)²`` ``<IMG_CONTEXT>`` tokens (the released models: 448 px, 256 tokens)."""
+    from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
+
+    from adapt.backbones.internvl import _image_only_processor
+    from adapt.testing import QWEN_TEMPLATE
+
+    register()
+    tokenizer = gemma_tokenizer(named=INTERNVL_NAMED)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in INTERNVL_NAMED}
+    n = (tile // patch // 2) ** 2
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=[tile, tile], patch_size=[patch, patch])
+    text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=tokenizer.pad_token_id)
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=ids["<IMG_CONTEXT>"],
+                            image_seq_length=n, downsample_ratio=0.5, vision_feature_select_strategy="default",
+                            vision_feature_layer=-1)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration._from_config(
+        config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    # as the hub folders: crop_to_patches off in the image processor, the processor's call turns it on
+    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=False,
+                                               min_patches=1, max_patches=max_tiles)
+    template = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+    processor = _image_only_processor()(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=n,
+                                        chat_template=template)
+    return model, processor
+
+
+def internvl_checkpoint(path, **kw) -> str:
+    """A tiny InternVL checkpoint folder at ``path`` (built once per path), laid out as OpenGVLab's ``-hf``
+    folders (the stock processor class, whose video processor needs torchvision)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        save_like_hub(*tiny_internvl(**kw), path, "InternVLProcessor", "GotOcr2ImageProcessor",
+                      "InternVLVideoProcessor")
+    return str(path)
+
+
 def checkpoint(family: str, path) -> str:
     """A tiny random checkpoint folder of ``family`` (a registered model type other than ``llava``),
     saved like a hub checkpoint: the one place a test finds every family's builder."""
@@ -472,6 +523,7 @@ def checkpoint(family: str, path) -> str:
         return qwen_checkpoint(family, path)
     builders = {"paligemma": paligemma_checkpoint, "idefics3": idefics3_checkpoint, "gemma3": gemma3_checkpoint,
                 "llava_next": llava_next_checkpoint, "llava_onevision": llava_onevision_checkpoint,
+                "internvl": internvl_checkpoint,
                 "mllama": mllama_checkpoint}
     return builders[family](path)
 

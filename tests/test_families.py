@@ -24,13 +24,13 @@ from families import QWEN_FAMILIES, checkpoint, patch_hits, tiny_idefics3, tiny_
 from two_pass import two_pass
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
-ALL = QWEN + ["paligemma", "idefics3", "llava_next", "llava_onevision"]
+ALL = QWEN + ["paligemma", "idefics3", "llava_next", "llava_onevision", "internvl"]
 # families with a key map (sliding-window / linear-attention layers): their capture, methods and one-pass
 # ADAPT-TF are tested in test_keymap.py; here what reads like any other family's
 KEYMAPPED = ["gemma3", "qwen3_5"]
 # tokens around the image run that a text-only branch must mask too
 WRAPPERS = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "qwen3_vl_moe": 2, "paligemma": 0, "idefics3": 3,
-            "llava_next": 0, "llava_onevision": 0, "gemma3": 2, "qwen3_5": 2}
+            "llava_next": 0, "llava_onevision": 0, "gemma3": 2, "qwen3_5": 2, "internvl": 2}
 
 
 @pytest.fixture(scope="module", autouse=True)

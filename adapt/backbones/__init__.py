@@ -10,6 +10,7 @@ from .base import Backbone, BackboneError, Generation, Prepared
 from .catalog import CATALOG, FamilyInfo
 from .gemma3 import Gemma3Backbone
 from .idefics3 import Idefics3Backbone
+from .internvl import InternVLBackbone
 from .llava import LlavaBackbone
 from .llava_next import LlavaNextBackbone
 from .llava_onevision import LlavaOnevisionBackbone
@@ -31,6 +32,7 @@ FAMILIES: dict[str, type[Backbone]] = {
     "idefics3": Idefics3Backbone,
     "gemma3": Gemma3Backbone,
     "qwen3_5": Qwen3_5Backbone,
+    "internvl": InternVLBackbone,
 }
 
 # model types recognised but not run yet: one line each on why (docs/families.md)
@@ -93,4 +95,5 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
            "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
            "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
-           "PaliGemmaBackbone", "Idefics3Backbone", "Gemma3Backbone", "Qwen3_5Backbone", "CATALOG", "FamilyInfo"]
+           "PaliGemmaBackbone", "Idefics3Backbone", "Gemma3Backbone", "Qwen3_5Backbone", "InternVLBackbone",
+           "CATALOG", "FamilyInfo"]

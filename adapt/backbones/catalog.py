@@ -82,4 +82,12 @@ CATALOG: dict[str, FamilyInfo] = {
         "Qwen3.5", "Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor (image-only without torchvision)",
         "as Qwen3-VL (patch 16 × merge 2)", "full-attention layers only (1 of 4); linear-attention "
         "(gated delta-net) layers not captured (reported)", ("Qwen/Qwen3.5-27B",), _NO_REAL),
+    "internvl": FamilyInfo(
+        "InternVL (HF-native -hf checkpoints)", "InternVLForConditionalGeneration",
+        "InternVLProcessor (image-only without torchvision)",
+        "one view per tile (tile r,c: the image stretched to cols×rows tiles of size, cut row-major) and a "
+        "thumbnail (the image stretched to one tile); ((size / patch) · downsample_ratio)² tokens each after "
+        "the pixel shuffle; one tile alone is one grid", "all (full attention)",
+        ("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-8B-hf", "OpenGVLab/InternVL3_5-8B-HF"), _NO_REAL,
+        layout_kind="views"),
 }

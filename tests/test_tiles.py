@@ -1,0 +1,170 @@
+"""Tiled families (issue 21): InternVL's tiles and thumbnail as views. The layout against what the processor
+emitted and the features the model made, each view's cell boxes against the processor's own tiles, the
+pixel shuffle's token order, batching by tiling, and loading the hub folder without torchvision. The
+parametrised tests of ``tests/test_families.py`` (eager capture, every method, batch = single, one pass =
+two passes, VCD, PAI's text-only branch with ``<img>`` / ``</img>``) run InternVL too."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adapt.backbones import BackboneError, load_backbone
+from adapt.backbones.base import group_by_grid
+
+from families import _grey, internvl_checkpoint
+
+# tiles of 32 px, at most 6: 84 × 56 → 3 × 2 tiles, 56 × 84 → 2 × 3, 100 × 30 → 3 × 1, 37 × 29 → 3 × 2
+SIZES = {(84, 56): (2, 3), (56, 84): (3, 2), (100, 30): (1, 3), (37, 29): (2, 3)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return internvl_checkpoint(tmp_path_factory.mktemp("fam") / "internvl")
+
+
+@pytest.fixture(scope="module")
+def bb(folder):
+    return load_backbone(folder, dtype=torch.float32)
+
+
+def _image(size, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+
+
+def _tiles(bb, image):
+    """The processor's own tiles of ``image`` (as its call makes them: crop_to_patches on)."""
+    return bb.processor.image_processor(images=[image], crop_to_patches=True, return_tensors="np")
+
+
+def test_loads_its_hub_folder_without_torchvision(folder, bb):
+    from transformers import AutoProcessor, InternVLProcessor
+
+    with pytest.raises(ImportError, match="orchvision"):
+        AutoProcessor.from_pretrained(folder)
+    assert bb.family == "internvl" and isinstance(bb.processor, InternVLProcessor)
+    assert type(bb.processor.image_processor).__name__ == "GotOcr2ImageProcessorPil"
+    assert bb.processor.image_seq_length == 16 and bb.text_config._attn_implementation == "adapt"
+    # the folder's image processor leaves crop_to_patches off; the processor's call turns it on
+    assert bb.processor.image_processor.crop_to_patches is False
+
+
+def test_layout_is_what_the_processor_emitted_and_the_model_made(bb):
+    """Per row: the image-token positions, ``<img>`` before and ``</img>`` after the run, the processor's
+    tile count (which it pops) as views ``tile r,c`` row-major plus ``thumbnail``, and the model's features."""
+    proc = bb.processor
+    for size, (rows, cols) in SIZES.items():
+        p = bb.prepare_batch([_image(size), _image(size, 1)], ["describe", "is there a red circle in the picture ?"])
+        ids = p.inputs["input_ids"]
+        views = p.span.views
+        tiles = int(_tiles(bb, _image(size))["num_patches"][0])
+        assert tiles == rows * cols + 1 == proc.image_processor.get_number_of_image_patches(
+            size[1], size[0], {"crop_to_patches": True})
+        assert [v.name for v in views] == [f"tile {r},{c}" for r in range(rows) for c in range(cols)] + ["thumbnail"]
+        assert all((v.h, v.w, v.newline) == (4, 4, False) for v in views)
+        assert p.span.n == views.n == tiles * proc.image_seq_length == int((ids[0] == bb.image_token_id).sum())
+        for b in range(2):
+            pos = p.span.positions[b]
+            assert torch.equal(pos, (ids[b] == bb.image_token_id).nonzero()[:, 0])
+            assert int(pos[-1] - pos[0]) + 1 == p.span.n
+            assert (int(ids[b, pos[0] - 1]), int(ids[b, pos[-1] + 1])) == (proc.start_image_token_id,
+                                                                           proc.end_image_token_id)
+        assert p.span.positions[0, 0] != p.span.positions[1, 0]  # left padding
+        # the processor's pixels, one row per image, and as many features as image keys
+        pv = p.inputs["pixel_values"]
+        stock = proc(images=[_image(size)], text=[bb.prompt("describe")], return_tensors="pt")
+        torch.testing.assert_close(pv[0], stock["pixel_values"], rtol=0, atol=0)
+        with torch.no_grad():
+            feats = bb.model.model.get_image_features(pixel_values=pv[0]).pooler_output
+        assert feats.shape[0] * feats.shape[1] == p.span.n
+    # one tile alone (a square that small): no thumbnail, the plain one-grid layout
+    p = bb.prepare(_image((32, 32)), "describe")
+    assert p.span.grid == (4, 4) and p.span.views.plain and p.span.n == 16
+
+
+def test_images_batch_by_tiling(bb):
+    images = [_image((84, 56)), _image((56, 84)), _image((90, 60)), _image((84, 56), 3)]
+    assert group_by_grid(bb, images) == [[0, 2, 3], [1]]
+    together = bb.prepare_batch([images[0], images[2]], ["describe"] * 2)
+    assert together.span.signature == bb.prepare(images[0], "describe").span.signature
+    # 3 × 2 and 2 × 3 tiles: the same 112 keys, not the same views
+    assert bb.views_for((84, 56)).n == bb.views_for((56, 84)).n
+    with pytest.raises(BackboneError, match="same InternVL tiling"):
+        bb.prepare_batch([images[0], images[1]], ["describe"] * 2)
+    # rows of different tile counts cannot share a pixel tensor either
+    with pytest.raises(BackboneError, match="same InternVL tiling"):
+        bb.prepare_batch([images[0], _image((100, 30))], ["describe"] * 2)
+
+
+def test_pixel_shuffle_folds_2x2_patch_blocks_row_major(bb):
+    """The model's own pixel shuffle: token (i, j) of a tile holds the patches of block (i, j)."""
+    vc = bb.model.config.vision_config
+    side = vc.image_size[0] // vc.patch_size[0]
+    patch_id = torch.arange(side * side, dtype=torch.float32).view(1, side, side, 1).expand(1, side, side, 4)
+    folded = bb.model.model.pixel_shuffle(patch_id.contiguous(), 0.5).reshape(-1, 16)  # [tokens, 4 patches × 4]
+    g = side // 2
+    for t in range(g * g):
+        i, j = divmod(t, g)
+        block = {(2 * i + a) * side + 2 * j + b for a in range(2) for b in range(2)}
+        assert set(folded[t].long().tolist()) == block
+
+
+def _hits(bb, size, block):
+    """Per view, per token cell, how much a white ``block`` on a grey ``size`` image changed the pixels of
+    that view's tile (the processor's tiles in order: row-major, then the thumbnail)."""
+    out = [_tiles(bb, _grey(size, b))["pixel_values"] for b in (None, block)]
+    d = np.abs(out[1] - out[0]).sum(1)  # [tiles, T, T]
+    k = d.shape[-1] // 4  # pixels per token cell along a side (4 × 4 tokens per tile)
+    return d.reshape(d.shape[0], 4, k, 4, k).sum((2, 4))
+
+
+@pytest.mark.parametrize("size", [(84, 56), (100, 30)])
+def test_each_views_cell_boxes_follow_the_processors_tiles(bb, size):
+    """A small block painted at the centre of a view's cell box changes that view's tile most at that cell:
+    every tile's box within the stretched image, and the thumbnail's over the whole image."""
+    p = bb.prepare(_image(size), "describe")
+    geo = bb.layout_geometry(size, p.span.grid)
+    boxes = geo.cell_boxes()
+    assert geo.geometries["thumbnail"].covers_whole_image()
+    assert not geo.geometries["tile 0,0"].covers_whole_image()
+    for k, view in enumerate(p.span.views):
+        grid_boxes = boxes[view.name]
+        for r in range(view.h):
+            for c in range(view.w):
+                x0, y0, x1, y1 = grid_boxes[r, c]
+                assert x1 - x0 > 2 and y1 - y0 > 2
+                s = 2 if view.name != "thumbnail" else 4
+                block = (int(round((x0 + x1) / 2 - s / 2)), int(round((y0 + y1) / 2 - s / 2)), s)
+                hits = _hits(bb, size, block)[k]
+                assert np.unravel_index(int(np.argmax(hits)), hits.shape) == (r, c), (view.name, r, c, block)
+    # the tiles' boxes tile the image: every pixel is in exactly one tile's cells
+    cover = np.zeros((size[1], size[0]))
+    for view in p.span.views[:-1]:
+        for x0, y0, x1, y1 in boxes[view.name].reshape(-1, 4):
+            cover[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))] += 1
+    assert np.all(cover == 1)
+
+
+def test_without_crop_to_patches_one_view(bb):
+    """A processor called with crop_to_patches off sends the image stretched to one tile: the layout reads
+    the one grid from the token count."""
+    from adapt.backbones.internvl import _image_only_processor
+
+    proc = _image_only_processor()(image_processor=bb.processor.image_processor, tokenizer=bb.tokenizer,
+                                   image_seq_length=16, chat_template=bb.processor.chat_template)
+    proc.images_kwargs = {"crop_to_patches": False}
+    flat = type(bb)(bb.model, proc, "flat")
+    p = flat.prepare(_image((84, 56)), "describe")
+    assert p.span.grid == (4, 4) and p.span.n == 16
+    assert flat.generate(p, max_new_tokens=2, min_new_tokens=2).maps.shape == (2, bb.num_layers, 16)
