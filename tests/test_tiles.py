@@ -2,7 +2,9 @@
 emitted and the features the model made, each view's cell boxes against the processor's own tiles, the
 pixel shuffle's token order, batching by tiling, and loading the hub folder without torchvision. The
 parametrised tests of ``tests/test_families.py`` (eager capture, every method, batch = single, one pass =
-two passes, VCD, PAI's text-only branch with ``<img>`` / ``</img>``) run InternVL too."""
+two passes, VCD, PAI's text-only branch with ``<img>`` / ``</img>``) run InternVL too. Then Idefics3 /
+SmolVLM with image splitting on (``Idefics3TiledBackbone``): tiles whose image tokens are not one run, the
+same checks here (the registered ``idefics3`` family, splitting off, is tested in test_families.py)."""
 
 from __future__ import annotations
 
@@ -168,3 +170,140 @@ def test_without_crop_to_patches_one_view(bb):
     p = flat.prepare(_image((84, 56)), "describe")
     assert p.span.grid == (4, 4) and p.span.n == 16
     assert flat.generate(p, max_new_tokens=2, min_new_tokens=2).maps.shape == (2, bb.num_layers, 16)
+
+
+# Idefics3 / SmolVLM with image splitting on --------------------------------------------------------
+# tiles of 32 px (max_image_size), the longest edge first resized to 64: 84 × 56 → 2 × 2 tiles, 150 × 50 → 1 × 2
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory):
+    from adapt.backbones.idefics3 import Idefics3TiledBackbone
+
+    from families import idefics3_checkpoint
+
+    folder = idefics3_checkpoint(tmp_path_factory.mktemp("fam") / "idefics3")
+    return folder, Idefics3TiledBackbone.load(folder, dtype=torch.float32)
+
+
+def _frames(bb, image):
+    """The image processor's own frames (tiles row-major, then the global image) and its rows / cols."""
+    out = bb.processor.image_processor(images=[[image]], return_row_col_info=True, return_tensors="np")
+    return out["pixel_values"][0], (int(out["rows"][0][0]), int(out["cols"][0][0]))
+
+
+def test_idefics3_tiles_layout_is_what_the_processor_emitted(tiled):
+    """Non-contiguous image tokens: per tile ``<row_i_col_j>`` then n image tokens, the global image last;
+    the views are the processor's rows × cols tiles (read from its tokens, equal to the resize's tiling)."""
+    _, bb = tiled
+    proc = bb.processor
+    assert proc.image_processor.do_image_splitting is True
+    for size in [(84, 56), (56, 84), (150, 50), (50, 150), (1000, 510)]:
+        rows, cols = _frames(bb, _grey(size))[1]
+        assert bb.tiling(size) == (rows, cols) and rows * cols > 1
+        p = bb.prepare_batch([_image(size), _image(size, 1)], ["describe", "is there a red circle in the picture ?"])
+        ids = p.inputs["input_ids"]
+        views = p.span.views
+        assert [v.name for v in views] == [f"tile {r},{c}" for r in range(rows) for c in range(cols)] + ["global"]
+        assert p.span.n == views.n == (rows * cols + 1) * proc.image_seq_len
+        assert p.span.n == int((ids[0] == bb.image_token_id).sum())
+        assert p.span.contiguous_slice() is None  # gaps between the tiles' runs: the gather path
+        for b in range(2):
+            pos = p.span.positions[b]
+            assert torch.equal(pos, (ids[b] == bb.image_token_id).nonzero()[:, 0])
+            starts = pos.view(-1, proc.image_seq_len)[:, 0]
+            marks = bb.tokenizer.convert_ids_to_tokens(ids[b, starts - 1].tolist())
+            assert marks == [f"<row_{r + 1}_col_{c + 1}>" for r in range(rows) for c in range(cols)] + ["<global-img>"]
+            assert int(ids[b, pos[-1] + 1]) == proc.fake_image_token_id
+        assert p.span.positions[0, 0] != p.span.positions[1, 0]
+    # an image that fits one tile (longest edge resized to the tile's 32 px): the global view alone, one grid
+    ip = bb.processor.image_processor
+    before = ip.size
+    ip.size = {"longest_edge": 32}
+    try:
+        p = bb.prepare(_image((84, 56)), "describe")
+        assert bb.tiling((84, 56)) == (0, 0) and p.span.views.plain and p.span.grid == (4, 4)
+        assert p.span.n == proc.image_seq_len and p.span.contiguous_slice() is not None
+    finally:
+        ip.size = before
+
+
+def test_idefics3_tiles_cell_boxes_follow_the_processors_frames(tiled):
+    _, bb = tiled
+    size = (84, 56)
+    p = bb.prepare(_image(size), "describe")
+    geo = bb.layout_geometry(size, p.span.grid)
+    boxes = geo.cell_boxes()
+    plain = _frames(bb, _grey(size))[0]
+    m = plain.shape[-1]
+    assert geo.geometries["global"].covers_whole_image()
+    for k, view in enumerate(p.span.views):
+        for r in range(view.h):
+            for c in range(view.w):
+                x0, y0, x1, y1 = boxes[view.name][r, c]
+                s = 2
+                block = (int(round((x0 + x1) / 2 - s / 2)), int(round((y0 + y1) / 2 - s / 2)), s)
+                d = np.abs(_frames(bb, _grey(size, block))[0][k] - plain[k]).sum(0)
+                hits = d.reshape(view.h, m // view.h, view.w, m // view.w).sum((1, 3))
+                assert np.unravel_index(int(np.argmax(hits)), hits.shape) == (r, c), (view.name, r, c, block)
+
+
+def test_idefics3_tiles_capture_equals_eager(tiled):
+    _, bb = tiled
+    folder = tiled[0]
+    ref = type(bb).model_class().from_pretrained(
+        folder, dtype=torch.float32, attn_implementation={"text_config": "eager", "vision_config": "sdpa"}).eval()
+    p = bb.prepare_batch([_image((84, 56), 1), _image((84, 56), 2)], ["describe the image", "what colour is the star ?"])
+    steps = 4
+    gens = bb.generate_batch(p, max_new_tokens=steps, min_new_tokens=steps)
+    new = torch.tensor([g.token_ids for g in gens])
+    inputs = dict(p.inputs, input_ids=torch.cat([p.inputs["input_ids"], new], 1),
+                  attention_mask=torch.cat([p.inputs["attention_mask"], torch.ones_like(new)], 1))
+    with torch.no_grad():
+        out = ref(**inputs, output_attentions=True)
+    for b in range(2):
+        pos = p.span.positions[b]
+        for t in range(steps):
+            expected = torch.stack([att[b, :, p.prompt_len - 1 + t, pos].mean(0) for att in out.attentions])
+            torch.testing.assert_close(gens[b].maps[t], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_idefics3_tiles_every_method_batch_equals_single_and_one_pass_equals_two(tiled, tmp_path):
+    from adapt.anchor import BiasCache
+    from adapt.config import AdaptConfig
+    from adapt.methods import NAMES, AdaptTF, get_methods
+
+    from two_pass import two_pass
+
+    _, bb = tiled
+    images = [_image((84, 56), 4), _image((150, 50), 5), _image((84, 56), 6)]
+    questions = ["describe the image", "is there a dog ?", "what colour is the star on the left ?"]
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2})
+    n = 3
+    for method in get_methods(NAMES, cfg, BiasCache(tmp_path)):
+        batch = method.answer_batch(bb, images, questions, n, min_new_tokens=n)
+        assert [len(a.token_ids) for a in batch] == [n] * 3, method.name
+        for i in (0, 1):
+            assert method.answer(bb, images[i], questions[i], n, min_new_tokens=n).token_ids == batch[i].token_ids, \
+                (method.name, i)
+    cfg = AdaptConfig().replace(**{"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2,
+                                   "anchor.k": 3, "max_new_tokens": 6})
+    cache = BiasCache(tmp_path / "tf")
+    one = AdaptTF(cfg, cache, lean=False).answer(bb, images[0], questions[0], 6, min_new_tokens=6)
+    two, _ = two_pass(bb, images[0], questions[0], cfg, cache)
+    k = len(two.token_ids)
+    assert k > cfg.anchor.k and one.token_ids[:k] == two.token_ids
+    np.testing.assert_allclose(one.generation.maps[:k].numpy(), two.maps[:k].numpy(), atol=1e-6, rtol=1e-5)
+
+
+def test_idefics3_tiles_text_only_branch_masks_every_tile_marker(tiled):
+    from adapt.methods.pai import text_only_mask
+
+    _, bb = tiled
+    p = bb.prepare_batch([_image((84, 56))] * 2, ["describe"] * 2)
+    ids = p.inputs["input_ids"]
+    block = torch.isin(ids[1], torch.tensor(bb.image_block_ids()))
+    rows, cols = bb.tiling((84, 56))
+    # per tile <fake> <row_i_col_j>; the global image <fake> <global-img> … <fake>
+    assert int(block.sum()) == p.span.n + 2 * rows * cols + 3
+    mask = text_only_mask(bb, p.inputs, 1)
+    assert int(mask[1][block].sum()) == 0

@@ -9,7 +9,7 @@ from ..paths import asset
 from .base import Backbone, BackboneError, Generation, Prepared
 from .catalog import CATALOG, FamilyInfo
 from .gemma3 import Gemma3Backbone
-from .idefics3 import Idefics3Backbone
+from .idefics3 import Idefics3Backbone, Idefics3TiledBackbone
 from .internvl import InternVLBackbone
 from .llava import LlavaBackbone
 from .llava_next import LlavaNextBackbone
@@ -95,5 +95,5 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
 __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
            "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
            "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
-           "PaliGemmaBackbone", "Idefics3Backbone", "Gemma3Backbone", "Qwen3_5Backbone", "InternVLBackbone",
-           "CATALOG", "FamilyInfo"]
+           "PaliGemmaBackbone", "Idefics3Backbone", "Idefics3TiledBackbone", "Gemma3Backbone", "Qwen3_5Backbone",
+           "InternVLBackbone", "CATALOG", "FamilyInfo"]

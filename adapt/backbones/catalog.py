@@ -70,7 +70,8 @@ CATALOG: dict[str, FamilyInfo] = {
         "one square grid: the global view alone, stretched to max_image_size, scale_factor² patches per token",
         "all (full attention)",
         ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceM4/Idefics3-8B-Llama3"),
-        _NO_REAL + "; the tiles the model was trained with are not shown to it"),
+        _NO_REAL + "; load_backbone does not show it the tiles it was trained with (Idefics3TiledBackbone.load "
+        "does: tile r,c views and a global view, tests/test_tiles.py)"),
     "gemma3": FamilyInfo(
         "Gemma 3", "Gemma3ForConditionalGeneration", "Gemma3Processor (pan-and-scan turned off)",
         "one square grid, mm_tokens_per_image (16×16), image stretched to size; the image block attends "
