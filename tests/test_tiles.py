@@ -172,6 +172,32 @@ def test_without_crop_to_patches_one_view(bb):
     assert flat.generate(p, max_new_tokens=2, min_new_tokens=2).maps.shape == (2, bb.num_layers, 16)
 
 
+def test_a_tiled_trace_saves_reloads_and_reads_each_tile_through_its_box(bb, tmp_path):
+    """``analyse`` on seven views (six tiles, a thumbnail): the trace reloads with its views, and a map hot on
+    one cell of tile 1,2 is hottest, at the original size, inside that cell's box."""
+    from adapt.anchor import BiasCache
+    from adapt.config import AdaptConfig
+    from adapt.pipeline import analyse
+    from adapt.trace import Trace
+
+    size = (84, 56)
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2, "max_new_tokens": 4})
+    trace = analyse(bb, _image(size, 8), "describe the image", cfg, bias_cache=BiasCache(tmp_path / "cache"))
+    views = bb.prepare(_image(size), "describe").span.views
+    back = Trace.load(trace.save(tmp_path / "t.zip"))
+    assert back.layout == views and len(views) == 7 and back.anchor.shape == (1, views.n)
+    np.testing.assert_array_equal(back.anchor, trace.anchor)
+    geo = bb.layout_geometry(size, views)
+    tile = views[5]
+    assert tile.name == "tile 1,2"
+    flat = np.ones(views.n)
+    flat[tile.start + 1 * tile.stride + 2] = 50.0  # row 1, column 2 of the tile
+    pixels = geo.to_image(flat)
+    x0, y0, x1, y1 = geo.cell_boxes()["tile 1,2"][1, 2]
+    yy, xx = np.unravel_index(int(np.nanargmax(pixels)), pixels.shape)
+    assert x0 <= xx + 0.5 <= x1 and y0 <= yy + 0.5 <= y1
+
+
 # Idefics3 / SmolVLM with image splitting on --------------------------------------------------------
 # tiles of 32 px (max_image_size), the longest edge first resized to 64: 84 × 56 → 2 × 2 tiles, 150 × 50 → 1 × 2
 
