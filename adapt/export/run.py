@@ -154,9 +154,12 @@ def _difference(old: dict, new: dict) -> str:
     return ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
 
 
-def prepare_out(out: Path, config: dict, overwrite: bool, main: bool) -> None:
+def prepare_out(out: Path, config: dict, overwrite: bool, dist: "Dist") -> None:
     """Refuse (or, with ``overwrite``, clear) an ``out`` that holds an export of another configuration;
-    a ``data/`` folder that no export of this tool wrote is never touched."""
+    a ``data/`` folder that no export of this tool wrote is never touched.
+
+    Every process reads the folder before any writes to it (a barrier between), so all of them see the
+    same state and refuse alike; then the main process clears it where asked."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a folder")
     meta = out / "export.json"
@@ -175,13 +178,17 @@ def prepare_out(out: Path, config: dict, overwrite: bool, main: bool) -> None:
         what = _difference(old.get("config") or {"format": old.get("format")}, config)
         raise ExportError(f"{out} holds an export with another configuration ({what}); "
                           "give another --out, or --overwrite to redo it")
-    if (stale or overwrite) and main:
+    dist.barrier()
+    if (stale or overwrite) and dist.main:
         for name in OURS:  # the export's own files only
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    if main or (old is None and not overwrite):  # the same content from whichever process comes first
-        (out / "data").mkdir(parents=True, exist_ok=True)
+    if dist.main or (old is None and not overwrite):  # the same content from whichever process comes first
+        out.mkdir(parents=True, exist_ok=True)
+        # the mark before data/: a folder with data/ and no mark is someone else's
         _write_atomic(out / "export.json", json.dumps({"config": config, "hash": config_hash(config)}, indent=1))
+        (out / "data").mkdir(exist_ok=True)
+    dist.barrier()
 
 
 def _write_atomic(path: Path, data: str | bytes) -> None:
@@ -366,8 +373,7 @@ def export_dataset(backbone: Backbone, source: Source, out: str | Path, cfg: Ada
     out = Path(out)
     features = output_features(source, opts.overlays)
     config = export_config(backbone, cfg, source, opts)
-    prepare_out(out, config, opts.overwrite, dist.main)
-    dist.barrier()
+    prepare_out(out, config, opts.overwrite, dist)
     if source.writes_files:
         (out / "images").mkdir(exist_ok=True)
         if opts.overlays:
