@@ -14,6 +14,7 @@ from .internvl import InternVLBackbone
 from .llava import LlavaBackbone
 from .llava_next import LlavaNextBackbone
 from .llava_onevision import LlavaOnevisionBackbone
+from .mllama import MllamaBackbone
 from .paligemma import PaliGemmaBackbone
 from .qwen2_5_vl import Qwen2_5_VLBackbone
 from .qwen2_vl import Qwen2VLBackbone
@@ -33,12 +34,7 @@ FAMILIES: dict[str, type[Backbone]] = {
     "gemma3": Gemma3Backbone,
     "qwen3_5": Qwen3_5Backbone,
     "internvl": InternVLBackbone,
-}
-
-# model types recognised but not run yet: one line each on why (docs/families.md)
-NOT_YET: dict[str, str] = {
-    "mllama": "Mllama (Llama 3.2 Vision) is not supported yet: its image enters through cross-attention layers, "
-              "whose key columns (vision states per tile) the capture does not map yet",
+    "mllama": MllamaBackbone,
 }
 
 EMBEDDED = "embedded"
@@ -82,8 +78,6 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
     path = resolve(name_or_path)
     model_type = model_type_of(path, trust_remote_code)
     family = FAMILIES.get(model_type)
-    if model_type in NOT_YET:
-        raise BackboneError(f"{path}: {NOT_YET[model_type]}")
     if family is None:
         raise BackboneError(f"unsupported model family '{model_type or '?'}' at {path}; "
                             f"supported: {', '.join(sorted(FAMILIES))} "
@@ -96,4 +90,4 @@ __all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "E
            "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
            "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
            "PaliGemmaBackbone", "Idefics3Backbone", "Idefics3TiledBackbone", "Gemma3Backbone", "Qwen3_5Backbone",
-           "InternVLBackbone", "CATALOG", "FamilyInfo"]
+           "InternVLBackbone", "MllamaBackbone", "CATALOG", "FamilyInfo"]

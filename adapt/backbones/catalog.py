@@ -91,4 +91,12 @@ CATALOG: dict[str, FamilyInfo] = {
         "the pixel shuffle; one tile alone is one grid", "all (full attention)",
         ("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-8B-hf", "OpenGVLab/InternVL3_5-8B-HF"), _NO_REAL,
         layout_kind="views"),
+    "mllama": FamilyInfo(
+        "Mllama (Llama 3.2 Vision)", "MllamaForConditionalGeneration", "MllamaProcessor",
+        "one view per real tile (tile r,c: (image_size / patch)² patch keys of the cross-attention keys; each "
+        "tile's class token and the padded tiles outside the layout); resize to fit the tile canvas, pad "
+        "bottom / right", "the cross-attention layers only (the image is their keys); the self-attention "
+        "layers (one <|image|> token) not captured (reported)",
+        ("meta-llama/Llama-3.2-11B-Vision-Instruct",), _NO_REAL + "; OPERA and PAI's text-only branch refused",
+        layout_kind="views"),
 }

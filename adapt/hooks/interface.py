@@ -43,7 +43,7 @@ def adapt_attention_forward(
     layer = getattr(module, "layer_idx", None)
     if win is not None and layer in win.layers:
         win.capture(layer, query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling)
-    if rec is None or layer is None:
+    if rec is None or layer is None or rec.slot_of[layer] is None:  # off, or a layer the key map does not capture
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

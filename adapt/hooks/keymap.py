@@ -16,6 +16,11 @@ layer's attention call sees depends on its kind (``config.layer_types`` in trans
   interface; **not captured**. Captured maps cover the other layers only (``captured``; their row in
   the maps is ``slot[layer]``), so the anchor fuses and the policy steers captured layers alone.
 
+* ``cross_attention`` (Mllama): the query is the text, the keys the vision states (fixed in number: the
+  layer counts its own calls for its step); the layout's positions are those key columns. Captured and
+  steered. ``text_self_attention``: Mllama's self-attention layers, whose keys hold one image token and
+  no grid: not captured (handed to SDPA before the recorder), reported like linear layers.
+
 Full-attention layers cost nothing here: one tuple lookup per (layer, step).
 """
 
@@ -28,7 +33,11 @@ import torch
 from .layout import ImageSpan
 
 FULL, SLIDING, LINEAR = "full_attention", "sliding_attention", "linear_attention"
-KINDS = (FULL, SLIDING, LINEAR)
+# Mllama: cross-attention layers (text queries, the vision states as keys: every key an image key) and the
+# self-attention layers beside them, whose keys hold one <|image|> token and no grid (not captured)
+CROSS, TEXT_SELF = "cross_attention", "text_self_attention"
+KINDS = (FULL, SLIDING, LINEAR, CROSS, TEXT_SELF)
+NOT_CAPTURED = (LINEAR, TEXT_SELF)
 
 
 class KeyMapError(ValueError):
@@ -73,8 +82,8 @@ class KeyMap:
 
     @property
     def captured(self) -> tuple[int, ...]:
-        """Decoder layers whose attention is captured (every layer but the linear ones)."""
-        return tuple(i for i, k in enumerate(self.kinds) if k != LINEAR)
+        """Decoder layers whose attention is captured (every layer but linear and Mllama's self-attention ones)."""
+        return tuple(i for i, k in enumerate(self.kinds) if k not in NOT_CAPTURED)
 
     @property
     def slot(self) -> dict[int, int]:
@@ -89,8 +98,11 @@ class KeyMap:
     def describe(self) -> dict:
         """What a generation's info carries: each kind's layers and the window."""
         out = {kind: [i for i, k in enumerate(self.kinds) if k == kind] for kind in KINDS}
-        return {"captured": list(self.captured), "full": out[FULL], "sliding": out[SLIDING],
-                "not_captured": out[LINEAR], "window": self.window}
+        report = {"captured": list(self.captured), "full": out[FULL], "sliding": out[SLIDING],
+                  "not_captured": sorted(out[LINEAR] + out[TEXT_SELF]), "window": self.window}
+        if out[CROSS]:
+            report["cross"] = out[CROSS]
+        return report
 
     def bind(self, span: ImageSpan) -> "BoundKeyMap":
         return BoundKeyMap(self, span)
@@ -131,6 +143,9 @@ class BoundKeyMap:
     def __init__(self, keymap: KeyMap, span: ImageSpan):
         self.keymap, self.span = keymap, span
         self.sliding = tuple(k == SLIDING for k in keymap.kinds)
+        # layers whose key count does not grow by one per step count their own calls (a full window,
+        # a cross-attention layer's fixed vision keys)
+        self.counted = tuple(k in (SLIDING, CROSS) for k in keymap.kinds)
         self.window = keymap.window
         # host ints, read once: the earliest image key of any row (a window holds every row's image
         # while it holds that one)

@@ -112,8 +112,8 @@ class AttentionRecorder:
         self.keys = keymap.bind(span)
         slots = keymap.slot
         self.slot_of = tuple(slots.get(i) for i in range(len(keymap.kinds)))  # decoder layer → maps row
-        self._sliding = self.keys.sliding
-        self._calls = [0] * len(keymap.kinds)  # sliding layers' decoding calls
+        self._counted = self.keys.counted
+        self._calls = [0] * len(keymap.kinds)  # sliding and cross layers' decoding calls
         self.policy = policy
         self._intervene = getattr(policy, "intervene", None)
         # lean: a (layer, step) the intervention says it does not read (``needs(layer, step)``) runs as
@@ -149,7 +149,7 @@ class AttentionRecorder:
             if layer is not None:
                 self._calls[layer] = 0
             return 0
-        if layer is not None and self._sliding[layer]:
+        if layer is not None and self._counted[layer]:
             self._calls[layer] += 1
             return self._calls[layer]
         return kv_len - self._prefill_keys
@@ -245,7 +245,9 @@ class AttentionRecorder:
         prefill sees every prompt key in every layer kind (a sliding layer's mask hides the far ones)."""
         layer = self.slot_of[layer]
         q_len, kv_len = query.shape[2], key.shape[2]
-        ends = self.span.positions[:, -1].to(query.device) + 1  # [B], one past each row's last image key
+        # [B], one past each row's last image token in the sequence (a cross-attention layout's positions
+        # are key columns of the vision states; its image token sits in the text: ``text_positions``)
+        ends = getattr(self.span, "text_positions", self.span.positions)[:, -1].to(query.device) + 1
         start = int(ends.min())
         if start >= q_len:
             return

@@ -102,6 +102,8 @@ class Answerer:
         for key, v in prepared.inputs.items():
             if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == n:
                 inputs[key] = torch.cat([v, tails.get(key, torch.zeros_like(cont)).to(v.dtype)], 1)
+            elif key == "cross_attention_mask":  # Mllama's [B, n, images, tiles]: the last row, as generate grows it
+                inputs[key] = torch.cat([v, v[:, -1:].expand(-1, cont.shape[1], *v.shape[2:])], 1)
         logits = bb.model(**inputs).logits[0, n - 1:-1].float()
         logp = torch.log_softmax(logits, -1)
         return float(logp.gather(1, cont[0][:, None]).sum()), bool((logits.argmax(-1) == cont[0]).all())

@@ -352,8 +352,8 @@ class OPERA(Method):
         if not backbone.key_map.plain:
             # the candidates share one forward and the beams are cut out of the cache by position: a
             # sliding window's cache is not indexed by position, a linear layer's state mixes the candidates
-            raise BackboneError(f"OPERA is not supported on {backbone.family} (its decoder has sliding-window or "
-                                "linear-attention layers, whose caches the beam search cannot split)")
+            raise BackboneError(f"OPERA is not supported on {backbone.family} (its decoder has sliding-window, "
+                                "linear- or cross-attention layers, whose caches the beam search cannot split)")
         import time
 
         eos = backbone.model.generation_config.eos_token_id

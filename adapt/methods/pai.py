@@ -79,6 +79,11 @@ class PAI(Method):
             gens = backbone.generate_batch(prepared, max_new_tokens=max_new_tokens, policy=PAIPolicy(cfg),
                                            **generate_kwargs)
             return [Answer(g.text, g.token_ids, {"tokens": len(g.token_ids)}, g) for g in gens]
+        if "cross_attention" in backbone.key_map.kinds:  # the image enters beside the sequence, not in it
+            from ..backbones import BackboneError
+
+            raise BackboneError(f"PAI's text-only branch is not supported on {backbone.family} (masking the image "
+                                "token does not remove an image its cross-attention layers read); pai:attn runs")
         if "linear_attention" in backbone.key_map.kinds:
             from ..backbones import BackboneError
 
