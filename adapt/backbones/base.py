@@ -109,12 +109,27 @@ class Backbone(ABC):
 
     @classmethod
     def load_processor(cls, path: str, trust_remote_code: bool = False):
+        """The checkpoint's own processor; where it cannot be built (the stock processors of several
+        families include a video processor that needs torchvision), the family's image-only one."""
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if not hasattr(processor, "image_processor"):
-            raise BackboneError(f"{path} has no image processor (processor_config.json / preprocessor_config.json)")
-        return processor
+        fallback = cls.image_only_processor_class()
+        try:
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (ImportError, ValueError, OSError, TypeError):
+            if fallback is None:
+                raise
+            processor = None
+        if hasattr(processor, "image_processor"):
+            return processor
+        if fallback is not None:
+            return fallback.from_pretrained(path)
+        raise BackboneError(f"{path} has no image processor (processor_config.json / preprocessor_config.json)")
+
+    @classmethod
+    def image_only_processor_class(cls):
+        """The family's processor class without the video processor, or None where the stock one is needed."""
+        return None
 
     # properties ---------------------------------------------------------------------------
     @property

@@ -83,14 +83,8 @@ class InternVLBackbone(Backbone):
         return _model_class()
 
     @classmethod
-    def load_processor(cls, path: str, trust_remote_code: bool = False):
-        try:
-            processor = super().load_processor(path, trust_remote_code=trust_remote_code)
-            if hasattr(processor, "image_processor"):
-                return processor
-        except (ImportError, ValueError, OSError, TypeError, BackboneError):
-            pass
-        return _image_only_processor().from_pretrained(path)
+    def image_only_processor_class(cls):
+        return _image_only_processor()
 
     def image_block_ids(self) -> list[int]:
         """The image tokens and what wraps them: ``<img>`` and ``</img>``."""

@@ -45,14 +45,8 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         return LlavaOnevisionForConditionalGeneration
 
     @classmethod
-    def load_processor(cls, path: str, trust_remote_code: bool = False):
-        try:
-            processor = super().load_processor(path, trust_remote_code=trust_remote_code)
-            if hasattr(processor, "image_processor"):
-                return processor
-        except (ImportError, ValueError, OSError, TypeError):
-            pass
-        return _image_only_processor().from_pretrained(path)
+    def image_only_processor_class(cls):
+        return _image_only_processor()
 
     def _hires_tokens(self, h: int, w: int) -> tuple[int, int]:
         most = int(self.model.config.vision_aspect_ratio.strip("anyres_max_"))

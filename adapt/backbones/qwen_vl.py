@@ -52,15 +52,8 @@ class QwenVLBackbone(Backbone):
         super().__init__(model, processor, name)
 
     @classmethod
-    def load_processor(cls, path: str, trust_remote_code: bool = False):
-        try:
-            processor = super().load_processor(path, trust_remote_code=trust_remote_code)
-            if hasattr(processor, "image_processor"):
-                return processor
-        except (ImportError, ValueError, OSError, TypeError, BackboneError):
-            pass
-        # without torchvision the stock processor cannot build its video processor
-        return cls.image_only_processor.from_pretrained(path)
+    def image_only_processor_class(cls):
+        return cls.image_only_processor
 
     @property
     def merge_size(self) -> int:
