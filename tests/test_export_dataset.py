@@ -86,7 +86,7 @@ def _args(src, out, cache, *extra):
 def test_parquet_in_parquet_out_every_column(bb, dataset, tmp_path, capsys):
     from adapt.config import AdaptConfig
     from adapt.enhance import enhance
-    from adapt.pipeline import probe_anchor
+    from adapt.anchor.build import probe_anchor
 
     src, rows = dataset
     out = tmp_path / "out"

@@ -59,7 +59,7 @@ def test_summary_by_hand():
 
 def test_candidate_maps_pick_each_criterions_own_layer():
     from adapt.anchor import Fusion
-    from adapt.pipeline import Anchor
+    from adapt.anchor.build import Anchor
 
     layers = np.arange(4 * 2 * 2, dtype=float).reshape(4, 2, 2)
     fusion = Fusion(scores={"spec": np.array([0, 3, 1, 2.]), "smooth": np.array([5, 0, 0, 0.]),

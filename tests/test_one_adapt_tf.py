@@ -94,7 +94,8 @@ def test_analyse_assembles_the_registered_methods_answers(bb, tmp_path):
     """The app's analysis is the benchmarks' ADAPT-TF (same tokens, maps, decisions) beside the registered
     greedy, and its anchor is the one an anchor run of K tokens gives (the two-pass definition)."""
     from adapt.methods import get_method
-    from adapt.pipeline import analyse, probe_anchor
+    from adapt.anchor.build import probe_anchor
+    from adapt.pipeline import analyse
 
     cfg = AdaptConfig().replace(**ALWAYS)
     cache = BiasCache(tmp_path)
@@ -127,7 +128,8 @@ def test_analyse_on_the_enhanced_image_decodes_it(bb, tmp_path):
     are greedy decoding on that image), and the trace shows that image."""
     from adapt.enhance import enhance
     from adapt.methods import get_method
-    from adapt.pipeline import analyse, probe_anchor
+    from adapt.anchor.build import probe_anchor
+    from adapt.pipeline import analyse
 
     cfg = AdaptConfig().replace(**ALWAYS, **{"enhance.enabled": True})
     cache = BiasCache(tmp_path)

@@ -3,7 +3,7 @@ original image, then decoding again with ASI on. The registered one-pass method 
 
 from adapt.config import parse_layers
 from adapt.enhance import enhance
-from adapt.pipeline import probe_anchor
+from adapt.anchor.build import probe_anchor
 from adapt.steering import ASIPolicy, steering_weights
 
 

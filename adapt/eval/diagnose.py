@@ -32,7 +32,7 @@ from ..anchor import BiasCache
 from ..steering import amc, steering_weights
 from ..backbones import Backbone
 from ..config import AdaptConfig, parse_layers
-from ..pipeline import build_anchor
+from ..anchor.build import build_anchor
 from .formats import write_json
 from .rundir import backbone_identity, open_run, record
 

@@ -1,7 +1,7 @@
 """Grounding from the anchor (paper Table 3a): for a referring expression, the candidate box with the
 highest mean map value in the original image's pixels, for several maps of one anchor run.
 
-The maps compared (all from the same K-token anchor run, :func:`adapt.pipeline.probe_anchor`):
+The maps compared (all from the same K-token anchor run, :func:`adapt.anchor.build.probe_anchor`):
 
 ==============  ===================================================================================
 ``last_layer``  the raw attention of the decoder's last layer, A_L (no criterion, no fusion)
@@ -31,7 +31,7 @@ CRITERIA = ("spec", "smooth", "focus")
 
 
 def candidate_maps(anchor) -> dict[str, np.ndarray]:
-    """The grid maps of :data:`MAP_SOURCES` from one :class:`adapt.pipeline.Anchor`; a criterion the
+    """The grid maps of :data:`MAP_SOURCES` from one :class:`adapt.anchor.build.Anchor`; a criterion the
     fusion did not compute (the authors' fusion has other criteria) is left out."""
     layers = anchor.layer_maps
     out = {"last_layer": layers[-1]}
@@ -56,7 +56,7 @@ def ground(backbone, image, question: str, candidates: Sequence[Sequence[float]]
     """One item: the anchor run on (``image``, ``question``), then per map the picked candidate, its
     box and IoU with ``gold`` (boxes ``(x0, y0, x1, y1)`` in original pixels). Also the chosen layer
     of each criterion and the grid, so a record explains itself."""
-    from ..pipeline import probe_anchor
+    from ..anchor.build import probe_anchor
 
     anchor, grid = probe_anchor(backbone, image, question, cfg, cache)
     geometry = backbone.layout_geometry(image.size, grid)  # a multi-view layout: each view through its own

@@ -12,12 +12,12 @@ from PIL import Image
 from ..anchor import BiasCache, noise_images
 from ..backbones import Backbone
 from ..config import AdaptConfig
-from ..pipeline import Anchor, anchor_from_maps, backbone_id, layer_maps_from
+from ..anchor.build import Anchor, anchor_from_maps, backbone_id, layer_maps_from
 
 
 class NoiseMaps:
     """The noise images' per-layer maps ``[M, L, h, w]`` per (question, grid): in memory for this run
-    (bounded), on disk through ``cache`` (the same keys :func:`adapt.pipeline.noise_layer_maps` uses),
+    (bounded), on disk through ``cache`` (the same keys :func:`adapt.anchor.build.noise_layer_maps` uses),
     and the misses of one batch computed in a single model call."""
 
     def __init__(self, backbone: Backbone, cfg: AdaptConfig, cache: BiasCache | None, size: int = 4096):
@@ -85,7 +85,7 @@ class NoiseMaps:
 def anchor_runs(backbone: Backbone, images: list[Image.Image], questions: list[str], cfg: AdaptConfig,
                 noise: NoiseMaps) -> tuple[list[tuple], tuple[int, int]]:
     """The model's part of :func:`anchor_batch`: one batched K-step greedy run. Returns, per row, the
-    arguments of :func:`adapt.pipeline.anchor_from_maps` (layer maps, question, config, noise maps,
+    arguments of :func:`adapt.anchor.build.anchor_from_maps` (layer maps, question, config, noise maps,
     prefill maps), and the grid; the array math can then run off the model's thread."""
     k = cfg.anchor.k
     prepared = backbone.prepare_batch(images, questions)

@@ -38,7 +38,7 @@ from ..backbones import Backbone, BackboneError
 from ..config import AdaptConfig
 from ..enhance import enhance, overlay, side_by_side
 from ..images import MAX_BYTES, ImageError, fit, load_image
-from ..pipeline import anchor_from_maps, backbone_id
+from ..anchor.build import anchor_from_maps, backbone_id
 from ..prompts import QuestionError, clean_question
 from .anchors import NoiseMaps, anchor_runs
 from .sources import ROW_ID, ExportError, Row, Source
@@ -327,7 +327,7 @@ class _Exporter:
     # model side ---------------------------------------------------------------------------------
     def anchors(self, decoded: list) -> list:
         """``(row, original, data, run, grid, error)`` for each decoded row (``run``: the arguments of
-        :func:`adapt.pipeline.anchor_from_maps`, evaluated in :meth:`finish`), batched by grid."""
+        :func:`adapt.anchor.build.anchor_from_maps`, evaluated in :meth:`finish`), batched by grid."""
         results = {}
         good = [d for d in decoded if not d[4]]
         for d in decoded:

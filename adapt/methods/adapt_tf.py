@@ -25,7 +25,7 @@ from PIL import Image
 from ..anchor import BiasCache
 from ..config import AdaptConfig, parse_layers
 from ..enhance import enhance
-from ..pipeline import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps
+from ..anchor.build import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps
 from ..steering import ASIPolicy, references_from_maps, second_pass_applies, stack_references, steering_weights
 from .base import Answer, Method, register
 

@@ -29,7 +29,7 @@ from ..enhance import enhance
 from ..export.anchors import NoiseMaps, anchor_batch
 from ..images import fit
 from ..noise import noised_image
-from ..pipeline import backbone_id
+from ..anchor.build import backbone_id
 from ..prompts import QuestionError, clean_question
 from .config import TrainError
 from .data import PreferenceRecord, RawSet, RecordError, decode_row

@@ -255,7 +255,7 @@ def main(argv=None) -> int:
 
         from ..backbones import load_backbone
         from ..methods import get_method
-        from ..pipeline import default_bias_cache
+        from ..anchor.build import default_bias_cache
         from ..world import make_split
 
         torch.set_num_threads(args.threads)

@@ -207,7 +207,7 @@ def prepare_model(backbone: Backbone, cfg: TrainConfig):
 
 
 def ref_logps_path(pairs: PairSet, backbone: Backbone, sides: tuple[str, str]) -> Path:
-    from ..pipeline import backbone_id
+    from ..anchor.build import backbone_id
 
     key = hashlib.sha256(json.dumps([backbone_id(backbone), list(sides)]).encode()).hexdigest()[:12]
     return pairs.root / f"ref-logps-{key}.json"
