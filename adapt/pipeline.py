@@ -121,6 +121,8 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     progress(1.0, "done")
     views = views_of(grid)
     meta = dict(meta or {})
+    if ours.generation.keys:  # a decoder with layers that are not full attention: which were read, which not
+        meta["keys"] = ours.generation.keys
     if not greedy:
         meta.update(compare=compare, compare_about=describe().get(compare, ""),
                     compare_info={k: v for k, v in theirs.info.items() if isinstance(v, (int, float, str, bool))})

@@ -261,3 +261,21 @@ def test_steering_a_sliding_layer_at_shifted_columns_equals_the_full_row_with_th
             torch.testing.assert_close(outs[0][0], plain.transpose(1, 2), atol=1e-5, rtol=1e-5)
             dropped = positions < seq - window  # keys the cache no longer holds read 0
             assert bool((outs[0][1][dropped] == 0).all()) and bool((outs[0][1][~dropped] > 0).all())
+
+
+def test_the_trace_says_which_layers_were_not_captured(backbones, tmp_path):
+    """Qwen3.5's linear-attention layers have no softmax over the image: the saved trace names them and the
+    summary says so, after a save and a reload."""
+    from adapt.trace import Trace
+    from app.figures import summary_markdown
+
+    bb = backbones["qwen3_5"]
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 1, "anchor.k": 2, "max_new_tokens": 6})
+    trace = analyse(bb, _image((84, 56), 3), "describe the image", cfg, bias_cache=BiasCache(tmp_path))
+    keys = trace.meta["keys"]
+    assert keys["not_captured"] == [0, 2] and keys["captured"] == [1, 3]
+    again = Trace.load(trace.save(tmp_path / "t.zip"))
+    text = summary_markdown(again)
+    assert "**not captured** 0,2" in text and "captured layers 1,3" in text
+    again.meta["keys"] = {"not_captured": ["<img src=x onerror=alert(1)>", 2], "captured": [1]}
+    assert "<img" not in summary_markdown(again) and "**not captured** 2" in summary_markdown(again)

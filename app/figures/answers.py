@@ -210,6 +210,9 @@ def summary_markdown(trace) -> str:
         + (f" · {st.num_interventions} interventions" if st is not None else "")
         + (f" · bias map {'cached' if trace.bias_cache_hit else 'computed'}" if trace.bias is not None else "")
         + (f" · {total:.2f} s" if total else ""))
+    keys = _keys_text(meta.get("keys"))
+    if keys:
+        lines.append(keys)
     if compared_method(trace) != "greedy":
         about = str(meta.get("compare_about") or "")
         info = meta.get("compare_info") if isinstance(meta.get("compare_info"), dict) else {}
@@ -244,6 +247,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _short(name: str) -> str:
     name = str(name)
     return name if len(name) <= 60 else "…" + name[-57:]
@@ -262,3 +269,29 @@ def _layers_text(layers, n) -> str:
     if layers == list(range(n)):
         return "all"
     return ",".join(str(i) for i in layers) if layers else "none"
+
+
+def _layer_list(v) -> list[int]:
+    """Layer numbers from a trace (a file: anything that is not a small integer is dropped)."""
+    return [int(x) for x in v if _is_int(x) and 0 <= x < 10_000] if isinstance(v, list) else []
+
+
+def _keys_text(keys) -> str:
+    """Which decoder layers the capture read, from ``meta["keys"]`` (the key map of a decoder that is
+    not all full attention): layers not captured (linear attention, or text-only layers beside the
+    cross-attention ones) and sliding layers that left the image behind."""
+    if not isinstance(keys, dict):
+        return ""
+    parts = []
+    captured, missed = _layer_list(keys.get("captured")), _layer_list(keys.get("not_captured"))
+    if missed:
+        parts.append(f"captured layers {_layers_text(captured, -1)}; **not captured** {_layers_text(missed, -1)} "
+                     "(no softmax over the image here: linear attention, or text-only layers beside cross-attention)")
+    left = keys.get("not_steerable_from")
+    if isinstance(left, dict):
+        steps = [f"{int(k)} from step {int(v)}" for k, v in left.items()
+                 if str(k).isdigit() and len(str(k)) < 5 and _is_int(v) and 0 <= v < 100_000]
+        if steps:
+            parts.append("sliding-window layers that had dropped image keys, not steered: " + ", ".join(steps))
+    return ("**Layers** " + " · ".join(parts)) if parts else ""
+
