@@ -114,21 +114,20 @@ def test_noise_images_are_deterministic_and_content_free():
 
 def test_bias_cache_keys_keep_the_questions_case():
     """The model reads "Red" and "red" as different tokens: their bias maps are different entries."""
-    for key in (BiasCache.key, BiasCache.noise_key):
-        assert key("m", "Is the Red ball left?", (8, 8), CFG) != key("m", "is the red ball left?", (8, 8), CFG)
-        assert key("m", "Is the Red ball left?", (8, 8), CFG) == key("m", " Is the Red ball left? ", (8, 8), CFG)
+    key = BiasCache.noise_key
+    assert key("m", "Is the Red ball left?", (8, 8), CFG, (96, 96)) != key("m", "is the red ball left?", (8, 8), CFG, (96, 96))
+    assert key("m", "Is the Red ball left?", (8, 8), CFG, (96, 96)) == key("m", " Is the Red ball left? ", (8, 8), CFG, (96, 96))
 
 
 def test_bias_cache_round_trip(tmp_path):
     cache = BiasCache(tmp_path)
-    key = BiasCache.key("m", "is there a star?", (8, 8), CFG)
-    assert key == BiasCache.key("m", "is there a star? ", (8, 8), CFG)
-    assert key != BiasCache.key("m", "is there a star?", (8, 9), CFG)
-    # the rule's H*(q) follows from the question; the model's comes from the image: keyed by value
-    assert key == BiasCache.key("m", "is there a star?", (8, 8), CFG, target=0.6)
-    model_cfg = AnchorConfig(target_entropy="model")
-    assert (BiasCache.key("m", "q", (8, 8), model_cfg, target=0.61)
-            != BiasCache.key("m", "q", (8, 8), model_cfg, target=0.72))
+    key = BiasCache.noise_key("m", "is there a star?", (8, 8), CFG, (96, 96))
+    assert key == BiasCache.noise_key("m", "is there a star? ", (8, 8), CFG, (96, 96))
+    assert key != BiasCache.noise_key("m", "is there a star?", (8, 9), CFG, (96, 96))
+    # the noise images are made at the image's size: another size with the same grid is other pixels
+    assert key != BiasCache.noise_key("m", "is there a star?", (8, 8), CFG, (120, 96))
+    # fusion settings are applied after the noise maps: not part of the key
+    assert key == BiasCache.noise_key("m", "is there a star?", (8, 8), AnchorConfig(temperature=0.5), (96, 96))
     assert cache.get(key) is None
     cache.put(key, peak())
     np.testing.assert_array_equal(cache.get(key), peak())
@@ -154,3 +153,26 @@ def test_criteria_over_the_layer_stack_equal_the_per_map_equations():
         np.testing.assert_allclose(scores["spec"], [spectral_score(m, l, L, cfg) for l, m in enumerate(maps)], atol=1e-12)
         np.testing.assert_allclose(scores["smooth"], [smoothness_score(m) for m in maps], atol=1e-12)
         np.testing.assert_allclose(scores["focus"], [focus_score(m, 0.7) for m in maps], atol=1e-12)
+
+
+def test_noise_maps_are_cached_per_image_size(tmp_path):
+    """Two images of one grid but other sizes make other noise images: the second is computed, not
+    served the first one's maps; the same size again is a cache hit with the same maps."""
+    from PIL import Image
+
+    from adapt.anchor.build import noise_layer_maps
+    from adapt.backbones import load_backbone
+    from adapt.config import AdaptConfig
+
+    bb = load_backbone("embedded")
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2})
+    cache = BiasCache(tmp_path)
+    q = "describe the image"
+    grid = bb.prepare(Image.new("RGB", (96, 96)), q).span.grid
+    assert bb.prepare(Image.new("RGB", (150, 96)), q).span.grid == grid
+    square, hit = noise_layer_maps(bb, q, (96, 96), grid, cfg, cache)
+    assert not hit
+    wide, hit = noise_layer_maps(bb, q, (150, 96), grid, cfg, cache)
+    assert not hit and not np.array_equal(square, wide)
+    again, hit = noise_layer_maps(bb, q, (96, 96), grid, cfg, cache)
+    assert hit and np.array_equal(again, square)

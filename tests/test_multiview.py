@@ -196,11 +196,10 @@ def test_bias_keys_hold_the_layout_signature():
     a = Views.from_shapes([("base", 4, 4, False), ("hires", 4, 8, True)])
     b = Views.from_shapes([("base", 4, 4, False), ("hires", 8, 4, True)])
     cfg = AnchorConfig()
-    assert BiasCache.key("m", "q", a, cfg) != BiasCache.key("m", "q", b, cfg)
-    assert BiasCache.noise_key("m", "q", a, cfg) != BiasCache.noise_key("m", "q", b, cfg)
+    assert BiasCache.noise_key("m", "q", a, cfg, (64, 64)) != BiasCache.noise_key("m", "q", b, cfg, (64, 64))
     # a plain one-view layout keys as its grid did
     plain = Views.from_shapes([("base", 4, 4, False)])
-    assert BiasCache.key("m", "q", plain, cfg) == BiasCache.key("m", "q", (4, 4), cfg)
+    assert BiasCache.noise_key("m", "q", plain, cfg, (64, 64)) == BiasCache.noise_key("m", "q", (4, 4), cfg, (64, 64))
 
 
 @pytest.fixture(scope="module")

@@ -382,28 +382,15 @@ class BiasCache:
         self.dir = Path(directory or os.environ.get("ADAPT_CACHE", Path.home() / ".cache" / "adapt")) / "bias"
 
     @staticmethod
-    def key(backbone_id: str, question: str, grid: tuple[int, int], cfg: AnchorConfig,
-            target: float | None = None) -> str:
-        """B depends on the model, the question and the grid only: not on the image's content.
-
-        ``target`` is the H*(q) the noise images' maps are fused with: with
-        ``target_entropy="model"`` it comes from the image's own prefill, so it is part of the key."""
-        relevant = {k: getattr(cfg, k) for k in ("k", "r_c", "rho_shallow", "rho_deep", "w_spec", "w_smooth",
-                                                 "w_focus", "w_border", "w_depth", "temperature",
-                                                 "target_entropy", "h_broad", "h_focused", "num_noise",
-                                                 "noise_seed")}
-        if target is not None and cfg.target_entropy == "model":
-            relevant["target"] = round(float(target), 3)
-        blob = json.dumps([backbone_id, question.strip(), _layout_key(grid), relevant], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-    @staticmethod
-    def noise_key(backbone_id: str, question: str, grid: tuple[int, int], cfg: AnchorConfig) -> str:
-        """The noise images' per-layer maps depend on the model, question, grid, K and the noise set
-        only: fusion settings (T, H*, criteria weights, which λ) are applied afterwards."""
+    def noise_key(backbone_id: str, question: str, grid: tuple[int, int], cfg: AnchorConfig,
+                  image_size: tuple[int, int]) -> str:
+        """The noise images' per-layer maps depend on the model, the question (case kept), the layout, the
+        image's size (the noise images are made at it: the same layout from another size is other
+        pixels), K and the noise set only: fusion settings (T, H*, criteria weights, which λ) are applied
+        afterwards."""
         relevant = {k: getattr(cfg, k) for k in ("k", "num_noise", "noise_seed")}
-        blob = json.dumps(["noise-maps-v1", backbone_id, question.strip(), _layout_key(grid), relevant],
-                          sort_keys=True)
+        blob = json.dumps(["noise-maps-v2", backbone_id, question.strip(), _layout_key(grid),
+                           [int(s) for s in image_size], relevant], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> np.ndarray | None:

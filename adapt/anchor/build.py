@@ -84,7 +84,7 @@ def noise_layer_maps(backbone: Backbone, question: str, image_size: tuple[int, i
     a = cfg.anchor
     if not a.debias or a.num_noise == 0 or a.fusion == "authors":
         return None, False
-    key = BiasCache.noise_key(backbone_id(backbone), question, grid, a)
+    key = BiasCache.noise_key(backbone_id(backbone), question, grid, a, image_size)
     if cache is not None:
         hit = cache.get(key)
         if hit is not None and hit.shape[0] == a.num_noise and hit.shape[2:] == shape_of(grid):

@@ -31,28 +31,28 @@ class NoiseMaps:
         return a.debias and a.num_noise > 0 and a.fusion != "authors"
 
     def get(self, pairs: list[tuple[str, tuple[int, int], tuple[int, int]]]) -> list[np.ndarray | None]:
-        """Maps for each ``(question, grid, image_size)``; the size only shapes the noise images (the
-        processor resizes them to the grid the key names)."""
+        """Maps for each ``(question, grid, image_size)``: the noise images are made at the image's size,
+        so the size is part of the key (as in :meth:`BiasCache.noise_key`)."""
         if not self.needed:
             return [None] * len(pairs)
         a = self.cfg.anchor
         missing: dict[tuple, tuple] = {}
         for q, grid, size in pairs:
-            key = (q.strip(), tuple(grid))  # case kept, as the bias cache's key
+            key = (q.strip(), tuple(grid), tuple(size))  # as the bias cache's key: case kept, the size
             if key in self.memo:
                 self.memo.move_to_end(key)
                 continue
-            hit = self.cache.get(self._disk_key(q, grid)) if self.cache is not None else None
+            hit = self.cache.get(self._disk_key(q, grid, size)) if self.cache is not None else None
             if hit is not None and hit.shape[0] == a.num_noise and hit.shape[2:] == tuple(grid):
                 self._remember(key, hit)
             else:
                 missing.setdefault(key, (size, q))
         if missing:
             self._compute(missing)
-        return [self.memo[(q.strip(), tuple(grid))] for q, grid, _ in pairs]
+        return [self.memo[(q.strip(), tuple(grid), tuple(size))] for q, grid, size in pairs]
 
-    def _disk_key(self, question: str, grid) -> str:
-        return BiasCache.noise_key(self.bid, question, tuple(grid), self.cfg.anchor)
+    def _disk_key(self, question: str, grid, size) -> str:
+        return BiasCache.noise_key(self.bid, question, tuple(grid), self.cfg.anchor, size)
 
     def _remember(self, key, maps) -> None:
         self.memo[key] = maps
@@ -78,7 +78,7 @@ class NoiseMaps:
                 maps = np.stack([layer_maps_from(g.maps.numpy(), a.k, grid)
                                  for g in gens[j * a.num_noise:(j + 1) * a.num_noise]])
                 if self.cache is not None:
-                    self.cache.put(self._disk_key(missing[key][1], grid), maps)
+                    self.cache.put(self._disk_key(missing[key][1], grid, missing[key][0]), maps)
                 self._remember(key, maps)
 
 
