@@ -76,8 +76,14 @@ def test_candidate_maps_pick_each_criterions_own_layer():
 def test_refcoco_task_on_centre_cropped_images_equals_the_world_items(tmp_path, embedded):
     """A world scene pasted in the middle of a 160 × 96 canvas: the embedded model's processor (shortest
     edge 96, centre crop 96) sees exactly the scene, so every map must pick what it picks on the scene
-    itself once the boxes are shifted, and a decoy box in the cropped-away strip is never picked."""
+    itself once the boxes are shifted, and a decoy box in the cropped-away strip is never picked.
+
+    Without noise images: they are made at the image's size, so the canvas's bias map B is not the
+    scene's (the noise-map cache keys the size; it used to serve whichever size came first)."""
+    from adapt.config import AdaptConfig
+
     cache = BiasCache(tmp_path / "cache")
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 0})
     scenes = make_split("test", 3)
     lines, world_items = [], []
     for i, scene in enumerate(scenes):
@@ -91,11 +97,11 @@ def test_refcoco_task_on_centre_cropped_images_equals_the_world_items(tmp_path, 
             world_items.append(g)
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     task = get_task("refcoco", items=str(tmp_path / "items.jsonl"), images=str(tmp_path),
-                    prompt="where is {expression}?", cache=cache)
+                    prompt="where is {expression}?", config=cfg, cache=cache)
     method = get_method("greedy")
     recs = run_task(embedded, task, [method], tmp_path / "run")["greedy"]
     items = [json.loads(x) for x in (tmp_path / "run" / "items-greedy.jsonl").read_text().splitlines()]
-    world = get_task("world-grounding", split="test", scenes=3, cache=cache)
+    world = get_task("world-grounding", split="test", scenes=3, config=cfg, cache=cache)
     wrecs = world.run_batch(embedded, method, world.items())
     assert len(items) == len(wrecs) == len(world_items) >= 9
     for r, w in zip(items, wrecs):
