@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from adapt.hooks import ATTN_IMPL, register
 from adapt.testing import QWEN_TEMPLATE, word_tokenizer
@@ -328,9 +330,6 @@ def save_like_hub(model, processor, path, processor_class: str, image_processor_
 
 def _grey(size: tuple[int, int], block: tuple[int, int, int] | None = None):
     """A mid-grey ``size`` image, with a white square ``block`` = (x0, y0, side) painted on it."""
-    import numpy as np
-    from PIL import Image
-
     a = np.full((size[1], size[0], 3), 128, dtype=np.uint8)
     if block is not None:
         x0, y0, s = block
@@ -341,8 +340,6 @@ def _grey(size: tuple[int, int], block: tuple[int, int, int] | None = None):
 def token_hits(image_processor, size: tuple[int, int], block: tuple[int, int, int]):
     """Per image token of a Qwen-VL input (after the merge), how much a white square ``block`` = (x0, y0,
     side) painted on a grey ``size`` image changed its pixels, ``[h, w]`` from the processor's own output."""
-    import numpy as np
-
     out = [image_processor(images=[_grey(size, b)], return_tensors="np") for b in (None, block)]
     _, gh, gw = (int(x) for x in out[0]["image_grid_thw"][0])
     m = image_processor.merge_size
@@ -355,8 +352,6 @@ def patch_hits(image_processor, size: tuple[int, int], block: tuple[int, int, in
     """Per image token of a one-tensor-per-image input (SigLIP / CLIP patches, row-major; ``patch`` is the
     pixels one token covers), how much a white square ``block`` on a grey ``size`` image changed its
     pixels, ``[h, w]``."""
-    import numpy as np
-
     def canvas(b):  # [3, H, W] of the first image (Idefics3 nests images per row: [B, N, 3, H, W])
         pv = image_processor(images=[_grey(size, b)], return_tensors="np")["pixel_values"]
         return pv.reshape(-1, *pv.shape[-3:])[0]
@@ -571,3 +566,9 @@ def mllama_checkpoint(path, **kw) -> str:
         model.save_pretrained(path)
         processor.save_pretrained(path)
     return str(path)
+
+
+def noise_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """A ``size`` (width, height) image of uniform noise: a random model's maps over it are not flat."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))

@@ -40,13 +40,7 @@ RATES = ("chair_s", "chair_i", "recall", "accuracy", "precision", "f1", "yes_rat
          "chance_acc", "chance_miou", "pope_random_acc", "pope_adversarial_acc", "fire_rate")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: two threads on a shared machine mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def llava_checkpoint(path) -> str:

@@ -4,31 +4,24 @@ leaves it while decoding) and Qwen3.5 (linear-attention and full-attention layer
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from adapt.anchor import BiasCache
 from adapt.backbones import FAMILIES, BackboneError, load_backbone
 from adapt.config import AdaptConfig
 from adapt.hooks.keymap import KeyMap, KeyMapError
-from adapt.methods import NAMES, AdaptTF, get_method, get_methods
+from adapt.methods import NAMES, get_method, get_methods
 from adapt.pipeline import analyse
 
-from families import gemma3_checkpoint, qwen_checkpoint
-from two_pass import two_pass
+from families import gemma3_checkpoint, noise_image, qwen_checkpoint
+from two_pass import assert_one_pass_equals_two_pass
 
 WINDOW = 32
 FAMS = ["gemma3", "qwen3_5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +36,7 @@ def backbones(folders):
     return {f: load_backbone(folders[f], dtype=torch.float32) for f in FAMS}
 
 
-def _image(size, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+_image = noise_image
 
 
 def _eager_attentions(bb, folder, prepared, token_ids):
@@ -202,16 +193,11 @@ def test_every_method_runs_and_batches_equal_single_runs(family, backbones, tmp_
 def test_one_pass_adapt_tf_equals_two_pass(family, backbones, tmp_path):
     """The registered one-pass ADAPT-TF against the paper's two decodings (``tests/two_pass.py``)."""
     bb = backbones[family]
-    cfg = AdaptConfig().replace(**{"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2,
-                                   "anchor.k": 3, "max_new_tokens": 8})
     cache = BiasCache(tmp_path)
     image, q = _image((84, 56), 7), "describe the image"
-    one = AdaptTF(cfg, cache, lean=False).answer(bb, image, q, 8, min_new_tokens=8)
-    two, _ = two_pass(bb, image, q, cfg, cache)
+    one, two, cfg = assert_one_pass_equals_two_pass(bb, image, q, cache)
     greedy = get_method("greedy").answer(bb, image, q, 8, min_new_tokens=8)
     n = len(two.token_ids)
-    assert n > cfg.anchor.k and one.token_ids[:n] == two.token_ids
-    np.testing.assert_allclose(one.generation.maps[:n].numpy(), two.maps[:n].numpy(), atol=1e-6, rtol=1e-5)
     trace = analyse(bb, image, q, cfg, bias_cache=cache)
     assert trace.layer_maps.shape[0] == bb.num_layers  # the anchor fuses captured layers only
     assert not torch.allclose(one.generation.maps[cfg.anchor.k:n], greedy.generation.maps[cfg.anchor.k:n])

@@ -7,26 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from adapt.anchor import BiasCache
 from adapt.backbones import FAMILIES, BackboneError, load_backbone
 from adapt.config import AdaptConfig
-from adapt.methods import NAMES, AdaptTF, get_method, get_methods
+from adapt.methods import NAMES, get_method, get_methods
 from adapt.pipeline import analyse
 
-from families import checkpoint
-from two_pass import two_pass
+from families import checkpoint, noise_image
+from two_pass import assert_one_pass_equals_two_pass
 
 Q = "what is it"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +33,7 @@ def bb(folder):
     return load_backbone(folder, dtype=torch.float32)
 
 
-def _image(size, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+_image = noise_image
 
 
 def _per_tile(bb):
@@ -155,16 +147,11 @@ def test_tile_cells_map_to_the_processors_pixels(bb, size):
 
 
 def test_one_pass_adapt_tf_equals_two_pass_and_steers_the_cross_layers(bb, tmp_path):
-    cfg = AdaptConfig().replace(**{"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2,
-                                   "anchor.k": 3, "max_new_tokens": 8})
     cache = BiasCache(tmp_path)
     image, q = _image((84, 56), 7), "describe the image"
-    one = AdaptTF(cfg, cache, lean=False).answer(bb, image, q, 8, min_new_tokens=8)
-    two, _ = two_pass(bb, image, q, cfg, cache)
+    one, two, cfg = assert_one_pass_equals_two_pass(bb, image, q, cache)
     greedy = get_method("greedy").answer(bb, image, q, 8, min_new_tokens=8)
     n = len(two.token_ids)
-    assert n > cfg.anchor.k and one.token_ids[:n] == two.token_ids
-    np.testing.assert_allclose(one.generation.maps[:n].numpy(), two.maps[:n].numpy(), atol=1e-6, rtol=1e-5)
     trace = analyse(bb, image, q, cfg, bias_cache=cache)
     assert trace.layer_maps.shape[0] == bb.num_layers == 2  # the anchor fuses the cross layers only
     assert not torch.allclose(one.generation.maps[cfg.anchor.k:n], greedy.generation.maps[cfg.anchor.k:n])

@@ -13,7 +13,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from adapt.anchor import BiasCache, debias, fuse
 from adapt.backbones import load_backbone
@@ -24,18 +23,13 @@ from adapt.pipeline import analyse
 from adapt.steering import steering_weights
 from adapt.trace import Trace
 
-from families import _grey, llava_next_checkpoint, llava_onevision_checkpoint
+from families import _grey, llava_next_checkpoint, llava_onevision_checkpoint, noise_image
 
 # non-square sizes: 2×2 tiles cut to 4×8 (wide), 2×2 cut to 8×4 (tall), 1×3 tiles cut to 4×10, 2×2 cut to 6×8
 SIZES = [(40, 24), (24, 40), (50, 20), (37, 29)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +49,7 @@ def bb(bbs):
     return bbs["llava_next"]
 
 
-def _image(size, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+_image = noise_image
 
 
 # layout ----------------------------------------------------------------------------------------

@@ -11,23 +11,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from adapt.backbones import BackboneError, load_backbone
 from adapt.backbones.base import group_by_grid
 
-from families import _grey, internvl_checkpoint
+from families import _grey, internvl_checkpoint, noise_image
 
 # tiles of 32 px, at most 6: 84 × 56 → 3 × 2 tiles, 56 × 84 → 2 × 3, 100 × 30 → 3 × 1, 37 × 29 → 3 × 2
 SIZES = {(84, 56): (2, 3), (56, 84): (3, 2), (100, 30): (1, 3), (37, 29): (2, 3)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +34,7 @@ def bb(folder):
     return load_backbone(folder, dtype=torch.float32)
 
 
-def _image(size, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+_image = noise_image
 
 
 def _tiles(bb, image):
@@ -296,9 +288,9 @@ def test_idefics3_tiles_capture_equals_eager(tiled):
 def test_idefics3_tiles_every_method_batch_equals_single_and_one_pass_equals_two(tiled, tmp_path):
     from adapt.anchor import BiasCache
     from adapt.config import AdaptConfig
-    from adapt.methods import NAMES, AdaptTF, get_methods
+    from adapt.methods import NAMES, get_methods
 
-    from two_pass import two_pass
+    from two_pass import assert_one_pass_equals_two_pass
 
     _, bb = tiled
     images = [_image((84, 56), 4), _image((150, 50), 5), _image((84, 56), 6)]
@@ -311,14 +303,7 @@ def test_idefics3_tiles_every_method_batch_equals_single_and_one_pass_equals_two
         for i in (0, 1):
             assert method.answer(bb, images[i], questions[i], n, min_new_tokens=n).token_ids == batch[i].token_ids, \
                 (method.name, i)
-    cfg = AdaptConfig().replace(**{"asi.trigger": "always", "asi.layers": "all", "anchor.num_noise": 2,
-                                   "anchor.k": 3, "max_new_tokens": 6})
-    cache = BiasCache(tmp_path / "tf")
-    one = AdaptTF(cfg, cache, lean=False).answer(bb, images[0], questions[0], 6, min_new_tokens=6)
-    two, _ = two_pass(bb, images[0], questions[0], cfg, cache)
-    k = len(two.token_ids)
-    assert k > cfg.anchor.k and one.token_ids[:k] == two.token_ids
-    np.testing.assert_allclose(one.generation.maps[:k].numpy(), two.maps[:k].numpy(), atol=1e-6, rtol=1e-5)
+    assert_one_pass_equals_two_pass(bb, images[0], questions[0], BiasCache(tmp_path / "tf"), n=6)
 
 
 def test_idefics3_tiles_text_only_branch_masks_every_tile_marker(tiled):
