@@ -65,7 +65,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="embedded", help="'embedded', a local model directory or a hub id")
+    p.add_argument("--backbone", default="embedded", help="'embedded', a local model directory or a hub id; a family's "
+                   "load options after '?', e.g. DIR?image_splitting=off (docs/families.md)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 …")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device-map", default=None, help="e.g. auto (needs accelerate)")
@@ -365,7 +366,8 @@ def cmd_models(args) -> int:
                              ("hub ids", ", ".join(e["hub_ids"])), ("untested", e["untested"])):
             print(f"  {label + ':':12s}{value}")
     print(f"{EMBEDDED}: {embedded['about']} (model type llava; --backbone {EMBEDDED}, the default)")
-    print("load any of them with --backbone <local folder or hub id>; details: docs/families.md")
+    print("load any of them with --backbone <local folder or hub id>[?option=on|off] (idefics3: image_splitting); "
+          "details: docs/families.md")
     return 0
 
 

@@ -43,7 +43,9 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbones(folders):
-    return {f: load_backbone(folders[f], dtype=torch.float32) for f in ALL + KEYMAPPED}
+    # Idefics3 here with image splitting off, the global view alone (tests/test_tiles.py: the tiles, its default)
+    return {f: load_backbone(folders[f], dtype=torch.float32, image_splitting=False if f == "idefics3" else None)
+            for f in ALL + KEYMAPPED}
 
 
 _image = noise_image

@@ -195,12 +195,63 @@ def test_a_tiled_trace_saves_reloads_and_reads_each_tile_through_its_box(bb, tmp
 
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory):
-    from adapt.backbones.idefics3 import Idefics3TiledBackbone
-
+    """The hub-like folder (``do_image_splitting: true``, as SmolVLM's) loaded as a user loads it."""
     from families import idefics3_checkpoint
 
     folder = idefics3_checkpoint(tmp_path_factory.mktemp("fam") / "idefics3")
-    return folder, Idefics3TiledBackbone.load(folder, dtype=torch.float32)
+    return folder, load_backbone(folder, dtype=torch.float32)
+
+
+def test_idefics3_loads_with_the_checkpoints_own_splitting_unless_told_otherwise(tiled, tmp_path, capsys):
+    """``load_backbone(dir)`` follows the folder's ``do_image_splitting`` (on: the tiles), ``image_splitting=False``
+    or ``dir?image_splitting=off`` gives the global view alone; a folder saved with splitting off loads as one
+    view and ``?image_splitting=on`` tiles it; a wrong option is one line. The CLI's ``--backbone`` takes the
+    same form."""
+    import json
+    from pathlib import Path
+
+    from adapt.backbones import Idefics3Backbone, Idefics3TiledBackbone
+    from adapt.cli import main
+
+    folder, bb = tiled
+    assert json.loads((Path(folder) / "preprocessor_config.json").read_text())["do_image_splitting"] is True
+    assert type(bb) is Idefics3TiledBackbone and bb.processor.image_processor.do_image_splitting is True
+    size = (84, 56)
+    assert len(bb.prepare(_image(size), "describe").span.views) == 5  # 2 × 2 tiles and the global view
+    for off in (load_backbone(folder, dtype=torch.float32, image_splitting=False),
+                load_backbone(folder + "?image_splitting=off", dtype=torch.float32)):
+        assert type(off) is Idefics3Backbone and off.processor.image_processor.do_image_splitting is False
+        p = off.prepare(_image(size), "describe")
+        assert p.span.grid == (4, 4) and p.span.n == off.processor.image_seq_len
+    # a keyword wins over the name's option
+    assert type(load_backbone(folder + "?image_splitting=off", image_splitting=True)) is Idefics3TiledBackbone
+    # a folder saved with splitting off: one view unless asked for the tiles
+    bb.processor.save_pretrained(tmp_path / "flat")
+    flat = tmp_path / "flat"
+    cfg = json.loads((flat / "processor_config.json").read_text())
+    cfg["image_processor"]["do_image_splitting"] = False
+    (flat / "processor_config.json").write_text(json.dumps(cfg))
+    bb.model.save_pretrained(flat)
+    assert type(load_backbone(str(flat))) is Idefics3Backbone
+    assert type(load_backbone(f"{flat}?image_splitting=on")) is Idefics3TiledBackbone
+    for bad, words in ((folder + "?image_splitting=maybe", "name=on or name=off"),
+                       (folder + "?pan_and_scan=on", "not a load option of idefics3")):
+        with pytest.raises(BackboneError, match=words):
+            load_backbone(bad)
+    # the CLI: the layout it prints is the one asked for; a wrong option is one line, exit 2
+    image = tmp_path / "img.png"
+    _image(size).save(image)
+    base = ["run", "--image", str(image), "--question", "describe", "--max-new-tokens", "3", "--k", "2",
+            "--num-noise", "1", "--cache-dir", str(tmp_path / "cache")]
+    printed = {}
+    for name in (folder, folder + "?image_splitting=off"):
+        assert main(base + ["--backbone", name, "--out", str(tmp_path / f"out{len(printed)}")]) == 0
+        printed[name] = capsys.readouterr().out.splitlines()[0]
+    assert "views tile 0,0 4x4, tile 0,1 4x4, tile 1,0 4x4, tile 1,1 4x4, global 4x4" in printed[folder]
+    assert "grid 4x4" in printed[folder + "?image_splitting=off"]
+    assert main(base + ["--backbone", folder + "?image_spliting=off", "--out", str(tmp_path / "bad")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "'image_spliting' is not a load option of idefics3" in err[0], err
 
 
 def _frames(bb, image):

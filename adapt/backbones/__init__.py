@@ -68,13 +68,47 @@ def model_type_of(path: str, trust_remote_code: bool = False) -> str:
                             f"could not resolve it: {type(exc).__name__})") from exc
 
 
+_ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
+
+
+def split_options(name_or_path: str) -> tuple[str, dict[str, bool]]:
+    """``"DIR?image_splitting=off"`` → ``("DIR", {"image_splitting": False})``: a family's load options written
+    after the model's name (so every place that takes a model name, the CLI's ``--backbone``, the app's
+    model list and lmms-eval's ``pretrained=``, can pass them). A name that is an existing path is kept whole."""
+    name = str(name_or_path or "")
+    if "?" not in name or Path(name).expanduser().exists():
+        return name_or_path, {}
+    name, _, query = name.rpartition("?")
+    options = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        flag = _ON.get(value.strip().lower()) if eq else None
+        if not key or flag is None:
+            raise BackboneError(f"model option '{part}' after '?' must read name=on or name=off "
+                                f"(e.g. {name}?image_splitting=off)")
+        options[key] = flag
+    return name, options
+
+
+def _flag(key: str, value) -> bool:
+    flag = _ON.get(value.strip().lower()) if isinstance(value, str) else value
+    if not isinstance(flag, bool):
+        raise BackboneError(f"model option {key}={value!r} must be on or off (True / False)")
+    return flag
+
+
 def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None = None, device_map=None,
-                  trust_remote_code: bool = False) -> Backbone:
+                  trust_remote_code: bool = False, **options) -> Backbone:
     """Load a supported multimodal model (local directory, hub id, or ``"embedded"``).
 
     ``device_map`` (e.g. ``"auto"``, needs accelerate) is for GPU users; ``trust_remote_code``
-    stays off unless asked for.
+    stays off unless asked for. ``options``: the family's load options (``Backbone.load_options``; Idefics3 /
+    SmolVLM: ``image_splitting``), True / False, or None for the checkpoint's own setting; also written
+    after the name, ``DIR?image_splitting=off`` (a keyword wins over the same option in the name).
     """
+    name_or_path, written = split_options(name_or_path)
+    options = {**written, **{k: _flag(k, v) for k, v in options.items() if v is not None}}
     path = resolve(name_or_path)
     model_type = model_type_of(path, trust_remote_code)
     family = FAMILIES.get(model_type)
@@ -83,10 +117,10 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
                             f"supported: {', '.join(sorted(FAMILIES))} "
                             f"({', '.join(CATALOG[k].name for k in FAMILIES)}, and the embedded model)")
     return family.load(path, dtype=dtype, device=device, device_map=device_map,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, **options)
 
 
-__all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
+__all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone", "split_options",
            "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
            "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
            "PaliGemmaBackbone", "Idefics3Backbone", "Idefics3TiledBackbone", "Gemma3Backbone", "Qwen3_5Backbone",

@@ -84,10 +84,23 @@ class Backbone(ABC):
             gc.pad_token_id = pad if pad is not None else gc.eos_token_id
 
     # loading ------------------------------------------------------------------------------
+    # a family's load options (name -> what it does), each on / off; None (not given) keeps the checkpoint's own
+    # setting. load_backbone takes them as keywords or after the name: ``DIR?image_splitting=off``
+    load_options: dict[str, str] = {}
+
     @classmethod
     def load(cls, path: str, dtype="auto", device: str | None = None, device_map=None,
-             trust_remote_code: bool = False, processor=None) -> "Backbone":
+             trust_remote_code: bool = False, processor=None, **options) -> "Backbone":
+        """Load the checkpoint at ``path`` with this family's model class and processor; ``options`` are the
+        family's :attr:`load_options` (refused in one line when it has no such option)."""
+        unknown = sorted(set(options) - set(cls.load_options))
+        if unknown:
+            has = ", ".join(cls.load_options) or "none"
+            raise BackboneError(f"'{unknown[0]}' is not a load option of {cls.family} checkpoints (its options: {has})")
         register()
+        if processor is None:  # first: a family may pick its layout from the processor's settings
+            processor = cls.load_processor(path, trust_remote_code=trust_remote_code)
+        cls = cls.for_processor(processor, **options)
         kwargs = dict(
             dtype=dtype,
             attn_implementation={"text_config": ATTN_IMPL, "vision_config": "sdpa"},
@@ -98,9 +111,13 @@ class Backbone(ABC):
         model = cls.model_class().from_pretrained(path, **kwargs)
         if device_map is None and device is not None:
             model = model.to(device)
-        if processor is None:
-            processor = cls.load_processor(path, trust_remote_code=trust_remote_code)
         return cls(model, processor, name=str(path))
+
+    @classmethod
+    def for_processor(cls, processor, **options) -> type["Backbone"]:
+        """The class that reads this checkpoint's image layout, given its processor and the load options (a
+        family whose layout follows a processor setting, such as Idefics3's image splitting, picks here)."""
+        return cls
 
     @classmethod
     @abstractmethod

@@ -66,12 +66,13 @@ CATALOG: dict[str, FamilyInfo] = {
         "all (full attention); PaliGemma 2 (Gemma 2 softcap) refused",
         ("google/paligemma-3b-mix-224", "google/paligemma-3b-pt-224"), _NO_REAL),
     "idefics3": FamilyInfo(
-        "Idefics3 / SmolVLM with image splitting off", "Idefics3ForConditionalGeneration", "Idefics3Processor",
-        "one square grid: the global view alone, stretched to max_image_size, scale_factor² patches per token",
-        "all (full attention)",
+        "Idefics3 / SmolVLM", "Idefics3ForConditionalGeneration", "Idefics3Processor",
+        "the checkpoint's do_image_splitting (the hub's: on): views tile r,c (the image resized up to whole "
+        "max_image_size tiles, cut row-major, each after its <row_i_col_j> token) and global (the image stretched "
+        "to one tile); image_splitting=off (DIR?image_splitting=off): the global view alone, one square grid; "
+        "scale_factor² patches per token", "all (full attention)",
         ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceM4/Idefics3-8B-Llama3"),
-        _NO_REAL + "; load_backbone does not show it the tiles it was trained with (Idefics3TiledBackbone.load "
-        "does: tile r,c views and a global view, tests/test_tiles.py)"),
+        _NO_REAL + "; SmolVLM2 (smolvlm) is not registered", layout_kind="views"),
     "gemma3": FamilyInfo(
         "Gemma 3", "Gemma3ForConditionalGeneration", "Gemma3Processor (pan-and-scan turned off)",
         "one square grid, mm_tokens_per_image (16×16), image stretched to size; the image block attends "

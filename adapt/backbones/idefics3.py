@@ -1,9 +1,13 @@
-"""Idefics3 / SmolVLM (``Idefics3ForConditionalGeneration``) with image splitting off: one square grid.
+"""Idefics3 / SmolVLM (``Idefics3ForConditionalGeneration``): the tiles and the global view, or the global
+view alone, as the checkpoint's processor config says.
 
-The stock processor splits a large image into ``max_image_size`` tiles plus a global view, each tile
-written as ``<fake_token_around_image><row_i_col_j><image>×n``: several grids, which the one-grid layout
-cannot hold honestly. This backbone turns splitting off (``do_image_splitting=False`` on the image
-processor it is given), so every image is the global view alone:
+The hub's SmolVLM and Idefics3 configs ship ``do_image_splitting: true``: a large image is cut into
+``max_image_size`` tiles plus a global view, and the model was trained seeing them. :func:`load_backbone`
+follows the checkpoint (:meth:`Idefics3Backbone.for_processor`): splitting on gives
+:class:`Idefics3TiledBackbone`, off gives :class:`Idefics3Backbone`; the load option ``image_splitting``
+(``load_backbone(dir, image_splitting=False)``, ``DIR?image_splitting=off``) overrides it.
+
+:class:`Idefics3Backbone`, splitting off (``do_image_splitting=False`` on the image processor it is given):
 
 * **Layout**: ``<fake_token_around_image><global-img><image>×n<fake_token_around_image>``, n =
   ``image_seq_len`` = ((image_size / patch) / scale_factor)²; the connector's pixel shuffle folds each
@@ -12,13 +16,11 @@ processor it is given), so every image is the global view alone:
 * **Geometry**: the processor resizes the longest edge to ``size`` and then stretches the result to a
   ``max_image_size`` square; together a stretch of the original to that square (no crop, no pad).
 * **What it costs**: the model sees the image at ``max_image_size`` (512 px for SmolVLM, 364 for
-  Idefics3), not at the tiled resolution it was trained to use for large images; answers may differ from
-  the stock processor's. The tiles: :class:`Idefics3TiledBackbone` below.
+  Idefics3), not at the tiled resolution it was trained to use for large images.
 * The processor has no video processor, so the stock class loads without torchvision. SmolVLM2
   (``smolvlm``: its processor needs torchvision and num2words for video) is not registered.
 
-:class:`Idefics3TiledBackbone` keeps splitting on (the stock processor's setting) and reads the tiles as
-views (``Idefics3TiledBackbone.load(path)``; ``load_backbone`` keeps the one-view default):
+:class:`Idefics3TiledBackbone`, splitting on (the hub's setting), reads the tiles as views:
 
 * **Layout**: per tile ``<fake_token_around_image><row_i_col_j><image>×n`` row-major (a newline after each
   row of tiles), then two newlines and ``<fake_token_around_image><global-img><image>×n
@@ -52,6 +54,16 @@ _TILE_TOKEN = re.compile(r"<row_(\d+)_col_(\d+)>")
 class Idefics3Backbone(Backbone):
     family = "idefics3"
     splitting = False  # off: one global view, one grid (Idefics3TiledBackbone: the tiles as views)
+    load_options = {"image_splitting": "tiles + a global view (the checkpoint's do_image_splitting by default); "
+                                       "off: the global view alone"}
+
+    @classmethod
+    def for_processor(cls, processor, image_splitting: bool | None = None) -> type[Backbone]:
+        """The checkpoint's own ``do_image_splitting`` (the hub's SmolVLM and Idefics3 configs: on, the tiles
+        the model was trained on) unless ``image_splitting`` says otherwise."""
+        if image_splitting is None:
+            image_splitting = bool(getattr(processor.image_processor, "do_image_splitting", False))
+        return Idefics3TiledBackbone if image_splitting else Idefics3Backbone
 
     def __init__(self, model, processor, name: str):
         processor.image_processor.do_image_splitting = self.splitting
@@ -95,10 +107,15 @@ class Idefics3Backbone(Backbone):
 
 
 class Idefics3TiledBackbone(Idefics3Backbone):
-    """Idefics3 / SmolVLM with image splitting on, as the stock processor ships: ``tile r,c`` views and a
-    ``global`` view (module docstring). Not what ``load_backbone`` picks: ``Idefics3TiledBackbone.load``."""
+    """Idefics3 / SmolVLM with image splitting on, as the hub's processor configs ship it: ``tile r,c`` views
+    and a ``global`` view (module docstring). What ``load_backbone`` picks for such a checkpoint."""
 
     splitting = True
+
+    @classmethod
+    def for_processor(cls, processor, image_splitting: bool | None = None) -> type[Backbone]:
+        """Asked for by name (``Idefics3TiledBackbone.load``): the tiles unless ``image_splitting=False``."""
+        return super().for_processor(processor, True if image_splitting is None else image_splitting)
 
     def image_block_ids(self) -> list[int]:
         """The image tokens, ``<fake_token_around_image>``, ``<global-img>`` and every ``<row_i_col_j>``."""
