@@ -265,3 +265,54 @@ def test_the_trace_says_which_layers_were_not_captured(backbones, tmp_path):
     assert "**not captured** 0,2" in text and "captured layers 1,3" in text
     again.meta["keys"] = {"not_captured": ["<img src=x onerror=alert(1)>", 2], "captured": [1]}
     assert "<img" not in summary_markdown(again) and "**not captured** 2" in summary_markdown(again)
+
+
+def test_a_sliding_layer_whose_window_lost_the_image_feeds_no_anchor(backbones, tmp_path):
+    """A long question puts the image out of the 32-key window within the anchor's K steps: the sliding
+    layers are left out of the anchor (λ 0, ``left_out``) exactly when the recorder reports them not steerable
+    before step K, the anchor is then the global layer's alone (as if the sliding layers were absent, bias
+    map included), one pass = two passes, and a batch row = its single run. A short question keeps them."""
+    import numpy as np
+
+    from adapt.anchor.build import anchor_from_maps, layer_maps_from, noise_layer_maps, window_kept
+    from adapt.methods import AdaptTF
+
+    bb = backbones["gemma3"]
+    k = 3
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": k, "max_new_tokens": 6,
+                                   "asi.trigger": "always", "asi.layers": "all"})
+    cache = BiasCache(tmp_path)
+    image = _image((40, 30), 5)
+    short, long = "describe the image", "is there a red circle or a blue star near the dog on the left of the picture ?"
+    method = AdaptTF(cfg, cache, lean=False, record=True)
+    anchors = {}
+    for q in (short, long):
+        p = bb.prepare(image, q)
+        probe = bb.generate(p, max_new_tokens=k, min_new_tokens=k)
+        lost_before_k = {layer: s for layer, s in probe.keys["not_steerable_from"].items() if s < k}
+        keep = window_kept(bb, p, 0, k)
+        # the anchor's rule is the recorder's: a sliding layer is left out iff its window lost the image by step K − 1
+        assert (keep is None) == (not lost_before_k)
+        answer = method.answer(bb, image, q, 6, min_new_tokens=6)
+        anchors[q] = a = answer.record.anchor
+        maps, grid = probe.maps.numpy(), p.span.grid
+        noise, _ = noise_layer_maps(bb, p.question, image.size, grid, cfg, cache)
+        if q == short:
+            assert keep is None and a.left_out == () and (a.fusion.lam > 0).all()
+            continue
+        assert sorted(lost_before_k) == [0, 1] and list(keep) == [False, False, True]
+        assert a.left_out == (0, 1) and list(a.fusion.lam) == [0.0, 0.0, 1.0]
+        # what the anchor would be with the sliding layers' part-zero maps in it: another map
+        full = anchor_from_maps(layer_maps_from(maps, k, grid), p.question, cfg, noise)
+        assert (full.fusion.lam[:2] > 0).all() and not np.allclose(full.anchor, a.anchor)
+        # the global layer alone (bias map from the noise images' global layer) is the anchor
+        alone = anchor_from_maps(layer_maps_from(maps[:, 2:], k, grid), p.question, cfg, noise[:, 2:])
+        np.testing.assert_allclose(a.anchor, alone.anchor, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(a.bias, alone.bias, rtol=1e-6, atol=1e-9)
+        # one pass = the paper's two passes (whose probe anchor leaves the same layers out)
+        assert_one_pass_equals_two_pass(bb, image, q, cache, n=6, k=k)
+    # a batch of both questions: each row's anchor is its single run's
+    batch = method.answer_batch(bb, [image, image], [short, long], 6, min_new_tokens=6)
+    for row, q in zip(batch, (short, long)):
+        assert row.record.anchor.left_out == anchors[q].left_out
+        np.testing.assert_allclose(row.record.anchor.anchor, anchors[q].anchor, rtol=1e-5, atol=1e-7)

@@ -123,15 +123,16 @@ class Fusion:
     fused: np.ndarray  # [h, w], sums to one
 
 
-def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig, views=None) -> Fusion:
+def fuse(layer_maps: np.ndarray, target: float, cfg: AnchorConfig, views=None, keep=None) -> Fusion:
     """Eq. 6: c_l = ω·S_l (+ optional border/depth priors); λ = softmax_l(MM(c)/T); Ā = Σ λ_l N(A_l).
 
     ``views`` (a multi-view layout's :class:`~adapt.hooks.Views`; ``layer_maps`` then ``[L, 1, n]``): see
-    :func:`per_view_fusion`."""
+    :func:`per_view_fusion`. ``keep`` (bool ``[L]``, None: all): the layers that may feed Ā; the others
+    are scored but get λ = 0, and MM and the softmax run over the kept ones (as if the others were absent)."""
     if _multi(views):
-        return per_view_fusion(layer_maps, views, lambda maps: _paper_criteria(maps, target, cfg), cfg)
+        return per_view_fusion(layer_maps, views, lambda maps: _paper_criteria(maps, target, cfg), cfg, keep=keep)
     c, scores = _paper_criteria(layer_maps, target, cfg)
-    lam = _softmax(minmax(c) / cfg.temperature)
+    lam = _layer_weights(c, keep, lambda x: minmax(x) / cfg.temperature)
     return Fusion(scores={**scores, "fused": c}, lam=lam, fused=_weighted(layer_maps, lam))
 
 
@@ -200,6 +201,16 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return lam / lam.sum()
 
 
+def _layer_weights(c: np.ndarray, keep, scale) -> np.ndarray:
+    """λ = softmax(scale(c)) over the kept layers, 0 at the others (``keep`` None or all False: every layer)."""
+    keep = None if keep is None else np.asarray(keep, dtype=bool)
+    if keep is None or keep.all() or not keep.any():
+        return _softmax(scale(c))
+    lam = np.zeros(len(c))
+    lam[keep] = _softmax(scale(np.asarray(c)[keep]))
+    return lam
+
+
 def _weighted(layer_maps: np.ndarray, lam: np.ndarray) -> np.ndarray:
     return normalize(np.tensordot(lam, np.stack([normalize(m) for m in layer_maps]), axes=1))
 
@@ -233,7 +244,8 @@ def join_views(grids: list[np.ndarray], views, weights) -> np.ndarray:
     return out.reshape(views.grid)
 
 
-def per_view_fusion(layer_maps: np.ndarray, views, criteria, cfg: AnchorConfig, authors: bool = False) -> Fusion:
+def per_view_fusion(layer_maps: np.ndarray, views, criteria, cfg: AnchorConfig, authors: bool = False,
+                    keep=None) -> Fusion:
     """Eq. 6 over a layout of several views (``layer_maps[L, 1, n]``).
 
     The criteria run on each view's own grid (newline columns are no cells); a layer's criterion is the
@@ -246,7 +258,7 @@ def per_view_fusion(layer_maps: np.ndarray, views, criteria, cfg: AnchorConfig, 
     per = [criteria(v.take(flat)) for v in views]
     c = sum(wt * p[0] for wt, p in zip(weight, per))
     scores = {k: sum(wt * p[1][k] for wt, p in zip(weight, per)) for k in per[0][1]}
-    lam = _softmax(10.0 * c) if authors else _softmax(minmax(c) / cfg.temperature)
+    lam = _layer_weights(c, keep, (lambda x: 10.0 * x) if authors else (lambda x: minmax(x) / cfg.temperature))
     return Fusion(scores={**scores, "fused": c}, lam=lam, fused=_weighted_views(flat, lam, views))
 
 
@@ -268,16 +280,18 @@ def sobel_smoothness(m: np.ndarray) -> float:
     return 1.0 / (1.0 + float(np.hypot(gx, gy).mean()))
 
 
-def fuse_authors(layer_maps: np.ndarray, cfg: AnchorConfig, views=None) -> Fusion:
+def fuse_authors(layer_maps: np.ndarray, cfg: AnchorConfig, views=None, keep=None) -> Fusion:
     """The authors' public fusion (DESIGN §8), as we read it: five criteria per layer — boundary
     (1 − mass on the border), frequency match (Eq. 2's spectral score), Sobel smoothness,
     concentration (1 − entropy) and a layer-position prior peaking at 20/31 of the depth (their
     layer 20 of 32) — each min-max scaled over layers, weighted 0.25 / 0.30 / 0.15 / 0.20 / 0.10, and
-    λ = exp(10·c) normalised. The paper's ω, T and H*(q) play no part. Several views: as :func:`fuse`."""
+    λ = exp(10·c) normalised. The paper's ω, T and H*(q) play no part. Several views and ``keep``: as
+    :func:`fuse` (the criteria keep their min-max over every layer; λ is 0 at a layer not kept)."""
     if _multi(views):
-        return per_view_fusion(layer_maps, views, lambda maps: _authors_criteria(maps, cfg), cfg, authors=True)
+        return per_view_fusion(layer_maps, views, lambda maps: _authors_criteria(maps, cfg), cfg, authors=True,
+                               keep=keep)
     c, raw = _authors_criteria(layer_maps, cfg)
-    lam = _softmax(10.0 * c)
+    lam = _layer_weights(c, keep, lambda x: 10.0 * x)
     return Fusion(scores={**raw, "fused": c}, lam=lam, fused=_weighted(layer_maps, lam))
 
 
@@ -331,16 +345,17 @@ def debias(fused: np.ndarray, bias: np.ndarray | None, eps_s: float | None = Non
 
 
 def bias_from_noise(noise_maps: np.ndarray, lam: np.ndarray, target: float, cfg: AnchorConfig,
-                    views=None) -> np.ndarray:
+                    views=None, keep=None) -> np.ndarray:
     """Eq. 7: B = mean_n N(Ā^(n)) from the noise images' per-layer maps ``[M, L, h, w]``.
 
     ``cfg.bias_lambda="image"`` fuses every noise image's layers with the *image's* λ (``lam``), so
     B is the sink pattern of the layers the anchor is made of; ``"noise"`` fuses each with its own λ
-    (Eq. 7 read literally). Several views: each noise image's Ā^(n) per view, as :func:`fuse` builds Ā."""
+    (Eq. 7 read literally; ``keep`` as in :func:`fuse`). Several views: each noise image's Ā^(n) per view,
+    as :func:`fuse` builds Ā."""
     fused = []
     for maps in noise_maps:
         if cfg.bias_lambda == "noise":
-            fused.append(normalize(fuse(maps, target, cfg, views).fused))
+            fused.append(normalize(fuse(maps, target, cfg, views, keep).fused))
         elif _multi(views):
             fused.append(_weighted_views(_flat(maps, 1), lam, views))
         else:

@@ -49,6 +49,9 @@ class Anchor:
     anchor: np.ndarray  # W, [h, w] (a multi-view layout: [1, n], 0 at newline columns)
     cache_hit: bool
     seconds_bias: float
+    # captured layers (rows of layer_maps) left out of the fusion, λ = 0: sliding-window layers whose window
+    # had lost (part of) the image by the last anchor step (window_kept)
+    left_out: tuple[int, ...] = ()
 
 
 def shape_of(grid) -> tuple[int, int]:
@@ -68,6 +71,21 @@ def layer_maps_from(maps: np.ndarray, k: int, grid) -> np.ndarray:
     An answer shorter than K tokens contributes the steps it has.
     """
     return maps[: max(1, min(k, maps.shape[0]))].mean(0).reshape(maps.shape[1], *shape_of(grid))
+
+
+def window_kept(backbone: Backbone, prepared, row: int, steps: int) -> np.ndarray | None:
+    """Which captured layers may feed row ``row``'s anchor of ``steps`` steps (bool per row of the maps), or
+    None when all may. A sliding-window layer whose window had dropped (part of) the image by the last anchor
+    step read 0 on those keys: its map is not the model's view of the image, so it is left out. Step t's
+    query sits at ``prompt_len − 1 + t`` and sees the keys at distance < window (``adapt.hooks.keymap``);
+    the row's own first image key decides (left padding moves both alike: a batch row = its single run)."""
+    km = backbone.key_map
+    if km.window is None or steps < 1:
+        return None
+    first = int(prepared.span.positions[row].min())
+    if first >= prepared.prompt_len + steps - 1 - km.window:  # in the window of the last anchor query
+        return None
+    return np.array([km.kinds[layer] != "sliding_attention" for layer in km.captured])
 
 
 def target_entropy(question: str, cfg: AdaptConfig, prefill_maps: np.ndarray | None) -> float:
@@ -101,36 +119,41 @@ def noise_layer_maps(backbone: Backbone, question: str, image_size: tuple[int, i
 
 
 def anchor_from_maps(layer_maps: np.ndarray, question: str, cfg: AdaptConfig, noise_maps: np.ndarray | None,
-                     prefill_maps: np.ndarray | None = None, views: Views | None = None) -> Anchor:
+                     prefill_maps: np.ndarray | None = None, views: Views | None = None,
+                     keep: np.ndarray | None = None) -> Anchor:
     """Eq. 1–9 from the per-layer maps A_l ``[L, h, w]`` and the noise images' maps (pure array math).
 
     ``views`` (a multi-view layout; maps ``[L, 1, n]``): criteria, fusion and debiasing run per view and
     W is their concatenation (:func:`adapt.anchor.per_view_fusion` says how λ and the views' shares are
-    made); newline columns get weight 0. The model-mode H*(q) reads the prefill maps over all n keys."""
+    made); newline columns get weight 0. The model-mode H*(q) reads the prefill maps over all n keys.
+    ``keep`` (:func:`window_kept`): the layers that may feed the anchor; the others get λ = 0 and are
+    named in ``Anchor.left_out``."""
     a = cfg.anchor
     views = views_of(views)
     target = target_entropy(question, cfg, prefill_maps)
+    left_out = () if keep is None else tuple(int(i) for i in np.flatnonzero(~np.asarray(keep, dtype=bool)))
     if a.fusion == "authors":
-        fusion = fuse_authors(layer_maps, a, views)
+        fusion = fuse_authors(layer_maps, a, views, keep)
         d, w = halve_border(fusion.fused, views)
         return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=None, debias_mask=d,
-                      anchor=w, cache_hit=False, seconds_bias=0.0)
-    fusion = fuse(layer_maps, target, a, views)
-    bias = bias_from_noise(noise_maps, fusion.lam, target, a, views) if noise_maps is not None else None
+                      anchor=w, cache_hit=False, seconds_bias=0.0, left_out=left_out)
+    fusion = fuse(layer_maps, target, a, views, keep)
+    bias = bias_from_noise(noise_maps, fusion.lam, target, a, views, keep) if noise_maps is not None else None
     d, w = debias(fusion.fused, bias, a.eps_s, views)
     return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=bias, debias_mask=d, anchor=w,
-                  cache_hit=False, seconds_bias=0.0)
+                  cache_hit=False, seconds_bias=0.0, left_out=left_out)
 
 
 def build_anchor(backbone: Backbone, question: str, image_size: tuple[int, int], grid,
                  maps: np.ndarray, cfg: AdaptConfig, prefill_maps: np.ndarray | None = None,
-                 cache: BiasCache | None = None) -> Anchor:
-    """Eq. 1–9 from the anchor run's captured maps ``[T, L, n]`` (runs the noise images if not cached)."""
+                 cache: BiasCache | None = None, keep: np.ndarray | None = None) -> Anchor:
+    """Eq. 1–9 from the anchor run's captured maps ``[T, L, n]`` (runs the noise images if not cached);
+    ``keep``: :func:`window_kept`."""
     t0 = time.perf_counter()
     noise, hit = noise_layer_maps(backbone, question, image_size, grid, cfg, cache)
     seconds = time.perf_counter() - t0
     anchor = anchor_from_maps(layer_maps_from(maps, cfg.anchor.k, grid), question, cfg, noise, prefill_maps,
-                              views=views_of(grid))
+                              views=views_of(grid), keep=keep)
     anchor.cache_hit, anchor.seconds_bias = hit, seconds
     return anchor
 
@@ -142,8 +165,10 @@ def probe_anchor(backbone: Backbone, image: Image.Image, question: str, cfg: Ada
     probe = backbone.generate(prepared, max_new_tokens=cfg.anchor.k,
                               capture_prefill=cfg.anchor.target_entropy == "model")
     prefill = probe.prefill_maps.cpu().numpy() if probe.prefill_maps is not None else None
-    anchor = build_anchor(backbone, prepared.question, image.size, prepared.span.grid, probe.maps.cpu().numpy(),
-                          cfg, prefill, cache)
+    maps = probe.maps.cpu().numpy()
+    keep = window_kept(backbone, prepared, 0, min(cfg.anchor.k, maps.shape[0]))
+    anchor = build_anchor(backbone, prepared.question, image.size, prepared.span.grid, maps, cfg, prefill, cache,
+                          keep)
     return anchor, prepared.span.grid
 
 

@@ -116,6 +116,7 @@ class AttentionRecorder:
         self._calls = [0] * len(keymap.kinds)  # sliding and cross layers' decoding calls
         self.policy = policy
         self._intervene = getattr(policy, "intervene", None)
+        self._observe = getattr(policy, "observe", None)  # a point the key map keeps from steering
         # lean: a (layer, step) the intervention says it does not read (``needs(layer, step)``) runs as
         # plain SDPA and is not captured; maps() then holds the steps every layer was captured at
         self.lean = getattr(policy, "needs", None) if lean else None
@@ -216,6 +217,8 @@ class AttentionRecorder:
             self._logits.slot(layer, step, img).copy_(point.logits)
         if not steer:
             edit = None
+            if self._observe is not None:  # the anchor phase still reads a map it may not write
+                self._observe(point)
         elif self._intervene is not None:
             edit = self._intervene(point)
         elif self.policy is not None:

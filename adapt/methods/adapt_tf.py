@@ -25,7 +25,7 @@ from PIL import Image
 from ..anchor import BiasCache
 from ..config import AdaptConfig, parse_layers
 from ..enhance import enhance
-from ..anchor.build import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps
+from ..anchor.build import Anchor, anchor_from_maps, layer_maps_from, noise_layer_maps, window_kept
 from ..steering import ASIPolicy, references_from_maps, second_pass_applies, stack_references, steering_weights
 from .base import Answer, Method, register
 
@@ -117,10 +117,10 @@ class AdaptTF(Method):
                 out[q], hits[q] = noise_layer_maps(backbone, q, size, grid, self.cfg, self.cache)
         return out, hits
 
-    def _anchors(self, maps: np.ndarray, prefill: np.ndarray | None, questions, grid, noise) -> list[Anchor]:
+    def _anchors(self, maps: np.ndarray, prefill: np.ndarray | None, questions, grid, noise, keep) -> list[Anchor]:
         k = self.cfg.anchor.k
         return [anchor_from_maps(layer_maps_from(maps[:, :, b], k, grid), q, self.cfg, noise[q],
-                                 None if prefill is None else prefill[:, b], views=grid)
+                                 None if prefill is None else prefill[:, b], views=grid, keep=keep(b, maps.shape[0]))
                 for b, q in enumerate(questions)]
 
     def _layers(self, backbone, anchors: list[Anchor]) -> list[list[int]]:
@@ -136,9 +136,13 @@ class AdaptTF(Method):
         seconds_bias = time.perf_counter() - t0
         model_target = cfg.anchor.target_entropy == "model"
         anchors: list[Anchor] = []
+        first = prepared  # the anchor run's inputs: a sliding layer that lost the image feeds no anchor
+
+        def keep(b, steps):
+            return window_kept(backbone, first, b, min(k, steps))
 
         def anchor_fn(maps, prefill):
-            anchors[:] = self._anchors(maps, prefill, questions, grid, noise)
+            anchors[:] = self._anchors(maps, prefill, questions, grid, noise, keep)
             return np.stack([steering_weights(a.anchor) for a in anchors]), anchors
 
         if cfg.enhance.enabled:  # the image changes: anchor run on the original, then re-prefill
@@ -179,11 +183,11 @@ class AdaptTF(Method):
         if rows:
             answers = self._second_pass(backbone, rows, answers, gens, questions, grid, noise,
                                         enhanced if cfg.enhance.enabled else images, max_new_tokens,
-                                        anchors if cfg.enhance.enabled else None, record)
+                                        anchors if cfg.enhance.enabled else None, record, keep)
         return answers
 
     def _second_pass(self, backbone, rows, answers, gens, questions, grid, noise, images, max_new_tokens,
-                     anchors: list[Anchor] | None = None, record=None):
+                     anchors: list[Anchor] | None = None, record=None, keep=None):
         """Rows steered again from step 0 with their own first pass's anchor and references, built
         from the steps each row really generated (``anchors``: the anchor-run anchors of the original
         image, when the first pass answered on the enhanced one). ``record(answer, b, anchor, layers,
@@ -193,7 +197,8 @@ class AdaptTF(Method):
         for b in rows:
             maps = gens[b].maps.numpy()
             anchor = anchors[b] if anchors is not None else anchor_from_maps(
-                layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]], views=grid)
+                layer_maps_from(maps, k, grid), questions[b], cfg, noise[questions[b]], views=grid,
+                keep=keep(b, maps.shape[0]) if keep else None)
             row_anchors.append(anchor)
             w = steering_weights(anchor.anchor)
             refs.append(references_from_maps(maps, w, k, cfg.asi.ref_skip_step0))

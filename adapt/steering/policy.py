@@ -250,6 +250,12 @@ class ASIPolicy:
         op = st["op"]
         return apply_operator(self.cfg, point, st["w"], fired, op.m_ref, op.a_ref, state=op, every=every)
 
+    def observe(self, point: AttentionPoint) -> None:
+        """A hook point the key map keeps from steering (a sliding window that lost part of the image): its
+        unsteered map still belongs to the anchor phase, as the two-pass anchor run captures it."""
+        if point.step < self.start:
+            self.phase.setdefault(point.step, [None] * self.num_layers)[point.layer] = point.attn
+
     def __call__(self, layer: int, step: int, attn: torch.Tensor) -> torch.Tensor | None:
         """The bias-callable form (one head): for policies driven by hand, e.g. in tests. Returns the
         bias where the trigger fired (``None`` where no row did: read on the host, off the hot path)."""
