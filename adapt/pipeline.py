@@ -71,6 +71,15 @@ def _baseline_trace(answer, weights: np.ndarray, backbone: Backbone) -> AnswerTr
                        seconds=gen.seconds if gen is not None else 0.0)
 
 
+def view_boxes(backbone: Backbone, image_size: tuple[int, int], views) -> dict[str, list[float]]:
+    """Each view's grid extent in the original image's pixels, ``name → [x0, y0, x1, y1]``, from the
+    processor's geometry (past the image where the processor pads, as Mllama's last tiles); views the
+    family has no geometry for are left out (the app then places them by name)."""
+    geometries = backbone.view_geometries(image_size)
+    return {v.name: [round(float(x), 4) for x in geometries[v.name].visible_box()]
+            for v in views if v.name in geometries}
+
+
 def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None = None,
             bias_cache: BiasCache | None = None, progress: Progress | None = None,
             meta: dict | None = None, compare: str = "greedy") -> Trace:
@@ -121,6 +130,8 @@ def analyse(backbone: Backbone, image, question: str, config: AdaptConfig | None
     progress(1.0, "done")
     views = views_of(grid)
     meta = dict(meta or {})
+    if views is not None:  # where each view lies in the image: a reopened trace draws it there without the model
+        meta["view_boxes"] = view_boxes(backbone, image.size, views)
     if ours.generation.keys:  # a decoder with layers that are not full attention: which were read, which not
         meta["keys"] = ours.generation.keys
     if not greedy:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,7 +54,9 @@ def grid_of(trace, flat: np.ndarray) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(h, w)
 
 
-VIEW_GAP = 6  # px of white between views drawn side by side
+VIEW_GAP = 6  # px of white between panels drawn side by side
+TILE_NAME = re.compile(r"tile (\d+),(\d+)")
+MAX_BOX_SPAN = 2  # a recorded view box reaches at most this many image sides past the image (else: by name)
 
 
 def view_grids(trace, m: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -64,25 +68,125 @@ def view_grids(trace, m: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [(v.name, v.take(m.ravel())) for v in trace.layout]
 
 
-def overlay_views(base: np.ndarray, trace, m: np.ndarray) -> np.ndarray:
-    """``m`` over the image: one overlay per view side by side (each view stretched over the image, as
-    LLaVA-NeXT's base and hi-res views both cover it), one colour scale over every view's cells."""
+def _tile(name: str) -> tuple[int, int] | None:
+    hit = TILE_NAME.fullmatch(name)
+    return (int(hit[1]), int(hit[2])) if hit else None
+
+
+def _sound_box(box, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """A recorded box as four floats, or None when it is not one a processor could have written for an
+    image of ``size`` (a trace file is hostile: a box may be anything, and its size decides drawing cost)."""
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in box):
+        return None
+    x0, y0, x1, y1 = (float(x) for x in box)
+    w, h = size
+    reach = MAX_BOX_SPAN * max(w, h)
+    if not (x0 < x1 and y0 < y1 and x0 < w and y0 < h and x1 > 0 and y1 > 0):
+        return None
+    return (x0, y0, x1, y1) if max(-x0, -y0, x1 - w, y1 - h) <= reach else None
+
+
+def view_boxes(trace) -> list[tuple[float, float, float, float]]:
+    """Per view of a multi-view trace (key order), the part of the original image its grid spans,
+    ``(x0, y0, x1, y1)`` in pixels: the trace's record (``meta["view_boxes"]``, from the processor's own
+    geometry; past the image where the processor padded) where it has a sound one, else from the view's
+    name: ``tile r,c`` its share of the image among the trace's tiles, any other view the whole image."""
+    size = trace.image.size
+    meta = trace.meta if isinstance(trace.meta, dict) else {}
+    recorded = meta.get("view_boxes") if isinstance(meta.get("view_boxes"), dict) else {}
+    layout = trace.layout
+    tiles = [_tile(v.name) for v in layout]
+    rows = 1 + max((t[0] for t in tiles if t), default=0)
+    cols = 1 + max((t[1] for t in tiles if t), default=0)
+    w, h = size
+    out = []
+    for v, t in zip(layout, tiles):
+        box = _sound_box(recorded.get(v.name), size)
+        if box is None:
+            box = (t[1] * w / cols, t[0] * h / rows, (t[1] + 1) * w / cols, (t[0] + 1) * h / rows) if t else \
+                (0.0, 0.0, float(w), float(h))
+        out.append(box)
+    return out
+
+
+def view_panels(trace) -> list[tuple[str, list[int]]]:
+    """How a multi-view trace is drawn: ``(title, view indices)`` per panel, panels in the key order of
+    their first view. Every ``tile r,c`` view goes into one mosaic (each tile where it lies in the image),
+    every other view is a panel of its own over the whole image: LLaVA-NeXT base | hires, InternVL
+    tiles | thumbnail, SmolVLM tiles | global, Mllama tiles."""
+    panels: list[tuple[str, list[int]]] = []
+    mosaic = None
+    for i, v in enumerate(trace.layout):
+        if _tile(v.name) is None:
+            panels.append((v.name, [i]))
+        elif mosaic is None:
+            mosaic = ("tiles", [i])
+            panels.append(mosaic)
+        else:
+            mosaic[1].append(i)
+    return panels
+
+
+def panel_maps(trace, m: np.ndarray, size: tuple[int, int]) -> list[tuple[str, np.ndarray, list]]:
+    """Each panel of :func:`view_panels` as ``(title, values, boxes)``: ``values`` the map at the display
+    ``size`` (w, h), in [0, 1] on one scale over every view's cells, each view's grid spread over its box
+    (cubic within the view, never across a tile's edge), NaN where no view of the panel lies; ``boxes`` the
+    panel's ``(view name, (x0, y0, x1, y1))`` in display pixels."""
     grids = view_grids(trace, m)
-    if len(grids) == 1:
-        return overlay(base, grids[0][1])
-    cells = np.concatenate([g.ravel() for _, g in grids])
-    cells = np.nan_to_num(cells.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    cells = np.nan_to_num(np.concatenate([g.ravel() for _, g in grids]).astype(np.float64),
+                          nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(cells.min()), float(cells.max())
-    tiles = []
-    for name, g in grids:
-        g = np.nan_to_num(g.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        unit = (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
-        tile = Image.fromarray(overlay(base, unit, scaled=True))
-        ImageDraw.Draw(tile).text((3, 2), name, fill=(255, 255, 255), font=_font(12), stroke_width=2,
-                                  stroke_fill=(0, 0, 0))
-        tiles.append(np.asarray(tile))
-    gap = np.full((base.shape[0], VIEW_GAP, 3), 255, dtype=np.uint8)
-    return np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
+    boxes = view_boxes(trace)
+    dw, dh = size
+    sx, sy = dw / trace.image.size[0], dh / trace.image.size[1]
+    out = []
+    for title, members in view_panels(trace):
+        values = np.full((dh, dw), np.nan, dtype=np.float32)
+        placed = []
+        for i in members:
+            name, g = grids[i]
+            g = np.nan_to_num(g.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            unit = ((g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)).astype(np.float32)
+            x0, y0, x1, y1 = boxes[i]
+            px0, py0, px1, py1 = round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
+            bw, bh = max(1, px1 - px0), max(1, py1 - py0)
+            interp = cv2.INTER_CUBIC if bw >= g.shape[1] and bh >= g.shape[0] else cv2.INTER_AREA
+            up = np.clip(cv2.resize(unit, (bw, bh), interpolation=interp), 0.0, 1.0)
+            ax0, ay0, ax1, ay1 = max(px0, 0), max(py0, 0), min(px0 + bw, dw), min(py0 + bh, dh)
+            if ax1 > ax0 and ay1 > ay0:  # the part of the view inside the image (padding is not drawn)
+                values[ay0:ay1, ax0:ax1] = up[ay0 - py0:ay1 - py0, ax0 - px0:ax1 - px0]
+            placed.append((name, (ax0, ay0, ax1, ay1)))
+        out.append((title, values, placed))
+    return out
+
+
+def overlay_views(base: np.ndarray, trace, m: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """``m`` over the image, one panel per :func:`view_panels` side by side: the tiles as a mosaic (each
+    tile's heat over its own pixels, its edges drawn, its row and column written in it), every other view
+    over the whole image; one colour scale over every view's cells."""
+    h, w = base.shape[:2]
+    panels = []
+    for title, values, placed in panel_maps(trace, m, (w, h)):
+        seen = ~np.isnan(values)
+        colour = cv2.cvtColor(cv2.applyColorMap((np.nan_to_num(values) * 255.0).round().astype(np.uint8), COLORMAP),
+                              cv2.COLOR_BGR2RGB)
+        blend = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
+        panel = Image.fromarray(np.where(seen[..., None], blend, base))
+        draw = ImageDraw.Draw(panel)
+        if all(_tile(name) for name, _ in placed):  # the mosaic
+            for name, (x0, y0, x1, y1) in placed:
+                draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 255, 255))
+                label = name.split(" ", 1)[1]
+                if x1 - x0 >= 2 * draw.textlength(label, font=_font(10)):
+                    draw.text((x0 + 3, y0 + 2), label, fill=(255, 255, 255), font=_font(10), stroke_width=2,
+                              stroke_fill=(0, 0, 0))
+        else:
+            draw.text((3, 2), title, fill=(255, 255, 255), font=_font(12), stroke_width=2, stroke_fill=(0, 0, 0))
+        panels.append(np.asarray(panel))
+    gap = np.full((h, VIEW_GAP, 3), 255, dtype=np.uint8)
+    return np.concatenate([x for t in panels for x in (t, gap)][:-1], axis=1)
 
 
 def view_cells(trace, m: np.ndarray) -> np.ndarray:
