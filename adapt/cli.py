@@ -366,8 +366,8 @@ def cmd_models(args) -> int:
                              ("hub ids", ", ".join(e["hub_ids"])), ("untested", e["untested"])):
             print(f"  {label + ':':12s}{value}")
     print(f"{EMBEDDED}: {embedded['about']} (model type llava; --backbone {EMBEDDED}, the default)")
-    print("load any of them with --backbone <local folder or hub id>[?option=on|off] (idefics3: image_splitting); "
-          "details: docs/families.md")
+    print("load any of them with --backbone <local folder or hub id>[?option=on|off] (idefics3: image_splitting; "
+          "gemma3: pan_and_scan); details: docs/families.md")
     return 0
 
 

@@ -255,11 +255,13 @@ GEMMA3_SPECIALS = {"<start_of_turn>": None, "<end_of_turn>": None, "<start_of_im
 
 def tiny_gemma3(hidden: int = 64, layers: int = 3, heads: int = 4, kv_heads: int = 2, image_size: int = 32,
                 patch: int = 4, tokens_per_side: int = 4, sliding_window: int = 32,
-                layer_types: tuple[str, ...] | None = None, attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32):
+                layer_types: tuple[str, ...] | None = None, attn: str = ATTN_IMPL, seed: int = 0, dtype=torch.float32,
+                pan_and_scan: bool = False):
     """A random Gemma 3 (SigLIP tower pooled to ``tokens_per_side``² image tokens, a Gemma 3 decoder of
     sliding-window and global layers: by default two local layers, then a global one) and its processor
     with the PIL image processor; ``sliding_window`` small enough that the image leaves the local layers'
-    window after a few decoding steps."""
+    window after a few decoding steps. ``pan_and_scan``: the image processor's config turns it on, with
+    crops of at least 8 px (a hub config's would be 256: these images are tiny)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
     register()
@@ -281,7 +283,9 @@ def tiny_gemma3(hidden: int = 64, layers: int = 3, heads: int = 4, kv_heads: int
         config, attn_implementation={"text_config": attn, "vision_config": "sdpa"}, dtype=dtype).eval()
     model.generation_config.pad_token_id = None  # as a hub config without one: the backbone takes the tokenizer's 0
     model.generation_config.eos_token_id = ids["<end_of_turn>"]
-    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    crops = dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=8, pan_and_scan_max_num_crops=4,
+                 pan_and_scan_min_ratio_to_activate=1.2) if pan_and_scan else {}
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, **crops)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_TEMPLATE,
                                 image_seq_length=tokens_per_side ** 2)
     return model, processor
@@ -566,6 +570,21 @@ def mllama_checkpoint(path, **kw) -> str:
         model.save_pretrained(path)
         processor.save_pretrained(path)
     return str(path)
+
+
+def eager_attentions(bb, folder, prepared, token_ids):
+    """The stock eager model's ``output_attentions`` over the prompt and the generated tokens (no cache:
+    every key at its sequence position; a sliding layer's mask zeroes what is out of its window)."""
+    ref = type(bb).model_class().from_pretrained(
+        folder, dtype=torch.float32, attn_implementation={"text_config": "eager", "vision_config": "sdpa"}).eval()
+    new = torch.tensor(token_ids)
+    inputs = dict(prepared.inputs, input_ids=torch.cat([prepared.inputs["input_ids"], new], 1),
+                  attention_mask=torch.cat([prepared.inputs["attention_mask"], torch.ones_like(new)], 1))
+    for key, fill in (("token_type_ids", 0), ("mm_token_type_ids", 0)):
+        if key in inputs:
+            inputs[key] = torch.cat([inputs[key], torch.full_like(new, fill)], 1)
+    with torch.no_grad():
+        return ref(**inputs, output_attentions=True).attentions
 
 
 def noise_image(size: tuple[int, int], seed: int = 0) -> Image.Image:

@@ -14,7 +14,7 @@ from adapt.hooks.keymap import KeyMap, KeyMapError
 from adapt.methods import NAMES, get_method, get_methods
 from adapt.pipeline import analyse
 
-from families import gemma3_checkpoint, noise_image, qwen_checkpoint
+from families import eager_attentions as _eager_attentions, gemma3_checkpoint, noise_image, qwen_checkpoint
 from two_pass import assert_one_pass_equals_two_pass
 
 WINDOW = 32
@@ -37,21 +37,6 @@ def backbones(folders):
 
 
 _image = noise_image
-
-
-def _eager_attentions(bb, folder, prepared, token_ids):
-    """The stock eager model's ``output_attentions`` over the prompt and the generated tokens (no cache:
-    every key at its sequence position; a sliding layer's mask zeroes what is out of its window)."""
-    ref = type(bb).model_class().from_pretrained(
-        folder, dtype=torch.float32, attn_implementation={"text_config": "eager", "vision_config": "sdpa"}).eval()
-    new = torch.tensor(token_ids)
-    inputs = dict(prepared.inputs, input_ids=torch.cat([prepared.inputs["input_ids"], new], 1),
-                  attention_mask=torch.cat([prepared.inputs["attention_mask"], torch.ones_like(new)], 1))
-    for key, fill in (("token_type_ids", 0), ("mm_token_type_ids", 0)):
-        if key in inputs:
-            inputs[key] = torch.cat([inputs[key], torch.full_like(new, fill)], 1)
-    with torch.no_grad():
-        return ref(**inputs, output_attentions=True).attentions
 
 
 def test_key_map_from_configs():
@@ -116,16 +101,23 @@ def test_gemma3_capture_equals_eager_and_the_image_leaves_the_sliding_window(fol
     assert sorted(s for l, s in offered if l == 2) == list(range(steps))
 
 
-def test_gemma3_pan_and_scan_is_turned_off_with_one_line(folders):
+def test_gemma3_pan_and_scan_follows_the_checkpoint_and_the_load_option(folders):
+    """The folder's image processor leaves pan-and-scan null (as the hub's): one view, no warning; a processor
+    with it on, loaded with ``pan_and_scan=False``, gives one view too (tests/test_gemma3_crops.py: the crops)."""
+    import warnings
+
     from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(folders["gemma3"])
     proc.image_processor.do_pan_and_scan = True
-    with pytest.warns(UserWarning, match="pan-and-scan crops turned off") as rec:
-        bb = FAMILIES["gemma3"].load(folders["gemma3"], dtype=torch.float32, processor=proc)
-    assert len(rec) == 1 and "\n" not in str(rec[0].message)
-    p = bb.prepare(_image((90, 30), 3), "describe the image")  # wide: pan-and-scan would crop it
-    assert p.span.n == 16 and p.span.grid == (4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bb = FAMILIES["gemma3"].load(folders["gemma3"], dtype=torch.float32, processor=proc, pan_and_scan=False)
+        plain = load_backbone(folders["gemma3"], dtype=torch.float32)
+    assert bb.pan_and_scan is False and plain.pan_and_scan is False
+    for b in (bb, plain):
+        p = b.prepare(_image((900, 300), 3), "describe the image")  # wide: pan-and-scan would crop it
+        assert p.span.n == 16 and p.span.grid == (4, 4)
 
 
 def test_gemma3_text_only_branch_masks_the_image_block_and_its_wrappers(backbones):

@@ -100,7 +100,7 @@ class Backbone(ABC):
         register()
         if processor is None:  # first: a family may pick its layout from the processor's settings
             processor = cls.load_processor(path, trust_remote_code=trust_remote_code)
-        cls = cls.for_processor(processor, **options)
+        cls = cls.configure(processor, **options)
         kwargs = dict(
             dtype=dtype,
             attn_implementation={"text_config": ATTN_IMPL, "vision_config": "sdpa"},
@@ -114,9 +114,10 @@ class Backbone(ABC):
         return cls(model, processor, name=str(path))
 
     @classmethod
-    def for_processor(cls, processor, **options) -> type["Backbone"]:
-        """The class that reads this checkpoint's image layout, given its processor and the load options (a
-        family whose layout follows a processor setting, such as Idefics3's image splitting, picks here)."""
+    def configure(cls, processor, **options) -> type["Backbone"]:
+        """Apply the load options to the processor and return the class that reads this checkpoint's image
+        layout (a family whose layout follows a processor setting, such as Idefics3's image splitting, picks
+        here; Gemma 3 sets pan-and-scan on its image processor)."""
         return cls
 
     @classmethod

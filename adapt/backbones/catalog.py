@@ -74,12 +74,14 @@ CATALOG: dict[str, FamilyInfo] = {
         ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceM4/Idefics3-8B-Llama3"),
         _NO_REAL + "; SmolVLM2 (smolvlm) is not registered", layout_kind="views"),
     "gemma3": FamilyInfo(
-        "Gemma 3", "Gemma3ForConditionalGeneration", "Gemma3Processor (pan-and-scan turned off)",
-        "one square grid, mm_tokens_per_image (16×16), image stretched to size; the image block attends "
-        "bidirectionally in the prefill", "all; sliding-window layers (5 of 6) not steerable once the image "
-        "leaves their window (reported per layer)",
+        "Gemma 3", "Gemma3ForConditionalGeneration", "Gemma3Processor",
+        "one square grid, mm_tokens_per_image (16×16), image stretched to size; pan_and_scan=on (or the "
+        "checkpoint's do_pan_and_scan; the hub's: null, off): views base and crop i (the image cut along its long "
+        "side, each crop stretched to size); the image block attends bidirectionally in the prefill",
+        "all; sliding-window layers (5 of 6) not steerable once the image leaves their window (reported per "
+        "layer), and left out of the anchor when that happens within its K steps",
         ("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"),
-        _NO_REAL + "; pan-and-scan crops (several views) not supported"),
+        _NO_REAL + "; OPERA refused", layout_kind="views"),
     "qwen3_5": FamilyInfo(
         "Qwen3.5", "Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor (image-only without torchvision)",
         "as Qwen3-VL (patch 16 × merge 2)", "full-attention layers only (1 of 4); linear-attention "

@@ -3,7 +3,7 @@ view alone, as the checkpoint's processor config says.
 
 The hub's SmolVLM and Idefics3 configs ship ``do_image_splitting: true``: a large image is cut into
 ``max_image_size`` tiles plus a global view, and the model was trained seeing them. :func:`load_backbone`
-follows the checkpoint (:meth:`Idefics3Backbone.for_processor`): splitting on gives
+follows the checkpoint (:meth:`Idefics3Backbone.configure`): splitting on gives
 :class:`Idefics3TiledBackbone`, off gives :class:`Idefics3Backbone`; the load option ``image_splitting``
 (``load_backbone(dir, image_splitting=False)``, ``DIR?image_splitting=off``) overrides it.
 
@@ -58,7 +58,7 @@ class Idefics3Backbone(Backbone):
                                        "off: the global view alone"}
 
     @classmethod
-    def for_processor(cls, processor, image_splitting: bool | None = None) -> type[Backbone]:
+    def configure(cls, processor, image_splitting: bool | None = None) -> type[Backbone]:
         """The checkpoint's own ``do_image_splitting`` (the hub's SmolVLM and Idefics3 configs: on, the tiles
         the model was trained on) unless ``image_splitting`` says otherwise."""
         if image_splitting is None:
@@ -113,9 +113,9 @@ class Idefics3TiledBackbone(Idefics3Backbone):
     splitting = True
 
     @classmethod
-    def for_processor(cls, processor, image_splitting: bool | None = None) -> type[Backbone]:
+    def configure(cls, processor, image_splitting: bool | None = None) -> type[Backbone]:
         """Asked for by name (``Idefics3TiledBackbone.load``): the tiles unless ``image_splitting=False``."""
-        return super().for_processor(processor, True if image_splitting is None else image_splitting)
+        return super().configure(processor, True if image_splitting is None else image_splitting)
 
     def image_block_ids(self) -> list[int]:
         """The image tokens, ``<fake_token_around_image>``, ``<global-img>`` and every ``<row_i_col_j>``."""
