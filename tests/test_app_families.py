@@ -26,8 +26,10 @@ from app_helpers import synthetic_trace, tiny_model_dir  # noqa: E402
 from families import checkpoint, noise_image  # noqa: E402
 
 ALL = sorted(FAMILIES)
-TILED = ["internvl", "mllama"]  # families whose tiny checkpoints cut SIZE into tiles
-SIZE = (60, 36)  # non-square: InternVL 2 × 3 tiles + thumbnail, Mllama 1 × 2 tiles, LLaVA-NeXT base + hires
+TILED = ["idefics3", "internvl", "mllama"]  # families whose tiny checkpoints cut SIZE into tiles
+# non-square: Idefics3 / SmolVLM 2 × 2 tiles + global, InternVL 2 × 3 tiles + thumbnail, Mllama 1 × 2 tiles (the
+# second mostly padding), LLaVA-NeXT and LLaVA-OneVision base + hires, the others one grid
+SIZE = (60, 36)
 QUESTION = "describe the image"
 BASELINE = "vcd"  # runs on every family (OPERA and PAI's text-only branch are refused on some: see below)
 
@@ -183,6 +185,20 @@ def test_only_the_offered_folders_are_loaded(tab, folders, tmp_path):
     for name in (unlisted, "qwen2_vl_unlisted", "../qwen2_vl"):
         with pytest.raises(BackboneError, match="is not offered on this server; choose one of: .*internvl"):
             tab.app.models.get(name)
+
+
+def test_a_load_option_in_the_operators_list_reaches_the_family(folders, tab, upload, monkeypatch):
+    """``DIR?image_splitting=off`` in ADAPT_MODELS: offered under its own name (the option kept, the server's
+    folders not), loaded with SmolVLM / Idefics3's splitting off (one grid), and named so in the trace."""
+    from app.models import MODELS_ENV
+
+    monkeypatch.setenv(MODELS_ENV, f"{folders['idefics3']}?image_splitting=off,{folders['idefics3']}")
+    name = "idefics3?image_splitting=off"
+    assert (name, name) in tab.app.backbone_choices()
+    plain = tab.analysis(upload, QUESTION, name, *_knobs().values(), "greedy")[1]
+    tiled = tab.analysis(upload, QUESTION, "idefics3", *_knobs().values(), "greedy")[1]
+    assert plain.views is None and plain.meta["model"] == name and plain.grid == (4, 4)
+    assert [v["name"] for v in tiled.views][-1] == "global"
 
 
 # the mosaic ---------------------------------------------------------------------------------------
