@@ -261,7 +261,7 @@ def test_the_trace_says_which_layers_were_not_captured(backbones, tmp_path):
 
 def test_a_sliding_layer_whose_window_lost_the_image_feeds_no_anchor(backbones, tmp_path):
     """A long question puts the image out of the 32-key window within the anchor's K steps: the sliding
-    layers are left out of the anchor (λ 0, ``left_out``) exactly when the recorder reports them not steerable
+    layers are left out of the anchor (λ 0, ``window_lost``) exactly when the recorder reports them not steerable
     before step K, the anchor is then the global layer's alone (as if the sliding layers were absent, bias
     map included), one pass = two passes, and a batch row = its single run. A short question keeps them."""
     import numpy as np
@@ -290,10 +290,10 @@ def test_a_sliding_layer_whose_window_lost_the_image_feeds_no_anchor(backbones, 
         maps, grid = probe.maps.numpy(), p.span.grid
         noise, _ = noise_layer_maps(bb, p.question, image.size, grid, cfg, cache)
         if q == short:
-            assert keep is None and a.left_out == () and (a.fusion.lam > 0).all()
+            assert keep is None and a.window_lost == () and (a.fusion.lam > 0).all()
             continue
         assert sorted(lost_before_k) == [0, 1] and list(keep) == [False, False, True]
-        assert a.left_out == (0, 1) and list(a.fusion.lam) == [0.0, 0.0, 1.0]
+        assert a.window_lost == (0, 1) and list(a.fusion.lam) == [0.0, 0.0, 1.0]
         # what the anchor would be with the sliding layers' part-zero maps in it: another map
         full = anchor_from_maps(layer_maps_from(maps, k, grid), p.question, cfg, noise)
         assert (full.fusion.lam[:2] > 0).all() and not np.allclose(full.anchor, a.anchor)
@@ -306,5 +306,23 @@ def test_a_sliding_layer_whose_window_lost_the_image_feeds_no_anchor(backbones, 
     # a batch of both questions: each row's anchor is its single run's
     batch = method.answer_batch(bb, [image, image], [short, long], 6, min_new_tokens=6)
     for row, q in zip(batch, (short, long)):
-        assert row.record.anchor.left_out == anchors[q].left_out
+        assert row.record.anchor.window_lost == anchors[q].window_lost
         np.testing.assert_allclose(row.record.anchor.anchor, anchors[q].anchor, rtol=1e-5, atol=1e-7)
+
+
+def test_an_anchor_of_sliding_layers_only_keeps_them_all_and_says_so():
+    """Every captured layer lost the image (a decoder of sliding layers only, Mistral-style): nothing else
+    could feed the anchor, so all of them do, as without ``keep``, and ``window_lost`` names them all."""
+    import numpy as np
+
+    from adapt.anchor.build import anchor_from_maps
+
+    maps = np.random.default_rng(0).random((3, 4, 4))
+    cfg = AdaptConfig()
+    none = anchor_from_maps(maps, "describe", cfg, None, keep=np.zeros(3, dtype=bool))
+    plain = anchor_from_maps(maps, "describe", cfg, None)
+    assert none.window_lost == (0, 1, 2) and plain.window_lost == ()
+    np.testing.assert_array_equal(none.fusion.lam, plain.fusion.lam)
+    np.testing.assert_array_equal(none.anchor, plain.anchor)
+    some = anchor_from_maps(maps, "describe", cfg, None, keep=np.array([True, False, True]))
+    assert some.window_lost == (1,) and some.fusion.lam[1] == 0 and some.fusion.lam.sum() == pytest.approx(1)

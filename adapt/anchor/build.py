@@ -16,6 +16,7 @@ from ..backbones import Backbone
 from ..config import AdaptConfig
 from ..enhance import enhance
 from ..hooks import Views
+from ..hooks.keymap import SLIDING
 from ..images import fit
 from . import BiasCache, Fusion, bias_from_noise, debias, fuse, fuse_authors, halve_border, model_target_entropy, \
     noise_images, query_target_entropy
@@ -49,9 +50,9 @@ class Anchor:
     anchor: np.ndarray  # W, [h, w] (a multi-view layout: [1, n], 0 at newline columns)
     cache_hit: bool
     seconds_bias: float
-    # captured layers (rows of layer_maps) left out of the fusion, λ = 0: sliding-window layers whose window
-    # had lost (part of) the image by the last anchor step (window_kept)
-    left_out: tuple[int, ...] = ()
+    # captured layers (rows of layer_maps) whose sliding window had lost (part of) the image by the last anchor
+    # step (window_kept): left out of the fusion (λ 0), unless no other layer is left (then every layer feeds it)
+    window_lost: tuple[int, ...] = ()
 
 
 def shape_of(grid) -> tuple[int, int]:
@@ -85,7 +86,7 @@ def window_kept(backbone: Backbone, prepared, row: int, steps: int) -> np.ndarra
     first = int(prepared.span.positions[row].min())
     if first >= prepared.prompt_len + steps - 1 - km.window:  # in the window of the last anchor query
         return None
-    return np.array([km.kinds[layer] != "sliding_attention" for layer in km.captured])
+    return np.array([km.kinds[layer] != SLIDING for layer in km.captured])
 
 
 def target_entropy(question: str, cfg: AdaptConfig, prefill_maps: np.ndarray | None) -> float:
@@ -126,22 +127,22 @@ def anchor_from_maps(layer_maps: np.ndarray, question: str, cfg: AdaptConfig, no
     ``views`` (a multi-view layout; maps ``[L, 1, n]``): criteria, fusion and debiasing run per view and
     W is their concatenation (:func:`adapt.anchor.per_view_fusion` says how λ and the views' shares are
     made); newline columns get weight 0. The model-mode H*(q) reads the prefill maps over all n keys.
-    ``keep`` (:func:`window_kept`): the layers that may feed the anchor; the others get λ = 0 and are
-    named in ``Anchor.left_out``."""
+    ``keep`` (:func:`window_kept`): the layers that may feed the anchor; the others get λ = 0 (all of them
+    feed it when none is kept) and are named in ``Anchor.window_lost``."""
     a = cfg.anchor
     views = views_of(views)
     target = target_entropy(question, cfg, prefill_maps)
-    left_out = () if keep is None else tuple(int(i) for i in np.flatnonzero(~np.asarray(keep, dtype=bool)))
+    lost = () if keep is None else tuple(int(i) for i in np.flatnonzero(~np.asarray(keep, dtype=bool)))
     if a.fusion == "authors":
         fusion = fuse_authors(layer_maps, a, views, keep)
         d, w = halve_border(fusion.fused, views)
         return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=None, debias_mask=d,
-                      anchor=w, cache_hit=False, seconds_bias=0.0, left_out=left_out)
+                      anchor=w, cache_hit=False, seconds_bias=0.0, window_lost=lost)
     fusion = fuse(layer_maps, target, a, views, keep)
     bias = bias_from_noise(noise_maps, fusion.lam, target, a, views, keep) if noise_maps is not None else None
     d, w = debias(fusion.fused, bias, a.eps_s, views)
     return Anchor(layer_maps=layer_maps, fusion=fusion, target_entropy=target, bias=bias, debias_mask=d, anchor=w,
-                  cache_hit=False, seconds_bias=0.0, left_out=left_out)
+                  cache_hit=False, seconds_bias=0.0, window_lost=lost)
 
 
 def build_anchor(backbone: Backbone, question: str, image_size: tuple[int, int], grid,

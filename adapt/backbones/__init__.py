@@ -120,8 +120,8 @@ def load_backbone(name_or_path: str = EMBEDDED, dtype="auto", device: str | None
                        trust_remote_code=trust_remote_code, **options)
 
 
-__all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone", "split_options",
-           "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
+__all__ = ["Backbone", "BackboneError", "Generation", "Prepared", "FAMILIES", "EMBEDDED", "load_backbone",
+           "split_options", "LlavaBackbone", "LlavaNextBackbone", "LlavaOnevisionBackbone",
            "Qwen2VLBackbone", "Qwen2_5_VLBackbone", "Qwen3VLBackbone", "Qwen3VLMoeBackbone",
            "PaliGemmaBackbone", "Idefics3Backbone", "Idefics3TiledBackbone", "Gemma3Backbone", "Qwen3_5Backbone",
            "InternVLBackbone", "MllamaBackbone", "CATALOG", "FamilyInfo"]
