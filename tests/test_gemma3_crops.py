@@ -177,3 +177,28 @@ def test_text_only_branch_masks_every_crops_block(bb):
     mask = text_only_mask(bb, p.inputs, 1)
     assert int(wrappers.sum()) == 2 * 4 and int(mask[1][wrappers].sum()) == 0
     assert int(mask[1].sum()) == int(p.inputs["attention_mask"][1].sum()) - p.span.n - 8
+
+
+def test_a_cropped_trace_saves_reloads_and_reads_each_crop_through_its_box(bb, tmp_path):
+    """``analyse`` on the image and three crops: the trace reloads with its views, and a map hot on one cell of
+    crop 2 is hottest, at the original size, inside that cell's box (the right third of the image)."""
+    from adapt.config import AdaptConfig
+    from adapt.pipeline import analyse
+    from adapt.trace import Trace
+
+    size = (90, 30)
+    cfg = AdaptConfig().replace(**{"anchor.num_noise": 1, "anchor.k": 2, "max_new_tokens": 4})
+    trace = analyse(bb, _image(size, 8), "describe the image", cfg, bias_cache=BiasCache(tmp_path / "cache"))
+    views = bb.prepare(_image(size), "describe").span.views
+    back = Trace.load(trace.save(tmp_path / "t.zip"))
+    assert back.layout == views and [v.name for v in views] == ["base", "crop 0", "crop 1", "crop 2"]
+    np.testing.assert_array_equal(back.anchor, trace.anchor)
+    geo = bb.layout_geometry(size, views)
+    crop = views[3]
+    flat = np.ones(views.n)
+    flat[crop.start + 2 * crop.stride + 1] = 50.0  # row 2, column 1 of crop 2
+    pixels = geo.to_image(flat)
+    x0, y0, x1, y1 = geo.cell_boxes()["crop 2"][2, 1]
+    assert x0 >= 60
+    yy, xx = np.unravel_index(int(np.nanargmax(pixels)), pixels.shape)
+    assert x0 <= xx + 0.5 <= x1 and y0 <= yy + 0.5 <= y1

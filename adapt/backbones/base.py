@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,6 +357,34 @@ class Backbone(ABC):
 
     def token_pieces(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
+
+@functools.cache
+def pixels_per_row(stock: type) -> type:
+    """``stock`` (a transformers model class) also taking ``pixel_values`` one row per image, ``[images, views,
+    3, H, W]`` (InternVL's tiles, Gemma 3's pan-and-scan crops), flattened to the stock ``[images · views, 3,
+    H, W]`` before its ``forward`` and ``generate`` (which runs the vision tower itself before the first
+    forward): the same tensor the stock model gets from its processor. The methods that split a batch by image
+    (VCD's noised rows, PAI's text-only rows) read dim 0 as images. The class keeps the stock name (what the
+    catalog, the docs and a user know it by) and the stock forward's signature (generate checks its keyword
+    arguments against it)."""
+
+    def per_row(kwargs: dict) -> dict:
+        pv = kwargs.get("pixel_values")
+        if pv is not None and pv.ndim == 5:
+            kwargs["pixel_values"] = pv.flatten(0, 1)
+        return kwargs
+
+    class PerRow(stock):
+        @functools.wraps(stock.forward)
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **per_row(kwargs))
+
+        def generate(self, *args, **kwargs):
+            return super().generate(*args, **per_row(kwargs))
+
+    PerRow.__name__ = PerRow.__qualname__ = stock.__name__
+    return PerRow
 
 
 def is_local_dir(path: str) -> bool:

@@ -37,42 +37,12 @@ import math
 import numpy as np
 
 from ..hooks import ImageLayout, ImageSpan, Views
-from .base import Backbone, BackboneError
+from .base import Backbone, BackboneError, pixels_per_row
 from .geometry import InputGeometry
 
 # the stock Gemma3Processor's call defaults (its images_kwargs), used where a config leaves a setting null
 PAN_AND_SCAN_DEFAULTS = {"pan_and_scan_min_crop_size": 256, "pan_and_scan_max_num_crops": 4,
                          "pan_and_scan_min_ratio_to_activate": 1.2}
-
-_MODEL_CLASS = None
-
-
-def _model_class():
-    """``Gemma3ForConditionalGeneration`` taking ``pixel_values`` per row (``[images, 1 + crops, 3, S, S]``),
-    flattened to the stock ``[images · (1 + crops), 3, S, S]`` before the stock forward."""
-    global _MODEL_CLASS
-    if _MODEL_CLASS is None:
-        import functools
-
-        from transformers import Gemma3ForConditionalGeneration
-
-        class Gemma3ForConditionalGeneration(Gemma3ForConditionalGeneration):  # noqa: F811 (the stock name)
-            # the stock signature kept: generate() checks its keyword arguments against it
-            @functools.wraps(Gemma3ForConditionalGeneration.forward)
-            def forward(self, *args, pixel_values=None, **kwargs):
-                if pixel_values is not None and pixel_values.ndim == 5:
-                    pixel_values = pixel_values.flatten(0, 1)
-                return super().forward(*args, pixel_values=pixel_values, **kwargs)
-
-            # generate() runs the vision tower itself before the first forward
-            def generate(self, *args, pixel_values=None, **kwargs):
-                if pixel_values is not None and pixel_values.ndim == 5:
-                    pixel_values = pixel_values.flatten(0, 1)
-                return super().generate(*args, pixel_values=pixel_values, **kwargs)
-
-        _MODEL_CLASS = Gemma3ForConditionalGeneration
-    return _MODEL_CLASS
-
 
 class Gemma3Backbone(Backbone):
     family = "gemma3"
@@ -102,7 +72,10 @@ class Gemma3Backbone(Backbone):
 
     @classmethod
     def model_class(cls):
-        return _model_class()
+        """The stock class taking the image and its crops per row (:func:`~adapt.backbones.base.pixels_per_row`)."""
+        from transformers import Gemma3ForConditionalGeneration
+
+        return pixels_per_row(Gemma3ForConditionalGeneration)
 
     @property
     def _per_view(self) -> int:
@@ -119,7 +92,7 @@ class Gemma3Backbone(Backbone):
             if len(counts) != 1 or pv.shape[0] != len(images) * (1 + counts.pop()):
                 raise BackboneError("every row of a batch needs the same number of Gemma 3 pan-and-scan crops "
                                     "(group_by_grid sorts them)")
-            inputs["pixel_values"] = pv.view(len(images), -1, *pv.shape[1:])  # one row per image: _model_class
+            inputs["pixel_values"] = pv.view(len(images), -1, *pv.shape[1:])  # one row per image
         return inputs
 
     def image_block_ids(self) -> list[int]:

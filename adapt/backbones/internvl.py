@@ -23,7 +23,7 @@ same folder.
 from __future__ import annotations
 
 from ..hooks import ImageLayout, Views
-from .base import Backbone, BackboneError
+from .base import Backbone, BackboneError, pixels_per_row
 from .geometry import InputGeometry, _get
 from .qwen_vl import ImageOnly
 
@@ -43,31 +43,6 @@ def _image_only_processor():
     return ImageOnlyInternVLProcessor
 
 
-_MODEL_CLASS = None
-
-
-def _model_class():
-    """``InternVLForConditionalGeneration`` taking ``pixel_values`` as ``[images, tiles, 3, T, T]`` too.
-
-    The processor concatenates every image's tiles on dim 0; the methods that split a batch by image (VCD's
-    noised rows, PAI's text-only rows) read dim 0 as images, as LLaVA-NeXT's tiles come. The backbone keeps
-    one row per image and this class flattens the tiles back before the stock forward: the same tensor the
-    stock model gets from its processor."""
-    global _MODEL_CLASS
-    if _MODEL_CLASS is None:
-        from transformers import InternVLForConditionalGeneration
-
-        # the stock class's name: what the catalog, the docs and a user know it by
-        class InternVLForConditionalGeneration(InternVLForConditionalGeneration):  # noqa: F811
-            def forward(self, *args, pixel_values=None, **kwargs):
-                if pixel_values is not None and pixel_values.ndim == 5:
-                    pixel_values = pixel_values.flatten(0, 1)
-                return super().forward(*args, pixel_values=pixel_values, **kwargs)
-
-        _MODEL_CLASS = InternVLForConditionalGeneration
-    return _MODEL_CLASS
-
-
 class InternVLBackbone(Backbone):
     family = "internvl"
 
@@ -80,7 +55,10 @@ class InternVLBackbone(Backbone):
 
     @classmethod
     def model_class(cls):
-        return _model_class()
+        """The stock class taking one row of tiles per image (:func:`~adapt.backbones.base.pixels_per_row`)."""
+        from transformers import InternVLForConditionalGeneration
+
+        return pixels_per_row(InternVLForConditionalGeneration)
 
     @classmethod
     def image_only_processor_class(cls):
@@ -148,7 +126,7 @@ class InternVLBackbone(Backbone):
         pv = inputs["pixel_values"]
         if pv.shape[0] % len(images):
             raise BackboneError("every row of a batch needs the same InternVL tiling (group_by_grid sorts them)")
-        inputs["pixel_values"] = pv.view(len(images), -1, *pv.shape[1:])  # one row per image: _model_class
+        inputs["pixel_values"] = pv.view(len(images), -1, *pv.shape[1:])  # one row per image: pixels_per_row
         # the processor keeps no image size (it pops num_patches): the layout's tiling needs it
         inputs["_image_sizes"] = [im.size for im in images]
         return inputs
