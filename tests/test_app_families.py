@@ -23,12 +23,15 @@ from app import figures as F  # noqa: E402
 from app.figures.overlays import COLORMAP, VIEW_GAP, overlay_views, panel_maps, view_boxes, view_panels  # noqa: E402
 
 from app_helpers import synthetic_trace, tiny_model_dir  # noqa: E402
-from families import checkpoint, noise_image  # noqa: E402
+from families import checkpoint, gemma3_checkpoint, noise_image  # noqa: E402
 
-ALL = sorted(FAMILIES)
-TILED = ["idefics3", "internvl", "mllama"]  # families whose tiny checkpoints cut SIZE into tiles
+# each registered family's checkpoint under its model type's name, and Gemma 3 with pan-and-scan on
+CASES = {**{f: f for f in FAMILIES}, "gemma3_crops": "gemma3"}
+ALL = sorted(CASES)
+TILED = ["gemma3_crops", "idefics3", "internvl", "mllama"]  # cases that cut SIZE into tiles or crops
 # non-square: Idefics3 / SmolVLM 2 × 2 tiles + global, InternVL 2 × 3 tiles + thumbnail, Mllama 1 × 2 tiles (the
-# second mostly padding), LLaVA-NeXT and LLaVA-OneVision base + hires, the others one grid
+# second mostly padding), Gemma 3 with pan-and-scan base + crops, LLaVA-NeXT and LLaVA-OneVision base + hires,
+# the others one grid
 SIZE = (60, 36)
 QUESTION = "describe the image"
 BASELINE = "vcd"  # runs on every family (OPERA and PAI's text-only branch are refused on some: see below)
@@ -39,7 +42,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-families")
-    return {f: tiny_model_dir(root / f) if f == "llava" else checkpoint(f, root / f) for f in ALL}
+    built = {"llava": lambda path: tiny_model_dir(path),
+             "gemma3_crops": lambda path: gemma3_checkpoint(path, pan_and_scan=True)}
+    return {case: built.get(case, lambda path: checkpoint(case, path))(root / case) for case in ALL}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,8 @@ def _expected_panels(views) -> list[str]:
         return [""]
     titles = []
     for v in views:
-        title = "tiles" if re.fullmatch(r"tile \d+,\d+", v.name) else v.name
+        title = "tiles" if re.fullmatch(r"tile \d+,\d+", v.name) else "crops" if re.fullmatch(r"crop \d+", v.name) \
+            else v.name
         if title not in titles:
             titles.append(title)
     return titles
@@ -105,21 +111,21 @@ def _images(out) -> list[np.ndarray]:
     return [img for img, _ in shown[10]] + [img for img, _ in shown[13]]
 
 
-@pytest.mark.parametrize("family", ALL)
-def test_a_visitor_analyses_compares_draws_and_reopens(family, folders, tab, upload):
+@pytest.mark.parametrize("case", ALL)
+def test_a_visitor_analyses_compares_draws_and_reopens(case, folders, tab, upload):
     from adapt.trace import Trace
     from app.names import model_name
     from app.ui.views import step_views
 
-    shown = model_name(folders[family])
-    assert shown == family and (shown, shown) in tab.app.backbone_choices()  # offered by its folder's name
+    shown = model_name(folders[case])
+    assert shown == case and (shown, shown) in tab.app.backbone_choices()  # offered by its folder's name
     knobs = _knobs()
     out = tab.analysis(upload, QUESTION, shown, *knobs.values(), "greedy")
     trace = out[1]
     bb = tab.app.models.get(shown)
-    assert bb.family == family
+    assert bb.family == CASES[case]
     views = bb.prepare(trace.image, QUESTION).span.views
-    assert trace.image.size == SIZE and trace.meta["model"] == family
+    assert trace.image.size == SIZE and trace.meta["model"] == case
     assert trace.layout == views and trace.num_layers == bb.num_layers
     # ADAPT-TF against greedy, both answered with every step's maps over the n image keys
     for a in (trace.unsteered, trace.steered):
@@ -143,7 +149,7 @@ def test_a_visitor_analyses_compares_draws_and_reopens(family, folders, tab, upl
     assert all(f">{t.strip()}<" in align for t in trace.steered.tokens if t.strip().isalnum())
     assert amc.data and signals.data
     summary = F.summary_markdown(trace)
-    assert f"**Backbone** `{family}`" in summary  # its folder's name, not the server's path
+    assert f"**Backbone** `{case}`" in summary  # its folder's name, not the server's path
     if views.plain:
         assert f"grid {views[0].h}×{views[0].w}" in summary
     else:
@@ -164,7 +170,7 @@ def test_a_visitor_analyses_compares_draws_and_reopens(family, folders, tab, upl
     for a, b in zip(pictures, _images(again)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(F.step_map(back, "steered", last)[0], F.step_map(trace, "steered", last)[0])
-    assert again[-1] == family and again[-2] == "greedy"
+    assert again[-1] == case and again[-2] == "greedy"
 
 
 def test_a_refused_method_is_one_line_in_the_status_and_keeps_the_results(tab, upload):
@@ -289,26 +295,42 @@ def test_recorded_boxes_place_the_tiles_and_hostile_ones_fall_back_to_the_names(
         assert overlay_views(F.display_image(trace.image), trace, flat).shape[1] == 2 * 224 + VIEW_GAP
 
 
-@pytest.mark.parametrize("family", TILED)
-def test_a_hot_cell_of_a_real_tile_lands_in_that_cells_pixels_after_reopening(family, folders, tab, upload, tmp_path):
+def test_crops_without_boxes_lie_along_the_images_long_axis():
+    """Gemma 3's pan-and-scan crops in a trace without recorded boxes: side by side on a wide image, stacked on
+    a tall one; drawn as one "crops" mosaic beside the base view."""
+    from adapt.hooks import Views
+
+    trace = synthetic_trace(layers=2, steps=3)
+    views = Views.from_shapes([("base", 2, 2, False)] + [(f"crop {i}", 2, 2, False) for i in range(3)])
+    trace.views, trace.grid = views.to_list(), (1, views.n)
+    assert [t for t, _ in view_panels(trace)] == ["base", "crops"]
+    trace.image = noise_image((90, 60))
+    assert view_boxes(trace) == [(0, 0, 90, 60), (0, 0, 30, 60), (30, 0, 60, 60), (60, 0, 90, 60)]
+    trace.image = noise_image((60, 90))
+    assert view_boxes(trace) == [(0, 0, 60, 90), (0, 0, 60, 30), (0, 30, 60, 60), (0, 60, 60, 90)]
+
+
+@pytest.mark.parametrize("case", TILED)
+def test_a_hot_cell_of_a_real_tile_lands_in_that_cells_pixels_after_reopening(case, folders, tab, upload, tmp_path):
     """On the family's own trace: the boxes recorded from the processor's geometry; a map hot on one cell of
     the last tile is drawn, by the reopened trace, inside that cell's box in the original image."""
     from adapt.trace import Trace
 
-    trace = tab.analysis(upload, QUESTION, family, *_knobs().values(), "greedy")[1]
-    bb = tab.app.models.get(family)
+    trace = tab.analysis(upload, QUESTION, case, *_knobs().values(), "greedy")[1]
+    bb = tab.app.models.get(case)
     geo = bb.layout_geometry(trace.image.size, trace.layout)
     expect = {name: list(g.visible_box()) for name, g in geo.geometries.items()}
     assert trace.meta["view_boxes"].keys() == expect.keys()
     for name, box in trace.meta["view_boxes"].items():
         np.testing.assert_allclose(box, expect[name], atol=1e-3)
     back = Trace.load(trace.save(tmp_path / "t.zip"))
-    tile = [v for v in back.layout if v.name.startswith("tile ")][-1]
+    tile = [v for v in back.layout if v.name.startswith(("tile ", "crop "))][-1]
     r, c = tile.h - 1, tile.w - 1  # Mllama: that cell lies mostly in the padding, past the image's right edge
     flat = np.zeros(back.layout.n)
     flat[tile.start + r * tile.stride + c] = 1.0
     scale = 8  # display pixels per image pixel
-    (_, mosaic, _), *_ = panel_maps(back, flat, (SIZE[0] * scale, SIZE[1] * scale))
+    mosaic = next(values for title, values, _ in panel_maps(back, flat, (SIZE[0] * scale, SIZE[1] * scale))
+                  if title in ("tiles", "crops"))
     # the hot pixels (over the half-way value between the cell and its cold neighbours) are that cell's
     yy, xx = np.nonzero(mosaic > 0.6)
     x0, y0, x1, y1 = geo.cell_boxes()[tile.name][r, c]

@@ -55,7 +55,8 @@ def grid_of(trace, flat: np.ndarray) -> np.ndarray:
 
 
 VIEW_GAP = 6  # px of white between panels drawn side by side
-TILE_NAME = re.compile(r"tile (\d+),(\d+)")
+# the views drawn together as one mosaic: InternVL / SmolVLM / Mllama tiles, Gemma 3's pan-and-scan crops
+PIECE_NAME = re.compile(r"(?:tile (\d+),(\d+))|(?:crop (\d+))")
 MAX_BOX_SPAN = 2  # a recorded view box reaches at most this many image sides past the image (else: by name)
 
 
@@ -68,9 +69,13 @@ def view_grids(trace, m: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [(v.name, v.take(m.ravel())) for v in trace.layout]
 
 
-def _tile(name: str) -> tuple[int, int] | None:
-    hit = TILE_NAME.fullmatch(name)
-    return (int(hit[1]), int(hit[2])) if hit else None
+def _piece(name: str) -> tuple[int, int] | None:
+    """A mosaic piece's (row, column): ``tile r,c`` → (r, c); ``crop i`` → (0, i) (crops lie along the image's
+    long axis: :func:`view_boxes` turns them when it is tall); None for any other view."""
+    hit = PIECE_NAME.fullmatch(name)
+    if hit is None:
+        return None
+    return (int(hit[1]), int(hit[2])) if hit[1] is not None else (0, int(hit[3]))
 
 
 def _sound_box(box, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
@@ -92,37 +97,41 @@ def view_boxes(trace) -> list[tuple[float, float, float, float]]:
     """Per view of a multi-view trace (key order), the part of the original image its grid spans,
     ``(x0, y0, x1, y1)`` in pixels: the trace's record (``meta["view_boxes"]``, from the processor's own
     geometry; past the image where the processor padded) where it has a sound one, else from the view's
-    name: ``tile r,c`` its share of the image among the trace's tiles, any other view the whole image."""
+    name: ``tile r,c`` its share of the image among the trace's tiles, ``crop i`` its share along the image's
+    long axis, any other view the whole image."""
     size = trace.image.size
     meta = trace.meta if isinstance(trace.meta, dict) else {}
     recorded = meta.get("view_boxes") if isinstance(meta.get("view_boxes"), dict) else {}
     layout = trace.layout
-    tiles = [_tile(v.name) for v in layout]
-    rows = 1 + max((t[0] for t in tiles if t), default=0)
-    cols = 1 + max((t[1] for t in tiles if t), default=0)
+    pieces = [_piece(v.name) for v in layout]
+    rows = 1 + max((p[0] for p in pieces if p), default=0)
+    cols = 1 + max((p[1] for p in pieces if p), default=0)
+    return [_sound_box(recorded.get(v.name), size) or _box_by_name(v.name, p, size, rows, cols)
+            for v, p in zip(layout, pieces)]
+
+
+def _box_by_name(name: str, piece, size: tuple[int, int], rows: int, cols: int) -> tuple[float, float, float, float]:
     w, h = size
-    out = []
-    for v, t in zip(layout, tiles):
-        box = _sound_box(recorded.get(v.name), size)
-        if box is None:
-            box = (t[1] * w / cols, t[0] * h / rows, (t[1] + 1) * w / cols, (t[0] + 1) * h / rows) if t else \
-                (0.0, 0.0, float(w), float(h))
-        out.append(box)
-    return out
+    if piece is None:
+        return (0.0, 0.0, float(w), float(h))
+    r, c = piece
+    if name.startswith("crop") and h > w:  # a tall image's crops are stacked
+        return (0.0, c * h / cols, float(w), (c + 1) * h / cols)
+    return (c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows)
 
 
 def view_panels(trace) -> list[tuple[str, list[int]]]:
     """How a multi-view trace is drawn: ``(title, view indices)`` per panel, panels in the key order of
-    their first view. Every ``tile r,c`` view goes into one mosaic (each tile where it lies in the image),
-    every other view is a panel of its own over the whole image: LLaVA-NeXT base | hires, InternVL
-    tiles | thumbnail, SmolVLM tiles | global, Mllama tiles."""
+    their first view. Every ``tile r,c`` (or ``crop i``) view goes into one mosaic, "tiles" (or "crops"),
+    each piece where it lies in the image; every other view is a panel of its own: LLaVA-NeXT base | hires,
+    InternVL tiles | thumbnail, SmolVLM tiles | global, Mllama tiles, Gemma 3 base | crops."""
     panels: list[tuple[str, list[int]]] = []
     mosaic = None
     for i, v in enumerate(trace.layout):
-        if _tile(v.name) is None:
+        if _piece(v.name) is None:
             panels.append((v.name, [i]))
         elif mosaic is None:
-            mosaic = ("tiles", [i])
+            mosaic = (v.name.split(" ")[0] + "s", [i])
             panels.append(mosaic)
         else:
             mosaic[1].append(i)
@@ -163,9 +172,9 @@ def panel_maps(trace, m: np.ndarray, size: tuple[int, int]) -> list[tuple[str, n
 
 
 def overlay_views(base: np.ndarray, trace, m: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """``m`` over the image, one panel per :func:`view_panels` side by side: the tiles as a mosaic (each
-    tile's heat over its own pixels, its edges drawn, its row and column written in it), every other view
-    over the whole image; one colour scale over every view's cells."""
+    """``m`` over the image, one panel per :func:`view_panels` side by side: the tiles (or crops) as a mosaic
+    (each piece's heat over its own pixels, its edges drawn, its row and column (or name) written in it),
+    every other view over the part of the image it covers; one colour scale over every view's cells."""
     h, w = base.shape[:2]
     panels = []
     for title, values, placed in panel_maps(trace, m, (w, h)):
@@ -175,10 +184,10 @@ def overlay_views(base: np.ndarray, trace, m: np.ndarray, alpha: float = 0.55) -
         blend = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
         panel = Image.fromarray(np.where(seen[..., None], blend, base))
         draw = ImageDraw.Draw(panel)
-        if all(_tile(name) for name, _ in placed):  # the mosaic
+        if all(_piece(name) for name, _ in placed):  # the mosaic
             for name, (x0, y0, x1, y1) in placed:
                 draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 255, 255))
-                label = name.split(" ", 1)[1]
+                label = name.split(" ", 1)[1] if name.startswith("tile") else name
                 if x1 - x0 >= 2 * draw.textlength(label, font=_font(10)):
                     draw.text((x0 + 3, y0 + 2), label, fill=(255, 255, 255), font=_font(10), stroke_width=2,
                               stroke_fill=(0, 0, 0))
