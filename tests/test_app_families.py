@@ -142,9 +142,13 @@ def test_a_visitor_analyses_compares_draws_and_reopens(case, folders, tab, uploa
     assert len(out[2 + 13]) == bb.num_layers and len(out[2 + 10]) == 2 + 2 * (trace.bias is not None)
     assert all(img.ndim == 3 and img.shape[1] == width for img in pictures)
     last = max(0, len(trace.steered.tokens) - 1)
+    base = F.display_image(trace.image)
     for run in ("unsteered", "steered"):
         img, caption = F.step_map(trace, run, last, layer=bb.num_layers - 1)
         assert img.shape[1] == width and f"step {last}" in caption
+        if views.plain:  # one grid: the plain overlay, as before views existed (the embedded model's figures)
+            flat = np.asarray(getattr(trace, run).maps)[last, -1]
+            np.testing.assert_array_equal(img[:base.shape[0]], F.overlay(base, flat.reshape(trace.grid)))
     align, *_, amc, signals = step_views(trace, last, "mean")
     assert all(f">{t.strip()}<" in align for t in trace.steered.tokens if t.strip().isalnum())
     assert amc.data and signals.data

@@ -174,7 +174,11 @@ def panel_maps(trace, m: np.ndarray, size: tuple[int, int]) -> list[tuple[str, n
 def overlay_views(base: np.ndarray, trace, m: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """``m`` over the image, one panel per :func:`view_panels` side by side: the tiles (or crops) as a mosaic
     (each piece's heat over its own pixels, its edges drawn, its row and column (or name) written in it),
-    every other view over the part of the image it covers; one colour scale over every view's cells."""
+    every other view over the part of the image it covers; one colour scale over every view's cells. A
+    one-grid trace (the embedded model's) is the plain :func:`overlay`."""
+    grids = view_grids(trace, m)
+    if len(grids) == 1:
+        return overlay(base, grids[0][1])
     h, w = base.shape[:2]
     panels = []
     for title, values, placed in panel_maps(trace, m, (w, h)):
