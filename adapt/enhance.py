@@ -63,12 +63,60 @@ def heat_of_layout(flat_map: np.ndarray, size: tuple[int, int], blur_cells: floa
     return heat, seen
 
 
+MODES = ("paper", "background", "blur", "luminance")
+
+
+def _odd(x: float) -> int:
+    return max(3, int(round(x)) | 1)
+
+
+def fade_target(img: np.ndarray, mode: str) -> np.ndarray:
+    """What a low-anchor pixel fades toward (``img``: RGB float32 in 0…255), per ``mode``:
+
+    - ``paper``: white (Sec. 4.1.4). Every faded colour moves toward white, so hue words change;
+    - ``background``: the local background, a median over half the image's shorter side (an object
+      covers less than half of such a window, so the median is the ground around it);
+    - ``blur``: the image under a Gaussian of 1/24 of the shorter side (shapes soften, colours stay).
+
+    ``luminance`` has no target image: :func:`enhance` fades the luma alone."""
+    if mode == "paper":
+        return np.full_like(img, 255.0)
+    side = min(img.shape[:2])
+    if mode == "background":
+        u8 = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        return cv2.medianBlur(u8, min(_odd(side / 2), _odd(side) - 2)).astype(np.float32)
+    if mode == "blur":
+        s = max(1.0, side / 24)
+        return cv2.GaussianBlur(img, (0, 0), sigmaX=s, sigmaY=s)
+    raise ValueError(f"unknown enhancement mode {mode!r}; available: {', '.join(MODES)}")
+
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601
+
+
+def _fade_luma(img: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """The luma faded toward white (Y′ = a·Y + (1 − a)·255) with each pixel's chroma c = rgb − Y kept in
+    direction, scaled by the largest s ≤ 1 that keeps Y′ + s·c inside 0…255 (a bright saturated colour
+    cannot be lighter and as saturated at once; the paper's fade scales c by a everywhere)."""
+    y = img @ LUMA
+    chroma = img - y[..., None]
+    y2 = a * y + (1.0 - a) * 255.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(chroma > 0, (255.0 - y2[..., None]) / chroma,
+                        np.where(chroma < 0, -y2[..., None] / chroma, np.inf))
+    s = np.clip(room.min(axis=-1), 0.0, 1.0)
+    return y2[..., None] + s[..., None] * chroma
+
+
 def enhance(image: Image.Image, anchor: np.ndarray, cfg: EnhanceConfig | None = None,
             geometry: InputGeometry | LayoutGeometry | None = None) -> Image.Image:
-    """Keep high-anchor regions, fade low-anchor regions toward white (soft heat map + mild mask).
+    """Keep high-anchor regions, fade low-anchor regions (soft heat map + mild mask).
 
     Per pixel: a = floor + (1 − floor)·heat, then a ← (1 − s)·a + s·[heat ≥ percentile], output =
-    a·image + (1 − a)·white. The result keeps the original's size and stays a normal image.
+    a·image + (1 − a)·target, the target by ``cfg.mode`` (:func:`fade_target`: white as in the paper,
+    or the local background, or a blurred copy); ``luminance`` applies the same blend to the luma alone,
+    toward white, and keeps each pixel's chroma direction (:func:`_fade_luma`). The result keeps the original's size and
+    stays a normal image.
 
     ``geometry`` (``backbone.input_geometry(image.size)``) places the anchor's cells where the
     processor took them from, so a centre-cropped LLaVA input is not stretched over the whole image.
@@ -91,7 +139,10 @@ def enhance(image: Image.Image, anchor: np.ndarray, cfg: EnhanceConfig | None = 
     a = (1.0 - cfg.mask_strength) * a + cfg.mask_strength * keep
     if not seen.all():
         a[~seen] = a[seen].mean()
-    out = a[..., None] * img + (1.0 - a[..., None]) * 255.0
+    if cfg.mode == "luminance":
+        out = _fade_luma(img, a)
+    else:
+        out = a[..., None] * img + (1.0 - a[..., None]) * fade_target(img, cfg.mode)
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 

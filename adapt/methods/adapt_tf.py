@@ -44,6 +44,10 @@ VARIANTS: dict[str, dict] = {
     "authors-quality": {"anchor.fusion": "authors", "asi.operator": "quality", "asi.trigger": "always",
                         "asi.second_pass": "off"},
 }
+# the paper's ADAPT-TF answers on the anchor-guided image (Sec. 4.1.4): one reading per enhancement
+# mode, the paper's fade toward white and the three that keep hue (adapt.enhance.fade_target)
+VARIANTS.update({f"enhanced-{m}": {"enhance.enabled": True, "enhance.mode": m}
+                 for m in ("paper", "background", "blur", "luminance")})
 
 
 # Settings of the same machinery that drop the anchor's direction: PAI-like, never called ADAPT-TF.

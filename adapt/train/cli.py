@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from ..argtypes import float_range, int_range, non_negative_int, out_dir, positive_int, threads
-from .config import DEFAULT_TARGETS, TrainConfig, TrainError
+from .config import DEFAULT_TARGETS, ENHANCE_MODES, TrainConfig, TrainError
+from .world_pairs import WorldPairSpec
 
 DEFAULTS = TrainConfig()
 
@@ -58,6 +59,14 @@ def add_parser(sub, parser_class=None) -> argparse.ArgumentParser:
                    help="override the chosen side's image (ablation)")
     t.add_argument("--rejected-image", choices=["original", "enhanced", "noise"], default=None,
                    help="override the rejected side's image (ablation)")
+    t.add_argument("--enhance-mode", choices=list(ENHANCE_MODES), default=DEFAULTS.enhance_mode,
+                   help="how the anchor-guided image v_w fades low-anchor regions: paper (toward white) or, keeping "
+                        "hue, background / blur / luminance")
+    t.add_argument("--world-yesno", type=float_range(0.0, 1.0), default=WorldPairSpec.yesno,
+                   help="--data world: share of scenes given a pair of yes/no existence questions")
+    t.add_argument("--world-omitted", type=float_range(0.0, 1.0), default=WorldPairSpec.omitted,
+                   help="--data world: share of scenes given an 'omitted' pair (the exact description against "
+                        "it without one present object: what keeps recall)")
     t.add_argument("--reference", choices=["precomputed", "live"], default=DEFAULTS.reference,
                    help="log π_ref computed once with the pairs, or live with the adapters disabled")
     t.add_argument("--save-every", type=positive_int, default=DEFAULTS.save_every, help="checkpoint every N steps")
@@ -78,7 +87,8 @@ def add_parser(sub, parser_class=None) -> argparse.ArgumentParser:
 
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(objective=args.objective, beta=args.beta, noise_step=args.noise_step,
-                       chosen_image=args.chosen_image, rejected_image=args.rejected_image, lr=args.lr,
+                       chosen_image=args.chosen_image, rejected_image=args.rejected_image,
+                       enhance_mode=args.enhance_mode, lr=args.lr,
                        steps=args.steps, batch=args.batch, grad_accum=args.grad_accum,
                        warmup_steps=args.warmup_steps, seed=args.seed, lora=args.lora, lora_r=args.lora_r,
                        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=args.target_modules,
@@ -96,14 +106,16 @@ def _bar(desc: str, disable: bool):
 def build_pair_set(backbone, args, cfg: TrainConfig, pairs_dir: Path, files, show_bar: bool):
     """The pairs of ``--data`` (built here, or read again when already built)."""
     from ..anchor import BiasCache
+    from ..config import AdaptConfig
     from .data import load_public
     from .pairs import ListSource, RawSource, build_pairs
 
     cache = BiasCache(args.cache_dir) if args.cache_dir else BiasCache()
     if args.data == "world":
-        from .world_pairs import WorldPairSpec, greedy_descriptions, world_records, world_scenes
+        from .world_pairs import greedy_descriptions, world_records, world_scenes
 
-        spec = WorldPairSpec(scenes=args.world_scenes, seed=args.world_seed)
+        spec = WorldPairSpec(scenes=args.world_scenes, seed=args.world_seed, yesno=args.world_yesno,
+                             omitted=args.world_omitted)
         try:
             scenes = world_scenes(spec)
         except ValueError as exc:
@@ -123,7 +135,9 @@ def build_pair_set(backbone, args, cfg: TrainConfig, pairs_dir: Path, files, sho
             bar.close()
             desc_path.write_text(json.dumps(texts))
         source = ListSource(world_records(scenes, texts[:len(scenes)], spec))
-        data = f"world:{spec.scenes}:{spec.seed}"
+        shares = [f"{k}={getattr(spec, k):g}" for k in ("yesno", "omitted")
+                  if getattr(spec, k) != getattr(WorldPairSpec, k)]
+        data = ":".join([f"world:{spec.scenes}:{spec.seed}"] + shares)
         offset, total = len(scenes), len(scenes) + len(source)
     else:
         raw = load_public(args.data, args.limit, args.images)
@@ -135,7 +149,9 @@ def build_pair_set(backbone, args, cfg: TrainConfig, pairs_dir: Path, files, sho
         bar.total = t
         bar.update(d - bar.n)
         files.progress(offset + d, "pairs", total=total)
-    pairs = build_pairs(backbone, source, pairs_dir, data, noise_step=cfg.noise_step, cache=cache, progress=progress)
+    adapt_cfg = AdaptConfig().replace(**{"enhance.mode": cfg.enhance_mode})
+    pairs = build_pairs(backbone, source, pairs_dir, data, noise_step=cfg.noise_step, adapt_cfg=adapt_cfg, cache=cache,
+                        progress=progress)
     bar.close()
     return pairs
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 OBJECTIVES = ("vag-dpo", "dpo")
 IMAGE_SIDES = ("original", "enhanced", "noise")
+ENHANCE_MODES = ("paper", "background", "blur", "luminance")  # adapt.enhance.MODES
 
 # the Llama-style decoder's projections; the vision tower and projector are left out, as LLaVA's
 # own LoRA recipes do (the tower is frozen in LLaVA's training too)
@@ -35,6 +36,9 @@ class TrainConfig:
     noise_step: int = 500                  # paper: diffusion-style forward noise, step 500 of 1 000 (VCD's)
     chosen_image: str | None = None        # None: the objective's own (enhanced for vag-dpo, original for dpo)
     rejected_image: str | None = None      # None: noise for vag-dpo, original for dpo
+    # how v_w fades low-anchor regions (adapt.enhance.MODES): the paper's fade toward white changes the
+    # colours the world's descriptions name; "background", "blur" and "luminance" keep hue
+    enhance_mode: str = "paper"
     # optimisation: not in the paper; the values the validation sweep picked for the embedded model
     lr: float = 1e-5
     steps: int = 200
@@ -71,6 +75,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.objective not in OBJECTIVES:
             raise TrainError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.enhance_mode not in ENHANCE_MODES:
+            raise TrainError(f"enhance_mode must be one of {', '.join(ENHANCE_MODES)}, got {self.enhance_mode!r}")
         for side in self.sides():
             if side not in IMAGE_SIDES:
                 raise TrainError(f"an image side is one of {', '.join(IMAGE_SIDES)}, got {side!r}")

@@ -212,6 +212,26 @@ def sweep_table(runs: list[Path], base: Path, out: Path, recall_budget: float = 
     return rows
 
 
+HUE_KEEPING = ("background", "blur", "luminance")
+
+
+def stage_a(run: Path) -> tuple[str, dict]:
+    """Rule A of ``assets/results/whole/selection_rule.md``: among the hue-keeping enhancement modes, the
+    one whose ADAPT-TF decoding (``items-adapt-tf:enhanced-<mode>.jsonl`` in ``run``) has the lowest
+    CHAIR_i, a tie within 0.001 going to the higher recall. Returns the mode and every mode's figures."""
+    figures = {}
+    for mode in ("paper",) + HUE_KEEPING:
+        f = run / f"items-adapt-tf:enhanced-{mode}.jsonl"
+        if f.exists():
+            figures[mode] = summarise_items(load_items(f))
+    kept = [m for m in HUE_KEEPING if m in figures]
+    if not kept:
+        raise ValueError(f"{run}: no hue-keeping enhanced reading was run")
+    best = min(figures[m]["chair_i"] for m in kept)
+    near = [m for m in kept if figures[m]["chair_i"] <= best + 0.001]
+    return max(near, key=lambda m: figures[m]["recall"]), figures
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
@@ -230,7 +250,18 @@ def main(argv=None) -> int:
     w.add_argument("--runs", nargs="+", required=True, help="candidate run folders")
     w.add_argument("--base", required=True, help="the base model's validation run (items-greedy / items-adapt-tf)")
     w.add_argument("--out", required=True, help="path stem: writes .json, .md, .png")
+    sa = sub.add_parser("stage-a", help="rule A: the hue-keeping enhancement mode for VAG-DPO's chosen image")
+    sa.add_argument("--run", required=True, help="eval folder with the adapt-tf:enhanced-* readings")
+    sa.add_argument("--out", required=True, help="file the picked mode is written to")
     args = ap.parse_args(argv)
+    if args.cmd == "stage-a":
+        mode, figures = stage_a(Path(args.run))
+        for m, f in figures.items():
+            print(f"enhanced-{m}: CHAIR_i {f['chair_i']:.4f} ({f['hallucinated_mentions']} / {f['mentions']}), "
+                  f"recall {f['recall']:.3f}")
+        Path(args.out).write_text(mode + "\n")
+        print(f"rule A picks {mode}")
+        return 0
     if args.cmd == "sweep":
         sweep_table([Path(r) for r in args.runs], Path(args.base), Path(args.out))
         print(Path(args.out).with_suffix(".md").read_text())

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# ADAPT as a whole (issue 24): the validation sweep of assets/results/whole/selection_rule.md, as run.
+# Two queues side by side (one core each): `commands.sh train` and `commands.sh eval`, then
+# `python -m adapt.train.report joint ...` (the table, the picks, the plot).
+set -u
+W=runs/whole
+VAL=(--benchmark world --split validation --seeds 1,2,3,4 --limit 250 --threads 1)
+T=(--threads 1 --no-bar)
+
+q() {  # run one command, its pid in /tmp/sweep.pids (so a timing benchmark can pause the sweep)
+  "$@" & local pid=$!
+  echo $pid > /tmp/sweep.$QUEUE.pid; cat /tmp/sweep.*.pid > /tmp/sweep.pids 2>/dev/null
+  wait $pid; local rc=$?
+  rm -f /tmp/sweep.$QUEUE.pid; cat /tmp/sweep.*.pid > /tmp/sweep.pids 2>/dev/null
+  [ $rc -eq 0 ] || echo "FAILED ($rc): $*" >&2
+  return $rc
+}
+
+train() {  # name objective pairs-folder extra-args...
+  local name=$1 obj=$2 pairs=$3; shift 3
+  [ -f $W/$name/model/config.json ] && return 0
+  q python -m adapt train $obj --out $W/$name --pairs $W/$pairs --steps 200 --batch 8 "${T[@]}" "$@"
+}
+
+decode() {  # recipe backbone: greedy (with POPE), adapt-tf, adapt-tf at gamma 0.75 (no POPE: see the rule)
+  local name=$1 backbone=$2
+  [ -f $W/$name/val-greedy/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method greedy --out $W/$name/val-greedy
+  [ -f $W/$name/val-tf/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --no-pope --out $W/$name/val-tf
+  [ -f $W/$name/val-tf-g075/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --gamma 0.75 --no-pope --out $W/$name/val-tf-g075
+}
+
+case "${1:-}" in
+  train)
+    QUEUE=train
+    # one world description set for every pair folder (the base model's greedy descriptions of the 1 500 scenes)
+    train R2 dpo pairs-world --lr 1e-4 --sft-weight 0
+    for p in pairs-omit pairs-yesno pairs-omit-yesno; do
+      mkdir -p $W/$p; [ -f $W/$p/world_descriptions.json ] || cp $W/pairs-world/world_descriptions.json $W/$p/
+    done
+    train R3 dpo pairs-world --lr 1e-4 --sft-weight 1
+    train R5 vag-dpo pairs-world --lr 1e-4 --sft-weight 1 --chosen-image original
+    train R4 vag-dpo pairs-world --lr 1e-4 --sft-weight 1
+    train R7 dpo pairs-omit --lr 1e-4 --sft-weight 1 --world-omitted 1
+    train R8 dpo pairs-yesno --lr 1e-4 --sft-weight 1 --world-yesno 1
+    train R9 vag-dpo pairs-omit-yesno --lr 1e-4 --sft-weight 1 --chosen-image original --world-omitted 1 --world-yesno 1
+    # R6 waits for stage A's pick (rule A), written to $W/stageA.mode by the eval queue
+    while [ ! -f $W/stageA.mode ]; do sleep 20; done
+    mode=$(cat $W/stageA.mode)
+    mkdir -p $W/pairs-$mode; [ -f $W/pairs-$mode/world_descriptions.json ] || cp $W/pairs-world/world_descriptions.json $W/pairs-$mode/
+    train R6 vag-dpo pairs-$mode --lr 1e-4 --sft-weight 1 --enhance-mode $mode
+    ;;
+  eval)
+    QUEUE=eval
+    decode R0 embedded
+    [ -f $W/R0/val-enhanced/summary.json ] || q python -m adapt eval "${VAL[@]}" --no-pope --out $W/R0/val-enhanced \
+      --method adapt-tf:enhanced-paper,adapt-tf:enhanced-background,adapt-tf:enhanced-blur,adapt-tf:enhanced-luminance
+    [ -f $W/stageA.mode ] || python -m adapt.train.report stage-a --run $W/R0/val-enhanced --out $W/stageA.mode
+    decode R1 assets/embedded-vagdpo
+    for r in R2 R3 R5 R4 R7 R8 R9 R6; do
+      while [ ! -f $W/$r/model/config.json ]; do sleep 20; done
+      decode $r $W/$r/model
+    done
+    ;;
+  *) echo "usage: $0 train|eval" >&2; exit 2 ;;
+esac
