@@ -73,8 +73,8 @@ _ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": 
 
 def split_options(name_or_path: str) -> tuple[str, dict[str, bool]]:
     """``"DIR?image_splitting=off"`` → ``("DIR", {"image_splitting": False})``: a family's load options written
-    after the model's name (so every place that takes a model name, the CLI's ``--backbone``, the app's
-    model list and lmms-eval's ``pretrained=``, can pass them). A name that is an existing path is kept whole."""
+    after the model's name (so every place that takes a model name, the CLI's ``--backbone`` and the app's
+    model list among them, can pass them). A name that is an existing path is kept whole."""
     name = str(name_or_path or "")
     if "?" not in name or Path(name).expanduser().exists():
         return name_or_path, {}
