@@ -156,8 +156,15 @@ def test_a_visitor_analyses_compares_draws_and_reopens(case, folders, tab, uploa
     assert f"**Backbone** `{case}`" in summary  # its folder's name, not the server's path
     if views.plain:
         assert f"grid {views[0].h}×{views[0].w}" in summary
-    else:
-        assert all(f"`{v.name}` {v.h}×{v.w}" in summary for v in views)
+    else:  # each view named with its shape, tiles (and crops) of one shape counted in one phrase
+        tiles = [v for v in views if v.name.startswith("tile ")]
+        crops = [v for v in views if v.name.startswith("crop ")]
+        rows, cols = (len({v.name.split(",")[0] for v in tiles}), len({v.name.split(",")[1] for v in tiles}))
+        if len(tiles) > 1:
+            assert f"{len(tiles)} tiles ({rows} × {cols}) of {tiles[0].h}×{tiles[0].w}" in summary
+        if len(crops) > 1:
+            assert f"{len(crops)} crops of {crops[0].h}×{crops[0].w}" in summary
+        assert all(f"`{v.name}` {v.h}×{v.w}" in summary for v in views if v not in tiles + crops)
     # the same image against a baseline other than greedy
     shown_vs = tab.analysis(upload, QUESTION, shown, *knobs.values(), BASELINE)
     vs = shown_vs[1]

@@ -257,11 +257,31 @@ def _short(name: str) -> str:
 
 
 def _layout_text(trace) -> str:
-    """``grid h×w``, or each view's name (from the file: escaped) and shape for a multi-view trace."""
+    """``grid h×w``, or each view's name (from the file: escaped) and shape for a multi-view trace; tiles (or
+    crops) of one shape in one phrase, ``6 tiles (2 × 3) of 16×16`` (SmolVLM's 16 tiles would fill a line)."""
+    from .overlays import mosaic_piece
+
     if not trace.views:
         return f"grid {trace.grid[0]}×{trace.grid[1]}"
-    return "views " + ", ".join(f"{safe.md_code(v.name)} {v.h}×{v.w}" + (" + newline" if v.newline else "")
-                                for v in trace.layout)
+    pieces: dict[str, list] = {}
+    for v in trace.layout:
+        if mosaic_piece(v.name):
+            pieces.setdefault(v.name.split(" ")[0], []).append(v)
+    parts, said = [], set()
+    for v in trace.layout:
+        kind = v.name.split(" ")[0] if mosaic_piece(v.name) else None
+        group = pieces.get(kind, [])
+        shape = f"{v.h}×{v.w}" + (" + newline" if v.newline else "")
+        if len(group) > 1 and len({(u.h, u.w, u.newline) for u in group}) == 1:
+            if kind not in said:
+                said.add(kind)
+                rows = 1 + max(mosaic_piece(u.name)[0] for u in group)
+                cols = 1 + max(mosaic_piece(u.name)[1] for u in group)
+                parts.append(f"{len(group)} tiles ({rows} × {cols}) of {shape}" if kind == "tile"
+                             else f"{len(group)} crops of {shape}")
+            continue
+        parts.append(f"{safe.md_code(v.name)} {shape}")
+    return "views " + ", ".join(parts)
 
 
 def _layers_text(layers, n) -> str:

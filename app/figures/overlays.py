@@ -69,7 +69,7 @@ def view_grids(trace, m: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [(v.name, v.take(m.ravel())) for v in trace.layout]
 
 
-def _piece(name: str) -> tuple[int, int] | None:
+def mosaic_piece(name: str) -> tuple[int, int] | None:
     """A mosaic piece's (row, column): ``tile r,c`` → (r, c); ``crop i`` → (0, i) (crops lie along the image's
     long axis: :func:`view_boxes` turns them when it is tall); None for any other view."""
     hit = PIECE_NAME.fullmatch(name)
@@ -103,7 +103,7 @@ def view_boxes(trace) -> list[tuple[float, float, float, float]]:
     meta = trace.meta if isinstance(trace.meta, dict) else {}
     recorded = meta.get("view_boxes") if isinstance(meta.get("view_boxes"), dict) else {}
     layout = trace.layout
-    pieces = [_piece(v.name) for v in layout]
+    pieces = [mosaic_piece(v.name) for v in layout]
     rows = 1 + max((p[0] for p in pieces if p), default=0)
     cols = 1 + max((p[1] for p in pieces if p), default=0)
     return [_sound_box(recorded.get(v.name), size) or _box_by_name(v.name, p, size, rows, cols)
@@ -128,7 +128,7 @@ def view_panels(trace) -> list[tuple[str, list[int]]]:
     panels: list[tuple[str, list[int]]] = []
     mosaic = None
     for i, v in enumerate(trace.layout):
-        if _piece(v.name) is None:
+        if mosaic_piece(v.name) is None:
             panels.append((v.name, [i]))
         elif mosaic is None:
             mosaic = (v.name.split(" ")[0] + "s", [i])
@@ -188,7 +188,7 @@ def overlay_views(base: np.ndarray, trace, m: np.ndarray, alpha: float = 0.55) -
         blend = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
         panel = Image.fromarray(np.where(seen[..., None], blend, base))
         draw = ImageDraw.Draw(panel)
-        if all(_piece(name) for name, _ in placed):  # the mosaic
+        if all(mosaic_piece(name) for name, _ in placed):  # the mosaic
             for name, (x0, y0, x1, y1) in placed:
                 draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 255, 255))
                 label = name.split(" ", 1)[1] if name.startswith("tile") else name
