@@ -369,3 +369,21 @@ def test_idefics3_tiles_text_only_branch_masks_every_tile_marker(tiled):
     assert int(block.sum()) == p.span.n + 2 * rows * cols + 3
     mask = text_only_mask(bb, p.inputs, 1)
     assert int(mask[1][block].sum()) == 0
+
+
+def test_options_after_a_models_name(tmp_path):
+    """``split_options``: options after the last ``?``, several joined by ``&``, on / off spelt as users do; a
+    name that exists as a path is kept whole (a folder may have ``?`` in its name); a hub id without options
+    passes untouched."""
+    from adapt.backbones import split_options
+
+    assert split_options("org/model") == ("org/model", {})
+    assert split_options("org/model?image_splitting=OFF") == ("org/model", {"image_splitting": False})
+    assert split_options("d?a=on&b=0&c=yes") == ("d", {"a": True, "b": False, "c": True})
+    odd = tmp_path / "smol?v2"
+    odd.mkdir()
+    assert split_options(str(odd)) == (str(odd), {})
+    assert split_options(f"{odd}?image_splitting=off") == (str(odd), {"image_splitting": False})
+    for bad in ("d?image_splitting", "d?=on", "d?x=maybe"):
+        with pytest.raises(BackboneError, match="must read name=on or name=off"):
+            split_options(bad)
