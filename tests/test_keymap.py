@@ -312,7 +312,8 @@ def test_a_sliding_layer_whose_window_lost_the_image_feeds_no_anchor(backbones, 
 
 def test_an_anchor_of_sliding_layers_only_keeps_them_all_and_says_so():
     """Every captured layer lost the image (a decoder of sliding layers only, Mistral-style): nothing else
-    could feed the anchor, so all of them do, as without ``keep``, and ``window_lost`` names them all."""
+    could feed the anchor, so all of them do, as without ``keep``, and ``window_lost`` names them all. Some
+    lost: λ 0 there, and the model-mode H*(q) from the others' prefill maps."""
     import numpy as np
 
     from adapt.anchor.build import anchor_from_maps
@@ -326,3 +327,11 @@ def test_an_anchor_of_sliding_layers_only_keeps_them_all_and_says_so():
     np.testing.assert_array_equal(none.anchor, plain.anchor)
     some = anchor_from_maps(maps, "describe", cfg, None, keep=np.array([True, False, True]))
     assert some.window_lost == (1,) and some.fusion.lam[1] == 0 and some.fusion.lam.sum() == pytest.approx(1)
+    # the model-mode H*(q) reads the kept layers' prefill maps alone
+    from adapt.anchor import model_target_entropy
+
+    model = cfg.replace(**{"anchor.target_entropy": "model"})
+    prefill = np.random.default_rng(1).random((3, 16)) ** 4
+    kept = anchor_from_maps(maps, "describe", model, None, prefill, keep=np.array([True, False, True]))
+    assert kept.target_entropy == pytest.approx(model_target_entropy(prefill[[0, 2]]))
+    assert kept.target_entropy != pytest.approx(model_target_entropy(prefill))

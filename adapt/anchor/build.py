@@ -127,12 +127,15 @@ def anchor_from_maps(layer_maps: np.ndarray, question: str, cfg: AdaptConfig, no
     ``views`` (a multi-view layout; maps ``[L, 1, n]``): criteria, fusion and debiasing run per view and
     W is their concatenation (:func:`adapt.anchor.per_view_fusion` says how λ and the views' shares are
     made); newline columns get weight 0. The model-mode H*(q) reads the prefill maps over all n keys.
-    ``keep`` (:func:`window_kept`): the layers that may feed the anchor; the others get λ = 0 (all of them
-    feed it when none is kept) and are named in ``Anchor.window_lost``."""
+    ``keep`` (:func:`window_kept`): the layers that may feed the anchor (and the model-mode H*(q)); the
+    others get λ = 0 and are named in ``Anchor.window_lost`` (when none is kept, all of them feed it)."""
     a = cfg.anchor
     views = views_of(views)
-    target = target_entropy(question, cfg, prefill_maps)
     lost = () if keep is None else tuple(int(i) for i in np.flatnonzero(~np.asarray(keep, dtype=bool)))
+    keep = None if keep is None or not np.any(keep) else np.asarray(keep, dtype=bool)
+    if keep is not None and prefill_maps is not None:  # the model-mode H*(q) from the kept layers too
+        prefill_maps = prefill_maps[keep]
+    target = target_entropy(question, cfg, prefill_maps)
     if a.fusion == "authors":
         fusion = fuse_authors(layer_maps, a, views, keep)
         d, w = halve_border(fusion.fused, views)
