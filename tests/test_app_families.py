@@ -304,6 +304,15 @@ def test_recorded_boxes_place_the_tiles_and_hostile_ones_fall_back_to_the_names(
         got = view_boxes(trace)
         assert got[0] == by_name[0] and got[2] == by_name[2]
         assert overlay_views(F.display_image(trace.image), trace, flat).shape[1] == 2 * 224 + VIEW_GAP
+    # names alone can put a tile past the image's edge (a crafted trace): it is left out, nothing fails
+    from adapt.hooks import Views
+
+    far = Views.from_shapes([("tile 0,0", 2, 2, False), ("tile 0,99999", 2, 2, False)])
+    trace.views, trace.grid, trace.meta = far.to_list(), (1, far.n), {}
+    (_, values, placed), = panel_maps(trace, np.arange(far.n, dtype=float), (224, 149))
+    assert placed == [("tile 0,0", (0, 0, 1, 149)), ("tile 0,99999", (224, 0, 224, 149))]
+    assert not np.isnan(values[:, 0]).any() and np.isnan(values[:, 1:]).all()
+    assert overlay_views(F.display_image(trace.image), trace, np.arange(far.n)).shape == (149, 224, 3)
 
 
 def test_crops_without_boxes_lie_along_the_images_long_axis():

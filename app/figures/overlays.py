@@ -190,6 +190,8 @@ def overlay_views(base: np.ndarray, trace, m: np.ndarray, alpha: float = 0.55) -
         draw = ImageDraw.Draw(panel)
         if all(mosaic_piece(name) for name, _ in placed):  # the mosaic
             for name, (x0, y0, x1, y1) in placed:
+                if x1 <= x0 or y1 <= y0:  # a piece outside the image (a crafted trace's names): nothing to draw
+                    continue
                 draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 255, 255))
                 label = name.split(" ", 1)[1] if name.startswith("tile") else name
                 if x1 - x0 >= 2 * draw.textlength(label, font=_font(10)):
