@@ -14,11 +14,10 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("gradio")
 
-from adapt.backbones import FAMILIES, load_backbone  # noqa: E402
+from adapt.backbones import FAMILIES  # noqa: E402
 from app import figures as F  # noqa: E402
 from app.figures.overlays import COLORMAP, VIEW_GAP, overlay_views, panel_maps, view_boxes, view_panels  # noqa: E402
 
