@@ -135,8 +135,26 @@ def _interleaved(bb, images, methods: dict, tokens: int, repeats: int, kw: dict,
     return runs
 
 
-def method_overhead(tokens: int, repeats: int, scenes: int, clock: str = "wall") -> dict[str, float]:
-    """Per-answer seconds of stock greedy, greedy with capture and ADAPT-TF on the embedded model."""
+class _Compiled:
+    """A method answered with the steered row's math compiled (:func:`adapt.hooks.compile_writes`)."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def answer(self, *args, **kwargs):
+        from .hooks import compile_writes
+
+        compile_writes(True)
+        try:
+            return self.method.answer(*args, **kwargs)
+        finally:
+            compile_writes(False)
+
+
+def method_overhead(tokens: int, repeats: int, scenes: int, clock: str = "wall",
+                    compiled: bool = False) -> dict[str, float]:
+    """Per-answer seconds of stock greedy, greedy with capture and ADAPT-TF on the embedded model (and
+    ``compiled``: ADAPT-TF with the steered row's math through ``torch.compile``, compiled in the warm-up)."""
     import tempfile
 
     from .anchor import BiasCache
@@ -150,6 +168,8 @@ def method_overhead(tokens: int, repeats: int, scenes: int, clock: str = "wall")
     cfg = AdaptConfig()
     methods = {"stock greedy": Greedy(capture=False), "greedy with capture": Greedy(),
                "adapt-tf": AdaptTF(cfg, BiasCache(tempfile.mkdtemp(prefix="adapt-bench-")))}
+    if compiled:
+        methods["adapt-tf compiled"] = _Compiled(methods["adapt-tf"])
     runs = _interleaved(bb, images, methods, tokens, repeats, dict(min_new_tokens=tokens), clock)
     fired = sum(a.info["fired"] for _, a in runs["adapt-tf"])
     monitored = sum(a.info["monitored"] for _, a in runs["adapt-tf"])
@@ -158,9 +178,12 @@ def method_overhead(tokens: int, repeats: int, scenes: int, clock: str = "wall")
           + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in med.items())
           + f"; ADAPT-TF ({cfg.asi.operator}, trigger {cfg.asi.trigger}, layers {cfg.asi.layers}) fired on "
           f"{fired / max(monitored, 1):.0%} of monitored pairs", flush=True)
-    return {"capture/greedy": med["greedy with capture"] / med["stock greedy"],
-            "adapt-tf/greedy-capture": med["adapt-tf"] / med["greedy with capture"],
-            "adapt-tf/greedy": med["adapt-tf"] / med["stock greedy"]}
+    out = {"capture/greedy": med["greedy with capture"] / med["stock greedy"],
+           "adapt-tf/greedy-capture": med["adapt-tf"] / med["greedy with capture"]}
+    if compiled:
+        out["adapt-tf compiled/greedy"] = med["adapt-tf compiled"] / med["stock greedy"]
+    out["adapt-tf/greedy"] = med["adapt-tf"] / med["stock greedy"]
+    return out
 
 
 def _peak_memory(run) -> float:
@@ -417,6 +440,8 @@ def main(argv=None) -> None:
     m.add_argument("--scenes", type=int, default=8)
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="process: this process's CPU time")
+    m.add_argument("--compile", action="store_true", help="also ADAPT-TF with the steered row's math through "
+                                                          "torch.compile (needs a C compiler)")
     ms = sub.add_parser("methods", help="every registered method's time per answer over greedy, side by side")
     ms.add_argument("--methods", default=None, help="comma-separated names (default: every registered method, "
                                                     "ADAPT-TF's variants left out)")
@@ -460,7 +485,7 @@ def main(argv=None) -> None:
         print("methods vs greedy: " + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in out.items() if n != "greedy"))
         return
     if args.what == "method":
-        ratios = method_overhead(args.tokens, args.repeats, args.scenes, args.clock)
+        ratios = method_overhead(args.tokens, args.repeats, args.scenes, args.clock, args.compile)
         for name, value in ratios.items():
             print(f"method {name}: {value:.2f}x")
         return

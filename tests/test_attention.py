@@ -192,8 +192,8 @@ def test_prefill_capture_is_question_rows_attention_to_the_image(rand_image):
     torch.testing.assert_close(g.prefill_maps, expected, atol=1e-6, rtol=1e-5)
 
 
-def test_recorder_buffers_grow_past_their_preallocated_steps(rand_image):
-    """Buffers sized for one step still record every step of a longer decoding, each at its own step."""
+def test_recorder_records_past_the_steps_it_was_told(rand_image):
+    """A recorder told of one step still records every step of a longer decoding, each at its own step."""
     bb = backbone("llava")
     p = bb.prepare(rand_image, "describe the image")
     kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
@@ -203,5 +203,5 @@ def test_recorder_buffers_grow_past_their_preallocated_steps(rand_image):
         with rec, torch.inference_mode():
             bb.model.generate(**p.inputs, **kw)
         maps.append(rec.maps())
-    assert maps[0].shape == (5, bb.num_layers, 1, p.span.n) and rec._maps.layers[0].shape[0] == 65
+    assert maps[0].shape == (5, bb.num_layers, 1, p.span.n)
     torch.testing.assert_close(maps[0], maps[1], rtol=0, atol=0)

@@ -42,7 +42,7 @@ def test_recorder_and_policy_state_live_on_each_layers_device():
         q, k, v = (torch.randn(1, 4, 1, 8).to(dev), torch.randn(1, 2, 10, 8).to(dev), torch.randn(1, 2, 10, 8).to(dev))
         out = rec.last_row(layer, 1, q, k, v, None, 0.3)
         assert out.device == dev and out.shape == (1, 1, 4, 8)
-        assert rec._maps.layers[layer].device == dev
+        assert rec._maps.device(layer) == dev
         assert policy._fired.device(layer) == dev and policy._unsteered.device(layer) == dev
         st = policy._state[layer]
         assert {t.device for t in (st["w"], st["mass_thr"], st["op"].toward, st["op"].gamma_m_ref)} == {dev}

@@ -16,12 +16,12 @@ tensors and returns tensors, and results meet on the host once, after decoding.
 
 from .interface import ATTN_IMPL, adapt_attention_forward, register
 from .layout import ImageLayout, ImageSpan, View, Views
-from .recorder import AttentionRecorder, StepBuffer
+from .recorder import AttentionRecorder, StepLog
 from .window import TextWindowCapture
 from .writes import (HOOK_LOGITS, HOOK_PROBS, HOOK_TEXT_WINDOW, HOOKS, AttentionPoint, ImageProbs, Intervention,
-                     LogitBias, SteeringPolicy)
+                     LogitBias, SteeringPolicy, compile_writes)
 
 __all__ = ["ATTN_IMPL", "adapt_attention_forward", "register", "ImageSpan", "ImageLayout", "View", "Views",
-           "AttentionRecorder", "StepBuffer",
+           "AttentionRecorder", "StepLog",
            "TextWindowCapture", "HOOK_LOGITS", "HOOK_PROBS", "HOOK_TEXT_WINDOW", "HOOKS", "AttentionPoint",
-           "ImageProbs", "Intervention", "LogitBias", "SteeringPolicy"]
+           "ImageProbs", "Intervention", "LogitBias", "SteeringPolicy", "compile_writes"]

@@ -1,4 +1,4 @@
-"""One recorder: the newest row's image attention of every (step, layer), in preallocated buffers.
+"""One recorder: the newest row's image attention of every (step, layer), logged where it was made.
 
 Steps are explicit: a call whose query has more than one row is the prefill (step 0: its last row
 predicts the first generated token); a single-row call is step ``keys − prefill keys``, read from the
@@ -11,9 +11,9 @@ positions in full-attention layers, shifted (or out of reach: captured, never st
 layers; linear-attention layers never reach the recorder, and the maps' layer axis holds the captured
 layers only (``keymap.captured``).
 
-The buffers (:class:`StepBuffer`) live on each layer's own device (``device_map`` over several
-GPUs), grow by doubling when decoding runs past them, and meet on the host once, when the results
-are read after decoding.
+Each (layer, step)'s map is its own small tensor (:class:`StepLog`) on the layer's own device
+(``device_map`` over several GPUs); they meet on the host once, when the results are read after
+decoding.
 """
 
 from __future__ import annotations
@@ -25,57 +25,57 @@ import torch
 from .kernels import apply_mask, causal_rows, decode_row, grouped_logits, row_logits
 from .keymap import KeyMap
 from .layout import ImageSpan
-from .writes import HOOK_LOGITS, HOOK_PROBS, HOOKS, AttentionPoint, LogitBias, correct_output, resolve
+from .writes import HOOK_LOGITS, HOOK_PROBS, HOOKS, AttentionPoint, LogitBias, write_row
 
 _ACTIVE: contextvars.ContextVar["AttentionRecorder | None"] = contextvars.ContextVar(
     "adapt_active_recorder", default=None
 )
 
 
-class StepBuffer:
-    """Per layer, a ``[steps, *shape]`` tensor on that layer's device, written in place at an explicit
-    step; :meth:`gather` stacks the steps asked for into one ``[T, L, *shape]`` CPU tensor."""
+class StepLog:
+    """Per layer, the small tensor each (layer, step) made (a map, a decision), kept where it was made (the
+    layer's device) and stacked on the host once, after decoding. Nothing is preallocated: writing each
+    into a slot of a ``[T, ...]`` buffer instead costs a select and an ``out=`` write per call, on a CPU
+    more than the op itself; on a GPU neither syncs with the host."""
 
-    def __init__(self, num_layers: int, capacity: int, fill=0.0):
-        self.num_layers, self.capacity, self.fill = num_layers, max(1, capacity), fill
-        self.layers: list[torch.Tensor | None] = [None] * num_layers
+    def __init__(self, num_layers: int):
+        self.layers: list[dict[int, torch.Tensor]] = [{} for _ in range(num_layers)]
 
-    def slot(self, layer: int, step: int, like: torch.Tensor, dtype=torch.float32, drop: int = 0) -> torch.Tensor:
-        """The slot of (layer, step), placed like ``like`` and shaped like it without dimension ``drop``
-        (0: none; 1: the heads of a ``[B, H, n]`` map kept as its head mean)."""
-        buf = self.layers[layer]
-        if buf is None:
-            shape = tuple(s for i, s in enumerate(like.shape) if not drop or i != drop)
-            buf = self.layers[layer] = torch.full((max(self.capacity, step + 1), *shape), self.fill,
-                                                  dtype=dtype, device=like.device)
-        elif step >= buf.shape[0]:  # decoding ran past the buffer: double it (rare, amortised)
-            more = torch.full((max(buf.shape[0], step + 1 - buf.shape[0]), *buf.shape[1:]), self.fill,
-                              dtype=buf.dtype, device=buf.device)
-            buf = self.layers[layer] = torch.cat([buf, more])
-        return buf[step]
+    def put(self, layer: int, step: int, t: torch.Tensor) -> None:
+        self.layers[layer][step] = t
+
+    def device(self, layer: int) -> torch.device | None:
+        d = self.layers[layer]
+        return next(iter(d.values())).device if d else None
+
+    def host(self, layer: int, steps: int) -> tuple[list[int], torch.Tensor | None]:
+        """The steps below ``steps`` that ``layer`` logged, and their tensors stacked on the CPU (one copy)."""
+        d = self.layers[layer]
+        kept = sorted(t for t in d if t < steps)
+        return kept, (torch.stack([d[t] for t in kept]).cpu() if kept else None)
 
     def gather(self, steps: list[int]) -> torch.Tensor:
-        """``[len(steps), L, *shape]`` on the CPU (the layers' buffers stacked per device, one copy each)."""
-        bufs = self.layers
-        if any(b is None for b in bufs):
-            raise RuntimeError("a layer was never written")
-        idx = torch.tensor(steps, dtype=torch.long)
+        """``[len(steps), L, *shape]`` on the CPU: the layers' tensors stacked per device (one copy each;
+        on CUDA into pinned memory without blocking, one wait per device)."""
+        if any(t not in d for d in self.layers for t in steps):
+            raise RuntimeError("a layer was not written at every step asked for")
         by_device: dict[torch.device, list[int]] = {}
-        for layer, b in enumerate(bufs):
-            by_device.setdefault(b.device, []).append(layer)
+        for layer in range(len(self.layers)):
+            by_device.setdefault(self.device(layer), []).append(layer)
         parts, pending = {}, []
         for dev, layers in by_device.items():
-            stacked = torch.stack([bufs[l].index_select(0, idx.to(dev)) for l in layers], 1)
-            if dev.type == "cuda":  # into pinned memory without blocking; one wait per device below
+            stacked = torch.stack([self.layers[l][t] for l in layers for t in steps])
+            stacked = stacked.view(len(layers), len(steps), *stacked.shape[1:])
+            if dev is not None and dev.type == "cuda":
                 host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
                 host.copy_(stacked, non_blocking=True)
                 pending.append(dev)
             else:
                 host = stacked.to("cpu")
-            parts.update(zip(layers, host.unbind(1)))
+            parts.update(zip(layers, host.unbind(0)))
         for dev in pending:
             torch.cuda.synchronize(dev)
-        return torch.stack([parts[l] for l in range(self.num_layers)], 1)
+        return torch.stack([parts[l] for l in range(len(self.layers))], 1)
 
 
 class AttentionRecorder:
@@ -88,8 +88,8 @@ class AttentionRecorder:
     always kept, head-mean unless ``per_head``. After generation, :meth:`maps` returns
     ``[steps, layers, B, n_img]`` (``[..., B, H, n_img]`` per head) on the CPU; :meth:`cached` returns the
     other hook points. ``prefill_text_maps`` holds, per layer, the mean attention of the prompt tokens
-    after the image over the image keys (``capture_prefill=True``). ``max_steps`` sizes the buffers
-    (they grow if decoding runs longer).
+    after the image over the image keys (``capture_prefill=True``). ``max_steps`` (the decoding's length)
+    is accepted for callers that know it; nothing is sized by it.
 
     ``keymap`` (default: ``num_layers`` full-attention layers) says each decoder layer's kind; then
     ``num_layers`` is the number of captured layers, and "layer" everywhere downstream (maps, the
@@ -123,8 +123,8 @@ class AttentionRecorder:
         self.per_head = per_head
         self.capture_prefill = capture_prefill
         self.cache_logits = HOOK_LOGITS in cache
-        self._maps = StepBuffer(num_layers, max_steps + 1)
-        self._logits = StepBuffer(num_layers, max_steps + 1) if self.cache_logits else None
+        self._maps = StepLog(num_layers)
+        self._logits = StepLog(num_layers) if self.cache_logits else None
         self._written: list[int] = []  # per step: how many layers were captured (host-side counts)
         self._prefill_keys: int | None = None
         self.prefill_text_maps: list[torch.Tensor | None] = [None] * num_layers
@@ -213,8 +213,8 @@ class AttentionRecorder:
         else:  # keys the window dropped read as masked, as a prefill's mask shows them
             point = AttentionPoint(layer, step, lambda: span.image_cols(logits.view(b, h, -1), fill=-torch.inf)
                                    .float(), img)
-        if self.cache_logits:
-            self._logits.slot(layer, step, img).copy_(point.logits)
+        if self.cache_logits:  # a view of this call's logits: copied, so they are not kept alive
+            self._logits.put(layer, step, point.logits.clone())
         if not steer:
             edit = None
             if self._observe is not None:  # the anchor phase still reads a map it may not write
@@ -227,14 +227,12 @@ class AttentionRecorder:
         else:
             edit = None
         if edit is not None:
-            r, img = resolve(edit, point)
-            o = correct_output(o, value, span, point.probs, r, img)
-        if self.per_head:
-            self._maps.slot(layer, step, img).copy_(img)
-        elif edit is None:  # the unsteered head mean, shared with the policy if it took it
-            point.attn_into(self._maps.slot(layer, step, img, drop=1))
-        else:
-            torch.mean(img, 1, out=self._maps.slot(layer, step, img, drop=1))
+            o, kept = write_row(edit, point, o, value, span, self.per_head)
+        elif self.per_head:  # a view of this call's probabilities: copied
+            kept = img.clone()
+        else:  # the unsteered head mean, shared with the policy if it took it
+            kept = point.attn
+        self._maps.put(layer, step, kept)
         while len(self._written) <= step:
             self._written.append(0)
         self._written[step] += 1

@@ -28,10 +28,12 @@ Everything runs in float32 on the layer's own device; the output comes back in t
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Callable, Protocol
 
 import torch
 
+from .kernels import constant
 from .layout import ImageSpan
 
 # Named hook points (TransformerLens style): what the recorder can cache by (hook, layer, step) and
@@ -44,19 +46,25 @@ HOOKS = (HOOK_LOGITS, HOOK_PROBS)
 HOOK_TEXT_WINDOW = "attn.text_window"
 
 
+def head_mean(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """``x.mean(1)`` as the sum and one division by the head count, the two steps ``mean`` takes on a CPU
+    (so the same numbers) without its casts and its Python-number divisor wrapped at every call."""
+    return torch.sum(x, 1, keepdim=keepdim).div_(constant(float(x.shape[1])))
+
+
 class AttentionPoint:
     """What an intervention sees at one (layer, step): both hook points, unsteered.
 
     ``logits`` and ``probs`` are ``[B, H, n_img]`` float32 on the layer's own device. The reductions
-    (:attr:`attn`, :attr:`head_mass`, :attr:`mass`) are computed once, on first use, and shared by the
-    policy, the write and the recorder. ``logits`` may be given as a callable, run on first use (a
-    policy that reads only the probabilities never pays for them)."""
+    (:attr:`attn`, :attr:`head_mass`, :attr:`mass`, and the head sums they divide by H) are computed
+    once, on first use, and shared by the policy, the write and the recorder. ``logits`` may be given as
+    a callable, run on first use (a policy that reads only the probabilities never pays for them)."""
 
     def __init__(self, layer: int, step: int, logits: torch.Tensor | Callable[[], torch.Tensor] | None,
                  probs: torch.Tensor):
         self.layer, self.step, self.probs = layer, step, probs
         self._logits = logits
-        self._attn = self._head_mass = self._mass = self._mass3 = None
+        self._attn = self._head_sum = self._head_mass = self._total = self._mass = self._mass3 = None
 
     @property
     def logits(self) -> torch.Tensor:
@@ -67,17 +75,16 @@ class AttentionPoint:
     @property
     def attn(self) -> torch.Tensor:
         """Head-mean image attention ``[B, n_img]`` (the quantity AMC and the anchor use)."""
-        if self._attn is None:
-            self._attn = self.probs.mean(1)
+        if self._attn is None:  # as probs.mean(1): the head sum divided by H
+            self._attn = torch.div(self.head_sum, constant(float(self.probs.shape[1])))
         return self._attn
 
-    def attn_into(self, out: torch.Tensor) -> torch.Tensor:
-        """:attr:`attn` written into ``out`` (a buffer slot): taken there directly when not yet computed."""
-        if self._attn is None:
-            self._attn = torch.mean(self.probs, 1, out=out)
-        else:
-            out.copy_(self._attn)
-        return out
+    @property
+    def head_sum(self) -> torch.Tensor:
+        """:attr:`attn` times H, ``[B, n_img]``: what a reader that is blind to scale (AMC) keeps."""
+        if self._head_sum is None:
+            self._head_sum = torch.sum(self.probs, 1)
+        return self._head_sum
 
     @property
     def head_mass(self) -> torch.Tensor:
@@ -87,10 +94,18 @@ class AttentionPoint:
         return self._head_mass
 
     @property
+    def head_total(self) -> torch.Tensor:
+        """The heads' image masses summed, ``[B, 1, 1]`` (:attr:`mass3` times H): a test against a threshold
+        times H needs no division."""
+        if self._total is None:
+            self._total = torch.sum(self.head_mass, 1, keepdim=True)
+        return self._total
+
+    @property
     def mass3(self) -> torch.Tensor:
         """:attr:`mass` as ``[B, 1, 1]``: it broadcasts against ``[B, H, ·]`` rows without a reshape."""
         if self._mass3 is None:
-            self._mass3 = self.head_mass.mean((1, 2), keepdim=True)
+            self._mass3 = torch.div(self.head_total, constant(float(self.probs.shape[1])))
         return self._mass3
 
     @property
@@ -115,10 +130,12 @@ class ImageProbs:
     ``[B, H, n]``), whose sum is the new image mass (capped at one); the other keys keep their
     proportions and are rescaled so the row sums to one. Rows meant to stay as they were carry their
     old probabilities. ``bounded``: the writer guarantees every head's new mass is below one (the cap
-    is then skipped)."""
+    is then skipped). ``mass``: each head's new image mass ``[B, H, 1]`` (the sum of ``probs``), when the
+    writer made ``probs`` to have it (so it is not summed again); bounded writes only."""
 
     probs: torch.Tensor
     bounded: bool = False
+    mass: torch.Tensor | None = None
 
 
 class SteeringPolicy(Protocol):
@@ -146,17 +163,10 @@ def _on(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t
 
 
-_ONES: dict[torch.device, torch.Tensor] = {}
-
-
-def _one(like: torch.Tensor) -> torch.Tensor:
-    """A 0-d float32 one on ``like``'s device, made once: ``one − x`` with it is the same subtraction as
-    ``torch.rsub(x, 1)`` without wrapping the Python scalar in a new tensor at every call (a third of
-    the op's time on a CPU)."""
-    one = _ONES.get(like.device)
-    if one is None:
-        one = _ONES[like.device] = torch.ones((), dtype=torch.float32, device=like.device)
-    return one
+def _text_factor(m_new: torch.Tensor, head_mass: torch.Tensor) -> torch.Tensor:
+    """r = (1 − M′) / (1 − M): the factor of the text keys when the image mass goes from M to M′."""
+    one = constant(1.0)
+    return torch.sub(one, m_new).div_(torch.sub(one, head_mass).clamp_min_(1e-12))
 
 
 def resolve(edit, point: AttentionPoint) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,21 +176,46 @@ def resolve(edit, point: AttentionPoint) -> tuple[torch.Tensor, torch.Tensor]:
         new = _on(edit.probs, p)
         if new.shape != p.shape:
             new = (new[:, None, :] if new.ndim == 2 else new).expand_as(p)
-        m_new = new.sum(-1, keepdim=True)
+        m_new = edit.mass if edit.mass is not None and edit.bounded else new.sum(-1, keepdim=True)
         if not edit.bounded:  # an image mass above one is capped at one
             cap = m_new.clamp_min(1.0)
             new, m_new = new / cap, (m_new / cap).clamp_max(1.0)
-        one = _one(p)
-        return torch.sub(one, m_new).div_(torch.sub(one, point.head_mass).clamp_min_(1e-12)), new
+        return _text_factor(m_new, point.head_mass), new
     if isinstance(edit, LogitBias):
         b = _on(edit.bias, p)
         b = b[:, None, :] if b.ndim == 2 else b
         c = b.amax(-1, keepdim=True).clamp_min(0)  # [B, 1|H, 1]
         q = p * torch.exp(b - c)
         scale = torch.exp(-c)  # e^{−c}
-        z = torch.addcmul(q.sum(-1, keepdim=True), torch.sub(_one(p), point.head_mass), scale)  # Z′·e^{−c}
+        z = torch.addcmul(q.sum(-1, keepdim=True), torch.sub(constant(1.0), point.head_mass), scale)  # Z′·e^{−c}
         return scale / z, q / z
     raise TypeError(f"an intervention returned {type(edit).__name__}; expected LogitBias, ImageProbs or None")
+
+
+def _grouped(out: torch.Tensor, value: torch.Tensor, span: ImageSpan, p: torch.Tensor) -> tuple:
+    """``out`` as ``[B·Hkv, H/Hkv, D]`` (a prefill's row is ``[B, H, D]``; a decoding step's is grouped
+    already) and the image block of V, ``[B·Hkv, n, D]``."""
+    b, h, n = p.shape
+    hkv, dim = value.shape[1], value.shape[-1]
+    v_img = span.image_cols(value, dim=2).reshape(b * hkv, n, dim)
+    if out.shape != (b * hkv, h // hkv, dim):
+        out = out.reshape(b * hkv, h // hkv, dim)
+    return out, v_img
+
+
+def _corrected(out: torch.Tensor, v_img: torch.Tensor, p: torch.Tensor, r: torch.Tensor,
+               new: torch.Tensor) -> torch.Tensor:
+    """o′ = r·o + (p′_I − r·p_I)·V_I in the grouped layouts (``out`` ``[B·Hkv, g, D]``, ``v_img``
+    ``[B·Hkv, n, D]``, ``p``/``new`` ``[B, H, n]``, ``r`` ``[B, H, 1]``), in ``out``'s dtype."""
+    bk, g = out.shape[:2]
+    d = torch.addcmul(new, r, p, value=-1)  # p′_I − r·p_I, float32
+    if d.dtype != v_img.dtype:
+        d = d.to(v_img.dtype)
+    if out.dtype == torch.float32:
+        return torch.baddbmm(out * r.view(bk, g, 1), d.view(bk, g, -1), v_img)
+    # half precision: r·o and the correction summed in float32
+    dv = torch.bmm(d.view(bk, g, -1), v_img).float()
+    return torch.addcmul(dv, r.view(bk, g, 1), out.float()).to(out.dtype)
 
 
 def correct_output(out: torch.Tensor, value: torch.Tensor, span: ImageSpan, p: torch.Tensor, r: torch.Tensor,
@@ -188,17 +223,55 @@ def correct_output(out: torch.Tensor, value: torch.Tensor, span: ImageSpan, p: t
     """o′ = r·o + (p′_I − r·p_I)·V_I for the newest row: ``out`` (``[B, H, D]``, or any tensor that reshapes
     to the grouped ``[B·Hkv, H/Hkv, D]``), ``value`` the layer's un-repeated ``[B, Hkv, kv, D]``, ``p``/``new`` ``[B, H, n]``,
     ``r`` ``[B, H, 1]``. Returns ``[B·Hkv, H/Hkv, D]`` (the grouped layout) in ``out``'s dtype."""
-    b, h, n = p.shape
-    hkv, dim = value.shape[1], value.shape[-1]
-    d = torch.addcmul(new, r, p, value=-1)  # p′_I − r·p_I, float32
-    if d.dtype != value.dtype:
-        d = d.to(value.dtype)
-    v_img = span.image_cols(value, dim=2).reshape(b * hkv, n, dim)  # [B·Hkv, n, D]
-    g = h // hkv
-    if out.shape != (b * hkv, g, dim):  # a prefill's row [B, H, D]; a decoding step's is grouped already
-        out = out.reshape(b * hkv, g, dim)
-    if out.dtype == torch.float32:
-        return torch.baddbmm(out * r.view(b * hkv, g, 1), d.view(b * hkv, g, n), v_img)
-    # half precision: r·o and the correction summed in float32
-    dv = torch.bmm(d.view(b * hkv, g, n), v_img).float()
-    return torch.addcmul(dv, r.view(b * hkv, g, 1), out.float()).to(out.dtype)
+    out, v_img = _grouped(out, value, span, p)
+    return _corrected(out, v_img, p, r, new)
+
+
+def _probs_write(p: torch.Tensor, head_mass: torch.Tensor, new: torch.Tensor, m_new: torch.Tensor,
+                 out: torch.Tensor, v_img: torch.Tensor, per_head: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bounded :class:`ImageProbs` with each head's new mass known, whole: the corrected output and the
+    map the recorder keeps. Tensors in, tensors out, shapes fixed for a layer: what
+    :func:`compile_writes` compiles."""
+    o = _corrected(out, v_img, p, _text_factor(m_new, head_mass), new)
+    return o, (new.clone() if per_head else head_mean(new))
+
+
+_COMPILE = {"on": False}
+_COMPILED: dict[str, Callable] = {}  # each compiled function by name, made on first use
+
+
+def compile_writes(on: bool = True) -> None:
+    """Run the per-(layer, step) math of a steered row through ``torch.compile`` (static shapes: the image
+    block's, which do not change while decoding) or back in eager mode. It covers the write of the
+    operators that move attention within the image (``logprior-image``, ``mass-aware``: the text keys'
+    factor, the output's correction, the kept map) and those operators' own math
+    (:func:`adapt.steering.operators.toward_anchor`). Off by default; ``ADAPT_COMPILE=1`` in the
+    environment turns it on at import. Needs a C compiler on a CPU (inductor builds C++ kernels); the
+    first steered row of each shape compiles (seconds). What it costs and saves: docs/performance.md."""
+    _COMPILE["on"] = bool(on)
+
+
+def compiled(name: str, eager: Callable) -> Callable:
+    """``eager``'s compiled twin when :func:`compile_writes` is on (made on first use), else ``eager``."""
+    if not _COMPILE["on"]:
+        return eager
+    fn = _COMPILED.get(name)
+    if fn is None:
+        fn = _COMPILED[name] = torch.compile(eager, dynamic=False, fullgraph=True)
+    return fn
+
+
+def write_row(edit, point: AttentionPoint, out: torch.Tensor, value: torch.Tensor, span: ImageSpan,
+              per_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply ``edit`` to the newest row: its corrected output (grouped ``[B·Hkv, H/Hkv, D]``) and the map
+    the recorder keeps (the steered head mean ``[B, n]``, or ``[B, H, n]`` with ``per_head``)."""
+    if isinstance(edit, ImageProbs) and edit.bounded and edit.mass is not None and edit.probs.shape == point.probs.shape:
+        out, v_img = _grouped(out, value, span, point.probs)
+        return compiled("probs_write", _probs_write)(point.probs, point.head_mass, _on(edit.probs, point.probs),
+                                                     edit.mass, out, v_img, per_head)
+    r, new = resolve(edit, point)
+    return correct_output(out, value, span, point.probs, r, new), (new.clone() if per_head else head_mean(new))
+
+
+if os.environ.get("ADAPT_COMPILE", "") not in ("", "0"):
+    compile_writes(True)

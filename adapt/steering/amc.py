@@ -19,10 +19,10 @@ def amc(attn: torch.Tensor | np.ndarray, w: torch.Tensor | np.ndarray):
     return (attn.pow(2) * w).sum(-1) / s.clamp_min(1e-30).pow(2)
 
 
-def amc_into(attn: torch.Tensor, w: torch.Tensor, mass: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def amc_of(attn: torch.Tensor, w: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
     """Eq. 10 on the hot path: ``attn [B, n]`` with its sum ``mass [B]`` already known (the image mass
-    the trigger reads), written into ``out`` (the policy's buffer slot)."""
-    return torch.div((attn * attn * w).sum(-1), mass * mass, out=out)
+    the trigger reads)."""
+    return torch.div((attn * attn * w).sum(-1), mass * mass)
 
 
 def steering_weights(anchor: np.ndarray) -> np.ndarray:

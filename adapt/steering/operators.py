@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..hooks import AttentionPoint, ImageProbs, LogitBias
+from ..hooks.writes import compiled
 from ..config import ASIConfig
 
 OPERATOR_INFO = {
@@ -54,7 +55,7 @@ class LayerState:
     """What an operator needs at one layer that does not change from step to step, made once on the
     layer's device: (w + ε)^α, α·log(w + ε), the quality mask, the anchor phase's HHI."""
 
-    def __init__(self, cfg: ASIConfig, w: torch.Tensor, m_ref: torch.Tensor, a_ref: torch.Tensor):
+    def __init__(self, cfg: ASIConfig, w: torch.Tensor, m_ref: torch.Tensor, a_ref: torch.Tensor, heads: int = 1):
         self.m_ref, self.a_ref = m_ref, a_ref
         op = cfg.operator
         # [B, 1, n] and [B, 1, 1]: they broadcast against the [B, H, ·] rows as they are
@@ -66,7 +67,28 @@ class LayerState:
             thr = torch.quantile(w, cfg.quality_percentile / 100.0, dim=-1, keepdim=True)
             self.keep = (w >= thr).to(torch.float32)[:, None, :]
         self.hhi_ref = _hhi(a_ref).clamp_min(1e-30) if op == "hhi" else None
-        self.gamma_m_ref = (cfg.gamma * m_ref).view(-1, 1, 1) if op == "mass-aware" else None
+        # γ·M_ref times the head count: it meets the heads' summed mass (AttentionPoint.head_total) unscaled
+        self.gamma_m_ref = (cfg.gamma * heads * m_ref).view(-1, 1, 1) if op == "mass-aware" else None
+        self.kept = torch.full((), 1 - cfg.gamma, device=w.device) if op == "mass-aware" else None
+
+
+def toward_anchor(p: torch.Tensor, toward: torch.Tensor, head_mass: torch.Tensor, total: torch.Tensor | None = None,
+                  gamma_m_ref: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> tuple:
+    """``logprior-image`` (``total`` None) and ``mass-aware``: ``p [B, H, n]`` moved toward the anchor within
+    the image, p·(w + ε)^α (``toward``) rescaled to each head's new image mass. ``total``: the heads'
+    summed mass ``[B, 1, 1]``, ``gamma_m_ref`` γ·H·M_ref, ``kept`` 1 − γ. Returns the new probabilities
+    and that mass ``[B, H, 1]``. Tensors in and out, shapes fixed for a layer (what the compile switch,
+    :func:`adapt.hooks.writes.compile_writes`, compiles)."""
+    head = head_mass
+    if total is not None:
+        # each head keeps its share of the image while the head-mean mass m moves to
+        # m + γ·max(0, M_ref − m); a head never gives the image all of its mass (≤ 0.999).
+        # For γ ≥ 0 that is m·c with c = max(1, (1 − γ) + γ·M_ref/m) = max(1, (1 − γ) + γ·H·M_ref/(H·m)),
+        # one factor for every head
+        c = torch.addcdiv(kept, gamma_m_ref, total.clamp_min(1e-30)).clamp_min_(1)
+        head = (head_mass * c).clamp_max_(0.999)
+    pw = p * toward
+    return pw.mul_(torch.div(head, pw.sum(-1, keepdim=True).clamp_min_(1e-30))), head  # pw is ours: in place
 
 
 def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired: torch.Tensor,
@@ -75,7 +97,7 @@ def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired
     """The write of ``cfg.operator`` for the rows in ``fired`` (``[B]`` or ``[B, 1, 1]`` bool). ``state``:
     the layer's precomputed constants (made here when not given). ``every``: the caller knows every row
     fired (trigger ``always``, or a decision read on the host), so no row is selected back."""
-    st = state or LayerState(cfg, w, m_ref, a_ref)
+    st = state or LayerState(cfg, w, m_ref, a_ref, point.probs.shape[1])
     op = cfg.operator
     rows = None if every else (fired if fired.dim() == 3 else fired.view(-1, 1, 1))
     if op == "logprior":
@@ -83,18 +105,12 @@ def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired
     if op == "image-boost":
         return LogitBias(st.boost if every else st.boost * rows)
     p = point.probs  # [B, H, n]
-    if op in ("logprior-image", "mass-aware"):
-        pw = p * st.toward
-        if op == "logprior-image":
-            head = point.head_mass
-        else:
-            # each head keeps its share of the image while the head-mean mass m moves to
-            # m + γ·max(0, M_ref − m); a head never gives the image all of its mass (≤ 0.999)
-            # target m + γ·max(0, M_ref − m) = max(m, (1 − γ)·m + γ·M_ref) for γ ≥ 0
-            m = point.mass3
-            target = torch.maximum(m, torch.add(st.gamma_m_ref, m, alpha=1 - cfg.gamma))
-            head = (point.head_mass * target.div_(m.clamp_min(1e-30))).clamp_max_(0.999)
-        new = pw.mul_(torch.div(head, pw.sum(-1, keepdim=True).clamp_min_(1e-30)))  # pw is ours: scaled in place
+    mass = None
+    if op == "logprior-image":
+        new, mass = compiled("toward_anchor", toward_anchor)(p, st.toward, point.head_mass)
+    elif op == "mass-aware":
+        new, mass = compiled("toward_anchor", toward_anchor)(p, st.toward, point.head_mass, point.head_total,
+                                                             st.gamma_m_ref, st.kept)
     elif op == "hhi":
         beta = cfg.k1 * (1 - _hhi(point.attn) / st.hhi_ref).clamp(0, 1)  # [B]
         new = (1 - beta)[:, None, None] * p + beta[:, None, None] * st.a_ref[:, None, :]
@@ -104,4 +120,6 @@ def apply_operator(cfg: ASIConfig, point: AttentionPoint, w: torch.Tensor, fired
     else:
         raise ValueError(f"unknown operator {op!r}")
     # every operator keeps each head's image mass below one (a blend of two such rows, a kept mass)
-    return ImageProbs(new if every else torch.where(rows, new, p), bounded=True)
+    if every:  # each head's new mass is known: no sum of the write
+        return ImageProbs(new, bounded=True, mass=mass)
+    return ImageProbs(torch.where(rows, new, p), bounded=True)

@@ -10,8 +10,8 @@ since nothing steers before K). With ``refs`` from an earlier pass, steering sta
 All state is per batch row and lives on the device of the layer that uses it, so one batched
 decoding serves rows with different anchors and decisions, and ``device_map`` over several GPUs
 works. Decisions are made on the device: each (layer, step)'s decision and unsteered map stay there
-(:class:`StepLog`; the AMC an ``amc`` trigger reads goes into a preallocated ``[T, L, B]``
-:class:`~adapt.hooks.StepBuffer`) and are read on the host once, after decoding. On a GPU the hot
+(:class:`~adapt.hooks.StepLog`, as is the AMC an ``amc`` trigger reads) and are read on the host once,
+after decoding. On a GPU the hot
 path never syncs with the host (except once, when ``anchor_fn`` runs); on a CPU, where reading a
 decision costs nothing, a single row's decision is read to skip the write of a row that did not fire.
 """
@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..hooks import AttentionPoint, LogitBias, StepBuffer
+from ..hooks import AttentionPoint, LogitBias, StepLog
 from ..config import ASIConfig
-from .amc import amc, amc_into
+from .amc import amc, amc_of
 from .operators import LayerState, apply_operator
 from .triggers import fire_rows, thresholds
 
@@ -75,26 +75,6 @@ def stack_references(refs: list[References]) -> References:
                       torch.cat([r.m_ref for r in refs], 1), torch.cat([r.a_ref for r in refs], 1))
 
 
-class StepLog:
-    """Per layer, the small tensor each monitored (layer, step) made (a decision, an unsteered map), kept
-    where it was made and stacked on the host once, after decoding. Writing each into a slot of a
-    preallocated buffer instead costs a select and an ``out=`` write per call: on a CPU, more than the
-    op itself."""
-
-    def __init__(self, num_layers: int):
-        self.layers: list[dict[int, torch.Tensor]] = [{} for _ in range(num_layers)]
-
-    def device(self, layer: int) -> torch.device | None:
-        d = self.layers[layer]
-        return next(iter(d.values())).device if d else None
-
-    def host(self, layer: int, steps: int) -> tuple[list[int], torch.Tensor | None]:
-        """The steps below ``steps`` that ``layer`` logged, and their tensors stacked on the CPU (one copy)."""
-        d = self.layers[layer]
-        kept = sorted(t for t in d if t < steps)
-        return kept, (torch.stack([d[t] for t in kept]).cpu() if kept else None)
-
-
 class ASIPolicy:
     """Monitors each (step, layer) of each row, fires by ``cfg.trigger`` and writes ``cfg.operator``.
 
@@ -104,7 +84,7 @@ class ASIPolicy:
     is built (``top:N`` needs each row's λ)."""
 
     def __init__(self, num_layers: int, layers, cfg: ASIConfig, k: int, weights: np.ndarray | None = None,
-                 anchor_fn: AnchorFn | None = None, refs: References | None = None, max_steps: int = 64):
+                 anchor_fn: AnchorFn | None = None, refs: References | None = None):
         if weights is None and anchor_fn is None and refs is None:
             raise ValueError("ASIPolicy needs weights, an anchor_fn or references")
         self.cfg, self.k, self.num_layers = cfg, k, num_layers
@@ -127,9 +107,9 @@ class ASIPolicy:
         self.phase: dict[int, list] = {}  # anchor-phase head-mean maps, step -> [layer] -> [B, n]
         # where the trigger ran, per step (host-side sets: no tensor is read to know it)
         self._checked: list[set[int]] = []
-        self._amc = StepBuffer(num_layers, max_steps + 1, fill=float("nan"))  # [T, L, B] AMC before steering
+        self._amc = StepLog(num_layers)  # per (layer, step): [B] AMC before steering, where computed
         self._fired = StepLog(num_layers)  # per (layer, step): [B, 1, 1] bool
-        # the unsteered head-mean map of a monitored (step, layer) whose AMC the trigger does not need:
+        # the unsteered map (head sum) of a monitored (step, layer) whose AMC the trigger does not need:
         # its AMC is computed after decoding, off the hot path
         self._unsteered = StepLog(num_layers)  # per (layer, step): [B, n]
         self._amc_now = cfg.trigger in ("amc", "amc+mass")
@@ -169,7 +149,7 @@ class ASIPolicy:
             a = torch.stack([phase[t][layer] for t in range(len(phase))])  # [T, B, n]
             scores = amc(a, w)  # [T, B]
             for t in range(len(phase)):
-                self._amc.slot(layer, t, scores[t]).copy_(scores[t])
+                self._amc.put(layer, t, scores[t])
             s_ref.append(scores[list(steps)].mean(0))
             m_ref.append(a[list(steps)].sum(-1).mean(0))
             a_ref.append(a[list(steps)].mean(0))
@@ -185,7 +165,7 @@ class ASIPolicy:
         self._row_mask = mask
         self.monitored = {int(l) for l in mask.any(1).nonzero()[:, 0]}
 
-    def _layer(self, layer: int, device: torch.device, n: int) -> dict:
+    def _layer(self, layer: int, device: torch.device, n: int, heads: int) -> dict:
         """The layer's constants on its own device, made at its first monitored step."""
         st = self._state.get(layer)
         if st is None:
@@ -196,10 +176,11 @@ class ASIPolicy:
             # a row mask that keeps every row is no mask (read once, on the host, from a CPU tensor)
             rows = None if self._row_mask is None or bool(self._row_mask[layer].all()) else self._row_mask[layer]
             # decisions are [B, 1, 1]: they select whole [B, H, n] rows without a reshape
+            # the mass test meets the heads' summed mass (AttentionPoint.head_total): its threshold times H
             st = self._state[layer] = dict(
-                w=w, amc_thr=amc_thr.view(-1, 1, 1), mass_thr=mass_thr.view(-1, 1, 1),
+                w=w, amc_thr=amc_thr.view(-1, 1, 1), mass_thr=(mass_thr * heads).view(-1, 1, 1),
                 ones=torch.ones(w.shape[0], 1, 1, dtype=torch.bool, device=device),  # trigger "always"; never written
-                op=LayerState(self.cfg, w.expand_as(a_ref), m_ref, a_ref),
+                op=LayerState(self.cfg, w.expand_as(a_ref), m_ref, a_ref, heads),
                 mask=None if rows is None else rows.to(device).view(-1, 1, 1),
                 # every row fires by construction: no row to select back
                 every=self.cfg.trigger == "always" and rows is None,
@@ -232,13 +213,15 @@ class ASIPolicy:
             checked.append(set())
         checked[step].add(layer)
         probs = point.probs
-        st = self._state.get(layer) or self._layer(layer, probs.device, probs.shape[-1])
+        st = self._state.get(layer) or self._layer(layer, probs.device, probs.shape[-1], probs.shape[1])
         score = None
         if self._amc_now:
-            score = amc_into(point.attn, st["w"], point.mass, self._amc.slot(layer, step, point.mass)).view(-1, 1, 1)
-        else:  # the unsteered head mean kept: its AMC is computed after decoding
-            self._unsteered.layers[layer][step] = point.attn
-        fired = fire_rows(self.cfg, score, point.mass3, st["amc_thr"], st["mass_thr"], st["ones"])
+            score = amc_of(point.attn, st["w"], point.mass)
+            self._amc.put(layer, step, score)
+            score = score.view(-1, 1, 1)
+        else:  # the unsteered map kept (AMC is blind to scale: the head sum serves), its AMC computed after decoding
+            self._unsteered.layers[layer][step] = point.head_sum
+        fired = fire_rows(self.cfg, score, point.head_total, st["amc_thr"], st["mass_thr"], st["ones"])
         if st["mask"] is not None:
             fired = fired & st["mask"]
         self._fired.layers[layer][step] = fired
@@ -275,17 +258,15 @@ class ASIPolicy:
         self.references()
         rec = self.recorder
         T = max(len(self._checked), max(self.phase, default=-1) + 1, rec.num_steps if rec is not None else 0)
-        written = [t[0] for t in self._amc.layers if t is not None] + [
-            next(iter(d.values())) for d in self._fired.layers if d]
+        written = [next(iter(d.values())) for d in self._amc.layers + self._fired.layers if d]
         B = written[0].numel() if written else (self._w_cpu.shape[0] if self._w_cpu is not None else 1)
         amc_m = np.full((T, self.num_layers, B), np.nan)
         fired = self._fired_log(T, B)
         w = self._w_cpu
         for layer in range(self.num_layers):
-            t = self._amc.layers[layer]
-            if t is not None:
-                host = t[:T].cpu().numpy()
-                amc_m[: host.shape[0], layer] = host.reshape(host.shape[0], -1)
+            steps, host = self._amc.host(layer, T)
+            if steps:
+                amc_m[steps, layer] = host.numpy().reshape(len(steps), -1)
             steps, maps = self._unsteered.host(layer, T)
             if steps:  # monitored maps whose AMC was left for after decoding
                 amc_m[steps, layer] = amc(maps, w).numpy()
