@@ -106,7 +106,8 @@ def test_parquet_in_parquet_out_every_column(bb, dataset, tmp_path, capsys):
         original = Image.open(io.BytesIO(inp["image"]["bytes"])).convert("RGB")
         assert np.array_equal(np.asarray(r["image"].convert("RGB")), np.asarray(original))  # the input kept
         h, w = r["grid"]
-        assert r["views"] == [{"name": "image", "offset": 0, "rows": h, "cols": w}] and r["size"] == [40, 32]
+        assert r["views"] == [{"name": "image", "offset": 0, "rows": h, "cols": w, "newline": False}]
+        assert r["size"] == [40, 32]
         anchor = np.array(r["anchor"], dtype=np.float64).reshape(h, w)
         # the batched anchor-only path gives the one-image anchor run's W, and the enhancement of it
         single, grid = probe_anchor(bb, original, Q, cfg)

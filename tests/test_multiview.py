@@ -314,11 +314,15 @@ def test_onevision_loads_its_hub_folder_without_torchvision(folders, bbs):
     assert bb.view_geometries((40, 24))["hires"] == bbs["llava_next"].view_geometries((40, 24))["hires"]
 
 
-def test_anchor_export_refuses_several_views_with_one_line(bb):
-    """The export and the preference pairs write one h×w anchor per row: a two-view image is refused, not
-    written as a 1×n strip."""
+def test_anchor_export_batches_several_views_as_the_single_run(bb):
+    """The export's and the preference pairs' batched anchor-only path gives a two-view image the
+    single run's per-view W (the dataset schema: tests/test_export_views.py)."""
+    from adapt.anchor.build import probe_anchor
     from adapt.export.anchors import NoiseMaps, anchor_batch
 
     cfg = AdaptConfig().replace(**{"anchor.num_noise": 0, "anchor.k": 2})
-    with pytest.raises(ValueError, match="several views \\(base, hires\\) are not exported yet"):
-        anchor_batch(bb, [_image((40, 24))], ["describe"], cfg, NoiseMaps(bb, cfg, None))
+    images = [_image((40, 24)), _image((40, 24), seed=3)]
+    anchors, grid = anchor_batch(bb, images, ["describe"] * 2, cfg, NoiseMaps(bb, cfg, None))
+    assert isinstance(grid, Views) and [v.name for v in grid] == ["base", "hires"]
+    for image, a in zip(images, anchors):
+        np.testing.assert_allclose(a.anchor, probe_anchor(bb, image, "describe", cfg)[0].anchor, atol=1e-6)

@@ -35,15 +35,18 @@ from PIL import Image
 
 from ..anchor import BiasCache
 from ..backbones import Backbone, BackboneError
+from ..backbones.geometry import LayoutGeometry
 from ..config import AdaptConfig
-from ..enhance import enhance, overlay, side_by_side
+from ..enhance import enhance, heat_of_layout, overlay, side_by_side
 from ..images import MAX_BYTES, ImageError, fit, load_image
 from ..anchor.build import anchor_from_maps, backbone_id
 from ..prompts import QuestionError, clean_question
-from .anchors import NoiseMaps, anchor_runs
+from .anchors import NoiseMaps, anchor_columns, anchor_runs, original_geometry
 from .sources import ROW_ID, ExportError, Row, Source
 
-FORMAT = "adapt-anchor-export/1"
+# /2: images of several views are exported (their cells in `anchor`, each view listed in `views` with its
+# newline flag); an OUT of /1 is refused on a rerun, not extended with rows of another schema
+FORMAT = "adapt-anchor-export/2"
 NEW_COLUMNS = ("anchor_guided", "anchor", "views", "grid", "size", "status", "error", "overlay")
 OURS = ("data", "images", "overlays", "manifest.jsonl", "README.md", "export.json", "progress.json")
 
@@ -114,9 +117,9 @@ def output_features(source: Source, overlays: bool):
     f = source.features.copy()
     f[ROW_ID] = Value("string")
     f["anchor_guided"] = ImageFeature()
-    f["anchor"] = List(Value("float32"))  # W, row-major over each view, views one after another
+    f["anchor"] = List(Value("float32"))  # W, row-major over each view's cells, views one after another
     f["views"] = List({"name": Value("string"), "offset": Value("int32"), "rows": Value("int32"),
-                       "cols": Value("int32")})
+                       "cols": Value("int32"), "newline": Value("bool")})
     f["grid"] = List(Value("int32"))
     f["size"] = List(Value("int32"))  # (width, height) of the exported image
     f["status"] = Value("string")
@@ -288,7 +291,7 @@ class _Exporter:
             return row, None, None, data, str(exc)
         return row, original, fit(original), data, ""
 
-    def finish(self, row: Row, original, data, run, grid, error: str) -> dict:
+    def finish(self, row: Row, original, data, run, grid, read_size, error: str) -> dict:
         """The output row: the anchor from the run's maps, the enhancement, PNGs (a worker thread)."""
         values = dict(row.values)
         col = self.source.image_column
@@ -304,17 +307,18 @@ class _Exporter:
             return {**values, **blank, "status": "error", "error": error}
         try:
             anchor = anchor_from_maps(*run)
-            enhanced = enhance(original, anchor.anchor, self.cfg.enhance,
-                               geometry=self.bb.input_geometry(original.size))
+            geometry = original_geometry(self.bb, read_size, original.size, grid)
+            enhanced = enhance(original, anchor.anchor, self.cfg.enhance, geometry=geometry)
             png = _png(enhanced)
-            h, w = grid
             result = {**values, "anchor_guided": {"bytes": png, "path": f"{row.row_id}.png"},
-                      "anchor": anchor.anchor.astype("float32").ravel().tolist(),
-                      "views": [{"name": "image", "offset": 0, "rows": h, "cols": w}], "grid": [h, w],
-                      "size": list(original.size), "status": "ok", "error": None}
+                      **anchor_columns(anchor.anchor, grid), "size": list(original.size), "status": "ok",
+                      "error": None}
             ov = None
             if self.opts.overlays:
-                ov = _png(side_by_side(original, overlay(original, anchor.anchor), enhanced))
+                # several views: their maps drawn on the image through their own geometries first
+                heat = heat_of_layout(anchor.anchor, original.size, 0.0, geometry)[0] \
+                    if isinstance(geometry, LayoutGeometry) else anchor.anchor
+                ov = _png(side_by_side(original, overlay(original, heat), enhanced))
                 result["overlay"] = {"bytes": ov, "path": f"{row.row_id}.png"}
             if self.source.writes_files:
                 _write_atomic(self.out / "images" / f"{row.row_id}.png", png)
@@ -326,13 +330,14 @@ class _Exporter:
 
     # model side ---------------------------------------------------------------------------------
     def anchors(self, decoded: list) -> list:
-        """``(row, original, data, run, grid, error)`` for each decoded row (``run``: the arguments of
-        :func:`adapt.anchor.build.anchor_from_maps`, evaluated in :meth:`finish`), batched by grid."""
+        """``(row, original, data, run, grid, read_size, error)`` for each decoded row (``run``: the
+        arguments of :func:`adapt.anchor.build.anchor_from_maps`, evaluated in :meth:`finish`; ``read_size``:
+        the size of the copy the model read), batched by layout."""
         results = {}
         good = [d for d in decoded if not d[4]]
         for d in decoded:
             if d[4]:
-                results[id(d)] = (d[0], None, d[3], None, None, d[4])
+                results[id(d)] = (d[0], None, d[3], None, None, None, d[4])
         groups: dict[tuple, list] = {}
         for d in good:
             groups.setdefault(self.bb.grid_key(d[2]), []).append(d)
@@ -352,10 +357,10 @@ class _Exporter:
                     self._run([d], results)
                 return
             d = chunk[0]
-            results[id(d)] = (d[0], None, d[3], None, None, str(exc))
+            results[id(d)] = (d[0], None, d[3], None, None, None, str(exc))
             return
         for d, a in zip(chunk, anchors):
-            results[id(d)] = (d[0], d[1], d[3], a, grid, "")
+            results[id(d)] = (d[0], d[1], d[3], a, grid, d[2].size, "")
 
 
 def export_dataset(backbone: Backbone, source: Source, out: str | Path, cfg: AdaptConfig | None = None,
@@ -503,13 +508,21 @@ images, then low-anchor regions faded toward white) from {source.description}.
 - command: `{opts.command or '(library call)'}`
 - rows: {result.rows} ({result.rows_ok} ok, {result.rows_error} with `status: error` and the reason in `error`)
 
-Columns: {', '.join(f'`{c}`' for c in cols)}. `anchor` is W flattened row-major over the image-token
-grid (`grid` = rows, cols; `views` gives each view's offset and shape), `anchor_guided` the enhanced
-image at the original's size (`size` = width, height).
+Columns: {', '.join(f'`{c}`' for c in cols)}. `anchor` is W over the image-token cells: each view's
+`rows` × `cols` cells row-major, starting at the view's `offset`, views one after another (`views` lists
+them; one grid: the view `image`, `grid` = rows, cols; several views, e.g. a base view and tiles:
+`grid` = 1, len(anchor)); `newline` marks a view whose rows each end in one more image token in the
+model's sequence (weight 0, not in `anchor`). `anchor_guided` is the enhanced image at the original's
+size (`size` = width, height).
 
 ```python
+import numpy as np
 from datasets import load_dataset
 ds = load_dataset("path/to/this/folder", split="train")
+row = ds[0]
+a = np.array(row["anchor"])
+grids = {{v["name"]: a[v["offset"]:v["offset"] + v["rows"] * v["cols"]].reshape(v["rows"], v["cols"])
+         for v in row["views"]}}
 ```
 
 Configuration:

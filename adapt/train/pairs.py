@@ -26,7 +26,7 @@ from PIL import Image
 from ..anchor import BiasCache
 from ..config import AdaptConfig
 from ..enhance import enhance
-from ..export.anchors import NoiseMaps, anchor_batch
+from ..export.anchors import NoiseMaps, anchor_batch, original_geometry
 from ..images import fit
 from ..noise import noised_image
 from ..anchor.build import backbone_id
@@ -35,6 +35,9 @@ from .config import TrainError
 from .data import PreferenceRecord, RawSet, RecordError, decode_row
 
 SIDES = ("original", "enhanced", "noise")
+# how earlier versions skipped a record whose image reaches the model as several views: such a record is
+# built now, so a resumed build tries it again instead of keeping the old skip
+_OLD_VIEWS_SKIP = "are not exported yet"
 
 
 class RecordSource(Protocol):
@@ -118,7 +121,8 @@ def load_pairs(root: str | Path) -> PairSet:
     meta = json.loads((root / "meta.json").read_text())
     pairs = sorted((p for p in _read_jsonl(root / "manifest.jsonl") if all((root / p[s]).exists() for s in SIDES)),
                    key=lambda p: p["index"])  # batches of several grids write out of order
-    return PairSet(root, pairs, meta, _read_jsonl(root / "skipped.jsonl"))
+    built = {p["index"] for p in pairs}
+    return PairSet(root, pairs, meta, [s for s in _read_jsonl(root / "skipped.jsonl") if s["index"] not in built])
 
 
 def build_pairs(backbone, source: RecordSource, out: str | Path, data: str, noise_step: int = 500,
@@ -147,7 +151,7 @@ def build_pairs(backbone, source: RecordSource, out: str | Path, data: str, nois
     else:
         meta_path.write_text(json.dumps(meta, indent=1))
     done = {p["index"] for p in _read_jsonl(out / "manifest.jsonl")} | \
-        {p["index"] for p in _read_jsonl(out / "skipped.jsonl")}
+        {p["index"] for p in _read_jsonl(out / "skipped.jsonl") if _OLD_VIEWS_SKIP not in p.get("reason", "")}
     n = len(source)
     noise = NoiseMaps(backbone, cfg, cache)
     with open(out / "manifest.jsonl", "a") as man, open(out / "skipped.jsonl", "a") as skip:
@@ -179,8 +183,8 @@ def build_pairs(backbone, source: RecordSource, out: str | Path, data: str, nois
                 groups.setdefault(backbone.grid_key(fit(item[1].image)), []).append(item)
             for group in groups.values():
                 try:
-                    anchors, _ = anchor_batch(backbone, [fit(r.image) for _, r, _ in group],
-                                              [q for _, _, q in group], cfg, noise)
+                    read = [fit(r.image) for _, r, _ in group]
+                    anchors, grid = anchor_batch(backbone, read, [q for _, _, q in group], cfg, noise)
                 except ValueError as exc:  # one record broke the batch: find it, keep the others
                     if len(group) > 1:
                         for item in group:
@@ -188,9 +192,10 @@ def build_pairs(backbone, source: RecordSource, out: str | Path, data: str, nois
                     else:
                         skipped(group[0][0], str(exc))
                     continue
-                for (i, rec, q), a in zip(group, anchors):
+                for (i, rec, q), a, im in zip(group, anchors, read):
+                    # several views (base + hi-res, tiles + thumbnail, ...): each painted through its own geometry
                     enhanced = enhance(rec.image, a.anchor, cfg.enhance,
-                                       geometry=backbone.input_geometry(rec.image.size))
+                                       geometry=original_geometry(backbone, im.size, rec.image.size, grid))
                     write(i, rec, q, enhanced)
 
         batch: list[tuple[int, PreferenceRecord, str]] = []
