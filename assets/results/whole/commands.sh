@@ -5,6 +5,7 @@
 set -u
 W=runs/whole
 VAL=(--benchmark world --split validation --seeds 1,2,3,4 --limit 250 --threads 1)
+TEST=(--benchmark world --split test --seeds 31,32,33,34,35 --limit 200 --threads 1)  # never used before
 T=(--threads 1 --no-bar)
 
 q() {  # run one command, its pid in /tmp/sweep.pids (so a timing benchmark can pause the sweep)
@@ -32,11 +33,7 @@ decode() {  # recipe backbone: greedy (with POPE), adapt-tf, adapt-tf at gamma 0
 case "${1:-}" in
   train)
     QUEUE=train
-    # one world description set for every pair folder (the base model's greedy descriptions of the 1 500 scenes)
     train R2 dpo pairs-world --lr 1e-4 --sft-weight 0
-    for p in pairs-omit pairs-yesno pairs-omit-yesno; do
-      mkdir -p $W/$p; [ -f $W/$p/world_descriptions.json ] || cp $W/pairs-world/world_descriptions.json $W/$p/
-    done
     train R3 dpo pairs-world --lr 1e-4 --sft-weight 1
     train R5 vag-dpo pairs-world --lr 1e-4 --sft-weight 1 --chosen-image original
     train R4 vag-dpo pairs-world --lr 1e-4 --sft-weight 1
@@ -46,7 +43,6 @@ case "${1:-}" in
     # R6 waits for stage A's pick (rule A), written to $W/stageA.mode by the eval queue
     while [ ! -f $W/stageA.mode ]; do sleep 20; done
     mode=$(cat $W/stageA.mode)
-    mkdir -p $W/pairs-$mode; [ -f $W/pairs-$mode/world_descriptions.json ] || cp $W/pairs-world/world_descriptions.json $W/pairs-$mode/
     train R6 vag-dpo pairs-$mode --lr 1e-4 --sft-weight 1 --enhance-mode $mode
     ;;
   eval)
@@ -61,5 +57,13 @@ case "${1:-}" in
       decode $r $W/$r/model
     done
     ;;
-  *) echo "usage: $0 train|eval" >&2; exit 2 ;;
+  test-base)  # the untuned model's rows of the test table: none depends on a pick but ADAPT-TF's (R0's own)
+    QUEUE=test-base
+    [ -f $W/test/base/summary.json ] || q python -m adapt eval "${TEST[@]}" --method greedy,adapt-tf,vcd,pai --out $W/test/base
+    ;;
+  test-opera)
+    QUEUE=test-opera
+    [ -f $W/test/opera/summary.json ] || q python -m adapt eval "${TEST[@]}" --method opera --out $W/test/opera
+    ;;
+  *) echo "usage: $0 train|eval|test-base|test-opera" >&2; exit 2 ;;
 esac
