@@ -26,6 +26,13 @@ train() {  # name objective pairs-folder extra-args...
 decode() {  # recipe backbone: greedy (with POPE), adapt-tf, adapt-tf at gamma 0.75 (no POPE: see the rule)
   local name=$1 backbone=$2
   [ -f $W/$name/val-greedy/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method greedy --out $W/$name/val-greedy
+  # the amendment of 20:27 in selection_rule.md: greedy recall more than 1 point below the bar → no ADAPT-TF
+  python - "$W" "$name" <<'PY' || return 0
+import json, sys
+w, name = sys.argv[1:]
+recall = lambda r: json.load(open(f"{w}/{r}/val-greedy/summary.json"))["greedy"]["recall"]
+sys.exit(0 if recall(name) >= recall("R0") - 0.02 - 0.01 else 1)
+PY
   [ -f $W/$name/val-tf/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --no-pope --out $W/$name/val-tf
   [ -f $W/$name/val-tf-g075/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --gamma 0.75 --no-pope --out $W/$name/val-tf-g075
 }
