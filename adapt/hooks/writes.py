@@ -257,7 +257,14 @@ def compiled(name: str, eager: Callable) -> Callable:
         return eager
     fn = _COMPILED.get(name)
     if fn is None:
-        fn = _COMPILED[name] = torch.compile(eager, dynamic=False, fullgraph=True)
+        graph = torch.compile(eager)
+
+        def fn(*args):
+            # the image columns are views of keys that grow by one each step, so their strides change every
+            # step: compiled code guards on strides and would be rebuilt at each step; copies keep them fixed
+            return graph(*(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args))
+
+        _COMPILED[name] = fn
     return fn
 
 
