@@ -59,7 +59,7 @@ case "${1:-}" in
       --method adapt-tf:enhanced-paper,adapt-tf:enhanced-background,adapt-tf:enhanced-blur,adapt-tf:enhanced-luminance
     [ -f $W/stageA.mode ] || python -m adapt.train.report stage-a --run $W/R0/val-enhanced --out $W/stageA.mode
     decode R1 assets/embedded-vagdpo
-    for r in R2 R3 R5 R4 R7 R8 R9 R6; do
+    for r in R2 R3 R5 R9 R8 R7 R6 R4; do
       while [ ! -f $W/$r/model/config.json ]; do sleep 20; done
       decode $r $W/$r/model
     done
