@@ -23,9 +23,16 @@ train() {  # name objective pairs-folder extra-args...
   q python -m adapt train $obj --out $W/$name --pairs $W/$pairs --steps 200 --batch 8 "${T[@]}" "$@"
 }
 
+claim() {  # one worker per run folder when two eval queues share the list: the first mkdir wins
+  mkdir -p $W/claims; mkdir $W/claims/$1 2>/dev/null
+}
+
 decode() {  # recipe backbone: greedy (with POPE), adapt-tf, adapt-tf at gamma 0.75 (no POPE: see the rule)
   local name=$1 backbone=$2
-  [ -f $W/$name/val-greedy/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method greedy --out $W/$name/val-greedy
+  if [ ! -f $W/$name/val-greedy/summary.json ] && claim $name-greedy; then
+    q python -m adapt eval "${VAL[@]}" --backbone $backbone --method greedy --out $W/$name/val-greedy
+  fi
+  while [ ! -f $W/$name/val-greedy/summary.json ]; do sleep 20; done
   # the amendment of 20:27 in selection_rule.md: greedy recall more than 1 point below the bar → no ADAPT-TF
   python - "$W" "$name" <<'PY' || return 0
 import json, sys
@@ -33,8 +40,12 @@ w, name = sys.argv[1:]
 recall = lambda r: json.load(open(f"{w}/{r}/val-greedy/summary.json"))["greedy"]["recall"]
 sys.exit(0 if recall(name) >= recall("R0") - 0.02 - 0.01 else 1)
 PY
-  [ -f $W/$name/val-tf/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --no-pope --out $W/$name/val-tf
-  [ -f $W/$name/val-tf-g075/summary.json ] || q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --gamma 0.75 --no-pope --out $W/$name/val-tf-g075
+  if [ ! -f $W/$name/val-tf/summary.json ] && claim $name-tf; then
+    q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --no-pope --out $W/$name/val-tf
+  fi
+  if [ ! -f $W/$name/val-tf-g075/summary.json ] && claim $name-tf-g075; then
+    q python -m adapt eval "${VAL[@]}" --backbone $backbone --method adapt-tf --gamma 0.75 --no-pope --out $W/$name/val-tf-g075
+  fi
 }
 
 case "${1:-}" in
@@ -60,6 +71,13 @@ case "${1:-}" in
     [ -f $W/stageA.mode ] || python -m adapt.train.report stage-a --run $W/R0/val-enhanced --out $W/stageA.mode
     decode R1 assets/embedded-vagdpo
     for r in R2 R3 R5 R9 R8 R7 R6 R4; do
+      while [ ! -f $W/$r/model/config.json ]; do sleep 20; done
+      decode $r $W/$r/model
+    done
+    ;;
+  eval2)  # a second eval queue, from the other end of the list (claims keep the two apart)
+    QUEUE=eval2
+    for r in R4 R6 R7 R8 R9 R5; do
       while [ ! -f $W/$r/model/config.json ]; do sleep 20; done
       decode $r $W/$r/model
     done
