@@ -70,14 +70,14 @@ case "${1:-}" in
       --method adapt-tf:enhanced-paper,adapt-tf:enhanced-background,adapt-tf:enhanced-blur,adapt-tf:enhanced-luminance
     [ -f $W/stageA.mode ] || python -m adapt.train.report stage-a --run $W/R0/val-enhanced --out $W/stageA.mode
     decode R1 assets/embedded-vagdpo
-    for r in R2 R3 R5 R9 R8 R7 R6 R4; do
+    for r in R2 R3 R5 R8 R9 R7 R6 R4; do
       while [ ! -f $W/$r/model/config.json ]; do sleep 20; done
       decode $r $W/$r/model
     done
     ;;
   eval2)  # a second eval queue, from the other end of the list (claims keep the two apart)
     QUEUE=eval2
-    for r in R4 R6 R7 R8 R9 R5; do
+    for r in R7 R9 R6 R4 R8 R5; do
       while [ ! -f $W/$r/model/config.json ]; do sleep 20; done
       decode $r $W/$r/model
     done
@@ -90,5 +90,9 @@ case "${1:-}" in
     QUEUE=test-opera
     [ -f $W/test/opera/summary.json ] || q python -m adapt eval "${TEST[@]}" --method opera --out $W/test/opera
     ;;
-  *) echo "usage: $0 train|eval|test-base|test-opera" >&2; exit 2 ;;
+  test-recipe)  # $2 = recipe folder, $3… = the pick's decoding flags: greedy and that ADAPT-TF decoding, with POPE
+    QUEUE=test-$2; r=$2; shift 2
+    [ -f $W/test/$r/summary.json ] || q python -m adapt eval "${TEST[@]}" --backbone $W/$r/model --method greedy,adapt-tf "$@" --out $W/test/$r
+    ;;
+  *) echo "usage: $0 train|eval|eval2|test-base|test-opera|test-recipe R [flags]" >&2; exit 2 ;;
 esac
