@@ -169,6 +169,10 @@ def markdown(combos: list[Combination], bsum: dict, picks: dict[str, Combination
                      f"{_pct(c.change)} ({_pct(c.ci[0])} … {_pct(c.ci[1])}) | {c.chair_s:.3f} | {c.recall:.3f} "
                      f"({c.recall_diff:+.1f}, {c.recall_ci[0]:+.1f} … {c.recall_ci[1]:+.1f}) | {pope} | {pd} | "
                      f"{'**yes**' if c.passes else 'no'} |")
+    unsteered = sorted({c.recipe for c in combos} - {c.recipe for c in combos if c.steered})
+    if unsteered:
+        lines += ["", f"Not decoded with ADAPT-TF (greedy recall more than 1 point under the bar: the rule's amendment): "
+                      f"{', '.join(unsteered)}."]
     lines += ["", "**Picks of the rule** (lowest CHAIR_i among the combinations that pass):", ""]
     for row, c in picks.items():
         lines.append(f"- {row}: " + (f"**{c.label}** ({c.recipe_text}): CHAIR_i {c.chair_i:.4f} ({c.hallucinated} / "
