@@ -116,3 +116,24 @@ def test_rule_a_picks_the_hue_keeping_mode_with_the_lowest_chair_i(tmp_path):
     # CHAIR_i, and luminance recalls more
     assert set(figures) == {"paper", "background", "blur", "luminance"}
     assert mode == "luminance"
+
+
+def test_the_whole_reading_is_the_picked_decoding():
+    from adapt.methods import get_method
+
+    m = get_method("adapt-tf:whole")
+    assert m.cfg.asi.gamma == 0.75 and m.cfg.asi.operator == "mass-aware"  # only γ departs from the defaults
+
+
+def test_the_test_table_gives_paired_recall_and_pope_changes(tmp_path):
+    from adapt.train.report import compare, markdown
+
+    base, new = tmp_path / "base.jsonl", tmp_path / "new.jsonl"
+    base.write_text("".join(json.dumps(it) + "\n" for it in _items(100, 0, 120)))
+    new.write_text("".join(json.dumps(it) + "\n" for it in _items(40, 8, 150)))
+    table = compare([("greedy", base), ("whole", new)])
+    w = table["whole"]
+    assert w["chair_i_change"] == pytest.approx(40 / 1032 / (100 / 1100) - 1)
+    assert w["recall_diff"] == pytest.approx(-0.008) and w["pope_adversarial_acc_diff"] == pytest.approx(0.15)
+    row = markdown(table).splitlines()[-1]
+    assert "| -0.8 (" in row and "| +15.0 (" in row

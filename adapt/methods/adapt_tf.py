@@ -43,6 +43,9 @@ VARIANTS: dict[str, dict] = {
                     "asi.second_pass": "off"},
     "authors-quality": {"anchor.fusion": "authors", "asi.operator": "quality", "asi.trigger": "always",
                         "asi.second_pass": "off"},
+    # ADAPT as a whole: the setting the joint rule picked for the shipped tuned model
+    # (assets/embedded-vagdpo; docs/whole.md): a tuned model has less image mass to give back
+    "whole": {"asi.gamma": 0.75},
 }
 # the paper's ADAPT-TF answers on the anchor-guided image (Sec. 4.1.4): one reading per enhancement
 # mode, the paper's fade toward white and the three that keep hue (adapt.enhance.fade_target)

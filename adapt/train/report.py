@@ -64,8 +64,9 @@ def compare(rows: list[tuple[str, Path]]) -> dict:
 def markdown(table: dict) -> str:
     """Paper Table 1's layout: CHAIR_s, CHAIR_i (counts, change with CI), recall, POPE."""
     lines = ["| model / decoding | CHAIR_s | CHAIR_i (hallucinated / mentions) | change vs first (95 % CI) | recall "
-             "| POPE random acc / prec | POPE adversarial acc / prec | POPE present-object acc |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| POPE random acc / prec | POPE adversarial acc / prec | POPE present-object acc "
+             "| recall vs first (points, CI) | POPE adversarial acc vs first (points, CI) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in table.items():
         ch = (f"{s['chair_i_change']:+.0%} ({s['chair_i_ci_low']:+.0%} … {s['chair_i_ci_high']:+.0%})"
               if s.get("chair_i_change") is not None else "–")
@@ -73,8 +74,12 @@ def markdown(table: dict) -> str:
         pa = (f"{s['pope_adversarial_acc']:.3f} / {s['pope_adversarial_precision']:.3f}"
               if "pope_adversarial_acc" in s else "–")
         pp = f"{s['pope_present_acc']:.3f}" if "pope_present_acc" in s else "–"
+        rd = (f"{100 * s['recall_diff']:+.1f} ({100 * s['recall_diff_ci_low']:+.1f} … {100 * s['recall_diff_ci_high']:+.1f})"
+              if s.get("recall_diff") is not None else "–")
+        pd = (f"{100 * s['pope_adversarial_acc_diff']:+.1f} ({100 * s['pope_adversarial_acc_diff_ci_low']:+.1f} … "
+              f"{100 * s['pope_adversarial_acc_diff_ci_high']:+.1f})" if s.get("pope_adversarial_acc_diff") is not None else "–")
         lines.append(f"| {label} | {s['chair_s']:.3f} | {s['chair_i']:.4f} ({s['hallucinated_mentions']} / "
-                     f"{s['mentions']}) | {ch} | {s['recall']:.3f} | {pr} | {pa} | {pp} |")
+                     f"{s['mentions']}) | {ch} | {s['recall']:.3f} | {pr} | {pa} | {pp} | {rd} | {pd} |")
     return "\n".join(lines)
 
 
