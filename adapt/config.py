@@ -96,6 +96,9 @@ class ASIConfig:
     layers: str = "0"
 
 
+ENHANCE_MODES = ("paper", "background", "blur", "luminance")
+
+
 @dataclass
 class EnhanceConfig:
     """Anchor-guided visual enhancement (paper Sec. 4.1.4)."""
@@ -104,10 +107,9 @@ class EnhanceConfig:
     # validation sweep the embedded model misreads faded shapes (CHAIR_i 0.06 -> 0.29 with a
     # gentle fade, worse with the paper's); the image is still made, shown and exported.
     enabled: bool = False
-    # what a low-anchor pixel fades toward (:data:`adapt.enhance.MODES`): "paper" fades toward white,
-    # as Sec. 4.1.4 does, and so changes the colours the world's descriptions name; the others keep
-    # hue: "background" fades toward the local background (a median far larger than an object),
-    # "blur" toward a blurred copy, "luminance" fades only the luma toward white (chroma kept)
+    # what a low-anchor pixel fades toward (ENHANCE_MODES, adapt.enhance.fade_target): "paper" fades
+    # toward white, as Sec. 4.1.4 does, which changes the colours the world's descriptions name; the
+    # others keep hue
     mode: str = "paper"
     keep_percentile: float = 50.0  # binary mask: anchor above this percentile is kept as is
     floor: float = 0.35  # weight of the original image where the anchor is lowest
@@ -148,8 +150,7 @@ class AdaptConfig:
             (s.second_pass in ("off", "short", "pointed", "all"),
              "asi.second_pass must be 'off', 'short', 'pointed' or 'all'"),
             (0 <= e.keep_percentile <= 100, "enhance.keep_percentile must be in [0, 100]"),
-            (e.mode in ("paper", "background", "blur", "luminance"),
-             "enhance.mode must be 'paper', 'background', 'blur' or 'luminance'"),
+            (e.mode in ENHANCE_MODES, f"enhance.mode must be one of {', '.join(ENHANCE_MODES)}"),
             (0 <= e.floor <= 1 and 0 <= e.mask_strength <= 1, "enhance.floor/mask_strength must be in [0, 1]"),
             (1 <= self.max_new_tokens <= 2048, "max_new_tokens must be in 1..2048"),
         ]

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from .backbones.geometry import InputGeometry, LayoutGeometry
+from .config import ENHANCE_MODES as MODES
 from .config import EnhanceConfig
 
 
@@ -61,9 +62,6 @@ def heat_of_layout(flat_map: np.ndarray, size: tuple[int, int], blur_cells: floa
     heat = np.zeros((h, w), dtype=np.float32)
     heat[seen] = total[seen] / count[seen]
     return heat, seen
-
-
-MODES = ("paper", "background", "blur", "luminance")
 
 
 def _odd(x: float) -> int:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from ..argtypes import float_range, int_range, non_negative_int, out_dir, positive_int, threads
-from .config import DEFAULT_TARGETS, ENHANCE_MODES, TrainConfig, TrainError
+from ..config import ENHANCE_MODES
+from .config import DEFAULT_TARGETS, TrainConfig, TrainError
 from .world_pairs import WorldPairSpec
 
 DEFAULTS = TrainConfig()

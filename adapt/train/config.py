@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
+from ..config import ENHANCE_MODES
+
 OBJECTIVES = ("vag-dpo", "dpo")
 IMAGE_SIDES = ("original", "enhanced", "noise")
-ENHANCE_MODES = ("paper", "background", "blur", "luminance")  # adapt.enhance.MODES
 
 # the Llama-style decoder's projections; the vision tower and projector are left out, as LLaVA's
 # own LoRA recipes do (the tower is frozen in LLaVA's training too)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ENHANCE_MODES
 from ..eval.metrics import chair_i_change, paired_mean_diff, pope_metrics
 from ..eval.world_bench import load_items, summarise_items
 
@@ -217,7 +218,7 @@ def sweep_table(runs: list[Path], base: Path, out: Path, recall_budget: float = 
     return rows
 
 
-HUE_KEEPING = ("background", "blur", "luminance")
+HUE_KEEPING = tuple(m for m in ENHANCE_MODES if m != "paper")
 
 
 def stage_a(run: Path) -> tuple[str, dict]:
