@@ -14,11 +14,11 @@ import torch
 from adapt.anchor import BiasCache
 from adapt.backbones import FAMILIES, BackboneError, load_backbone
 from adapt.backbones.base import group_by_grid
-from adapt.config import AdaptConfig
-from adapt.methods import NAMES, get_method, get_methods
+from adapt.methods import get_method
 from adapt.methods.pai import PAI, PAIConfig, text_only_mask
 from adapt.methods.vcd import VCD, VCDConfig, image_seed, noise_pixels
 
+from methods_check import assert_every_method_batches_like_single
 from families import checkpoint, noise_image, patch_hits, QWEN_FAMILIES, tiny_idefics3, tiny_paligemma, tiny_qwen_vl, token_hits
 from two_pass import assert_one_pass_equals_two_pass
 
@@ -242,14 +242,7 @@ def test_every_method_runs_and_batches_equal_single_runs(family, backbones, tmp_
     bb = backbones[family]
     images = [_image((84, 56), 4), _image((56, 84), 5), _image((84, 56), 6)]
     questions = ["describe the image", "is there a dog ?", "what colour is the star on the left ?"]
-    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2})
-    n = 4
-    for method in get_methods(NAMES, cfg, BiasCache(tmp_path)):
-        batch = method.answer_batch(bb, images, questions, n, min_new_tokens=n)
-        assert [len(a.token_ids) for a in batch] == [n] * 3, method.name
-        for i in (0, 1, 2):
-            single = method.answer(bb, images[i], questions[i], n, min_new_tokens=n)
-            assert single.token_ids == batch[i].token_ids, (method.name, i)
+    assert_every_method_batches_like_single(bb, images, questions, tmp_path, n=4)
 
 
 @pytest.mark.parametrize("family", ALL)

@@ -13,8 +13,8 @@ import torch
 from adapt.anchor import BiasCache
 from adapt.backbones import BackboneError, load_backbone
 from adapt.backbones.base import group_by_grid
-from adapt.config import AdaptConfig
 
+from methods_check import assert_every_method_batches_like_single
 from families import _grey, eager_attentions, gemma3_checkpoint, noise_image
 
 # crops at 8 px or more: wide 90 × 30 → 3 side by side, tall 30 × 70 → 2 stacked, 40 × 30 → 2; 32 × 32 → none
@@ -145,24 +145,13 @@ def test_capture_equals_eager_attention(folder, bb):
 
 
 def test_every_method_runs_batch_equals_single_and_one_pass_equals_two(bb, tmp_path):
-    from adapt.methods import NAMES, get_methods
-
     from two_pass import assert_one_pass_equals_two_pass
 
     images = [_image((90, 30), 4), _image((40, 30), 5), _image((120, 40), 6)]
     questions = ["describe the image", "is there a dog ?", "what colour is the star on the left ?"]
-    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2})
-    n = 3
-    for method in get_methods(NAMES, cfg, BiasCache(tmp_path)):
-        if method.name == "opera":  # its beams are cut out of the cache by position: refused on sliding layers
-            with pytest.raises(BackboneError, match="OPERA is not supported on gemma3"):
-                method.answer_batch(bb, images, questions, n, min_new_tokens=n)
-            continue
-        batch = method.answer_batch(bb, images, questions, n, min_new_tokens=n)
-        assert [len(a.token_ids) for a in batch] == [n] * 3, method.name
-        for i in (0, 1):
-            single = method.answer(bb, images[i], questions[i], n, min_new_tokens=n)
-            assert single.token_ids == batch[i].token_ids, (method.name, i)
+    # OPERA cuts its beams out of the cache by position: refused on sliding layers
+    assert_every_method_batches_like_single(bb, images, questions, tmp_path, n=3,
+                                            refused={"opera": "OPERA is not supported on gemma3"}, singles=(0, 1))
     one, _, _ = assert_one_pass_equals_two_pass(bb, images[0], questions[0], BiasCache(tmp_path / "tf"), n=6)
     assert one.generation.maps.shape[-1] == 64
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from adapt.anchor import BiasCache
-from adapt.backbones import FAMILIES, BackboneError, load_backbone
+from adapt.backbones import FAMILIES, load_backbone
 from adapt.config import AdaptConfig
 from adapt.hooks.keymap import KeyMap, KeyMapError
-from adapt.methods import NAMES, get_method, get_methods
+from adapt.methods import get_method
 from adapt.pipeline import analyse
 
+from methods_check import assert_every_method_batches_like_single
 from families import eager_attentions as _eager_attentions, gemma3_checkpoint, noise_image, qwen_checkpoint
 from two_pass import assert_one_pass_equals_two_pass
 
@@ -164,21 +165,11 @@ def test_every_method_runs_and_batches_equal_single_runs(family, backbones, tmp_
     bb = backbones[family]
     images = [_image((40, 30), 4), _image((84, 56), 5)]
     questions = ["describe the image", "what colour is the star on the left ?"]
-    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2})
-    n = 4
-    for method in get_methods(NAMES, cfg, BiasCache(tmp_path)):
-        refused = {"opera": "OPERA is not supported", "pai": "PAI's text-only branch is not supported"}
-        if method.name == "opera" or (method.name == "pai" and family == "qwen3_5"):
-            # OPERA cuts its beams out of the cache by position; a linear layer keeps a masked token
-            with pytest.raises(BackboneError, match=f"{refused[method.name]} on {family}") as err:
-                method.answer_batch(bb, images, questions, n, min_new_tokens=n)
-            assert "\n" not in str(err.value)
-            continue
-        batch = method.answer_batch(bb, images, questions, n, min_new_tokens=n)
-        assert [len(a.token_ids) for a in batch] == [n] * 2, method.name
-        for i in (0, 1):
-            single = method.answer(bb, images[i], questions[i], n, min_new_tokens=n)
-            assert single.token_ids == batch[i].token_ids, (method.name, i)
+    # OPERA cuts its beams out of the cache by position; a linear layer keeps a masked token
+    refused = {"opera": f"OPERA is not supported on {family}"}
+    if family == "qwen3_5":
+        refused["pai"] = f"PAI's text-only branch is not supported on {family}"
+    assert_every_method_batches_like_single(bb, images, questions, tmp_path, n=4, refused=refused)
 
 
 @pytest.mark.parametrize("family", FAMS)

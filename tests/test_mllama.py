@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from adapt.anchor import BiasCache
-from adapt.backbones import FAMILIES, BackboneError, load_backbone
-from adapt.config import AdaptConfig
-from adapt.methods import NAMES, get_method, get_methods
+from adapt.backbones import FAMILIES, load_backbone
+from adapt.methods import get_method
 from adapt.pipeline import analyse
 
+from methods_check import assert_every_method_batches_like_single
 from families import checkpoint, noise_image
 from two_pass import assert_one_pass_equals_two_pass
 
@@ -107,20 +107,8 @@ def test_steering_writes_the_cross_attention(bb):
 def test_every_method_runs_or_is_refused_in_one_line(bb, tmp_path):
     images = [_image((40, 30), 4), _image((84, 56), 5)]  # both two tiles side by side
     questions = ["describe the image", "what colour is the star on the left ?"]
-    cfg = AdaptConfig().replace(**{"anchor.num_noise": 2, "anchor.k": 2})
-    n = 4
     refused = {"opera": "OPERA is not supported on mllama", "pai": "PAI's text-only branch is not supported on mllama"}
-    for method in get_methods(NAMES, cfg, BiasCache(tmp_path)):
-        if method.name in refused:
-            with pytest.raises(BackboneError, match=refused[method.name]) as err:
-                method.answer_batch(bb, images, questions, n, min_new_tokens=n)
-            assert "\n" not in str(err.value)
-            continue
-        batch = method.answer_batch(bb, images, questions, n, min_new_tokens=n)
-        assert [len(a.token_ids) for a in batch] == [n] * 2, method.name
-        for i in (0, 1):
-            single = method.answer(bb, images[i], questions[i], n, min_new_tokens=n)
-            assert single.token_ids == batch[i].token_ids, (method.name, i)
+    assert_every_method_batches_like_single(bb, images, questions, tmp_path, n=4, refused=refused)
 
 
 @pytest.mark.parametrize("size", [(30, 12), (12, 30), (16, 16), (50, 40)])
